@@ -1,0 +1,83 @@
+//! `cargo run --example mock-llm -- --latency-ms 100 --port 8089`: a mock LLM server to try the HTTP
+//! providers without an account.
+//!
+//! It serves the OpenAI chat-completions API (`POST /v1/chat/completions`) and the Anthropic Messages
+//! API (`POST /v1/messages`) on 127.0.0.1, answering every node of the example pipeline with a valid
+//! output, with the latency and fault rates given here. The server itself is the one the integration
+//! tests use (tests/support/mock_llm.rs); this file only reads flags and prints where it listens.
+
+#[path = "../tests/support/mock_llm.rs"]
+mod mock_llm;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A mock OpenAI / Anthropic server for trying ticketbuild without an account.
+#[derive(Debug, Parser)]
+#[command(name = "mock-llm")]
+struct Args {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Milliseconds added to every answer.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of requests answered 429 Too Many Requests (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    rate_429: f64,
+    /// Share of requests answered 500 Internal Server Error (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    rate_500: f64,
+    /// The Retry-After header of the 429 answers, in seconds ("none" sends none).
+    #[arg(long, default_value = "1")]
+    retry_after: String,
+    /// Report these prompt tokens on every answer (default: characters / 4).
+    #[arg(long)]
+    prompt_tokens: Option<u64>,
+    /// Report these completion tokens on every answer (default: characters / 4).
+    #[arg(long)]
+    completion_tokens: Option<u64>,
+    /// Report this cost in USD on every answer, as OpenRouter's `usage.cost`.
+    #[arg(long)]
+    cost: Option<f64>,
+    /// Answer 401 unless requests carry this API key.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Seed of the random faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = mock_llm::MockConfig {
+        latency_ms: args.latency_ms,
+        rate_429: args.rate_429,
+        rate_500: args.rate_500,
+        retry_after: (args.retry_after != "none").then_some(args.retry_after),
+        prompt_tokens: args.prompt_tokens,
+        completion_tokens: args.completion_tokens,
+        cost: args.cost,
+        api_key: args.api_key,
+        seed: args.seed,
+        ..mock_llm::MockConfig::default()
+    };
+    println!("mock LLM server listening on {url}");
+    println!("point dataset.toml at it with:");
+    println!();
+    println!("  [models.default]");
+    println!("  provider = \"openai-compatible\"   # or \"anthropic\" with the same base_url");
+    println!("  model = \"mock\"");
+    println!("  base_url = \"{url}/v1\"");
+    println!();
+    println!("Ctrl-C stops it.");
+    tokio::select! {
+        _ = mock_llm::serve(listener, config, Some(Duration::from_secs(5))) => {}
+        _ = tokio::signal::ctrl_c() => println!("stopped"),
+    }
+    Ok(())
+}

@@ -1,0 +1,797 @@
+//! The artifact cache: paid responses, stored under their keys, durable before they count.
+//!
+//! This module owns how artifacts are stored ([`ArtifactStore`], with a sled implementation and an
+//! in-memory double for tests), what a stored artifact records ([`Artifact`]), and *when* a stored
+//! artifact is durable ([`GroupCommit`]). It does not decide keys (`key`) or when to call a model
+//! (`engine`). The invariants: only valid outputs are ever put (failures are never values); a put is
+//! not reported done until a flush that started after it has finished; and a cache written with a newer
+//! key schema is refused rather than misread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{ArtifactKey, KEY_VERSION};
+use crate::value::NodeOutput;
+
+/// Token counts of one response, normalised across providers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// All input tokens, cached ones included.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    /// The part of `output_tokens` spent on hidden reasoning.
+    pub reasoning_tokens: u64,
+    /// True when the counts are estimates (the offline model), not reported by a provider.
+    pub estimated: bool,
+}
+
+/// One stored response and what is known about how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// The key this artifact was stored under; `verify` checks it matches.
+    pub key: ArtifactKey,
+    /// The node that produced it (trace metadata, not key material).
+    pub node: String,
+    pub output: NodeOutput,
+    pub usage: Usage,
+    /// What the call cost in USD, when known (zero for the offline model).
+    pub cost_usd: Option<f64>,
+    /// The model that answered, as the provider named it (may be a dated snapshot).
+    pub served_model: String,
+    /// Milliseconds since the Unix epoch when the response arrived. Trace only.
+    pub created_unix_ms: u64,
+    pub latency_ms: u64,
+    /// Upstream nodes this output depended on, with their artifact keys. Trace only.
+    pub upstream: Vec<(String, ArtifactKey)>,
+    /// The request as it was sent, for `explain` and for diffs against what would be sent now.
+    pub request: RecordedRequest,
+}
+
+/// A request as recorded with its artifact. Holds no secret: requests never carry one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub provider: String,
+    pub base_url: Option<String>,
+    pub model: String,
+    /// The parameters that were sent, as canonical JSON (unset ones absent).
+    pub params_json: String,
+    pub output_kind: String,
+    pub system: Option<String>,
+    pub user: String,
+    /// Offline only: the task and its structured inputs as canonical JSON.
+    pub offline: Option<(String, String)>,
+    pub sample_seed: u64,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Artifact),
+    Miss(MissReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissReason {
+    /// Nothing is stored under the key.
+    New,
+    /// Something is stored but does not decode or names another key; it will be replaced.
+    Corrupt(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "the cache `{path}` is in use by another ticketbuild process; wait for it to finish or use another cache folder with `--cache`"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "cannot open the cache `{path}`: {reason}; to start fresh, move it away (`mv {path} {path}.broken`) and build again"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error("cannot write to the cache folder `{path}`: {reason}")]
+    NotWritable { path: PathBuf, reason: String },
+    #[error(
+        "the cache `{path}` was written with key schema {found}, newer than this ticketbuild's ({KEY_VERSION}); upgrade ticketbuild or use another cache folder"
+    )]
+    NewerSchema { path: PathBuf, found: u32 },
+    #[error("cache I/O error in `{path}`: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// Where artifacts live. Small on purpose: tests swap in [`MemoryStore`] to count lookups, and the
+/// backend can be replaced without touching the engine.
+pub trait ArtifactStore: Send + Sync {
+    fn get(&self, key: &ArtifactKey) -> Result<Lookup, CacheError>;
+    /// Stores a valid artifact. Not durable until [`ArtifactStore::flush`] returns.
+    fn put(&self, artifact: &Artifact) -> Result<(), CacheError>;
+    /// Makes every put that returned before this call durable.
+    fn flush(&self) -> Result<(), CacheError>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn size_on_disk(&self) -> u64;
+    fn location(&self) -> String;
+}
+
+fn encode(artifact: &Artifact) -> Vec<u8> {
+    // Invariant: an Artifact holds only strings, numbers and vectors, which bincode always encodes.
+    bincode::serde::encode_to_vec(artifact, bincode::config::standard())
+        .expect("an artifact is always encodable")
+}
+
+fn decode(key: &ArtifactKey, bytes: &[u8]) -> Lookup {
+    match bincode::serde::decode_from_slice::<Artifact, _>(bytes, bincode::config::standard()) {
+        Ok((artifact, _)) if artifact.key == *key => Lookup::Hit(artifact),
+        Ok((artifact, _)) => Lookup::Miss(MissReason::Corrupt(format!(
+            "entry records key {}",
+            artifact.key.short()
+        ))),
+        Err(e) => Lookup::Miss(MissReason::Corrupt(e.to_string())),
+    }
+}
+
+/// The sled-backed store in a cache folder.
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    artifacts: sled::Tree,
+}
+
+const META_TREE: &str = "meta";
+const ARTIFACT_TREE: &str = "artifacts";
+const MANIFEST_TREE: &str = "manifests";
+const MANIFEST_KEYS_TREE: &str = "manifest_keys";
+const PIN_TREE: &str = "pins";
+const QUARANTINE_TREE: &str = "quarantine";
+const SCHEMA_KEY: &str = "key_schema";
+const NEXT_MANIFEST_KEY: &str = "next_manifest";
+
+/// Tickets per stored chunk of manifest keys: bounds the memory a build uses for its manifest.
+const KEYS_PER_CHUNK: u64 = 4096;
+
+impl SledStore {
+    /// Opens (or creates) the cache at `path`; fails early, before any model call, if the folder is
+    /// locked, unwritable or written by a newer key schema.
+    pub fn open(path: &Path) -> Result<SledStore, CacheError> {
+        std::fs::create_dir_all(path).map_err(|e| CacheError::NotWritable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let probe = path.join(".write-probe");
+        std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| CacheError::NotWritable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from explicit group commits; the background flush only adds safety.
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| open_error(path, e))?;
+        let io = |e: sled::Error| CacheError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let meta = db.open_tree(META_TREE).map_err(io)?;
+        match meta.get(SCHEMA_KEY).map_err(io)? {
+            Some(bytes) => {
+                let found = bytes
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
+                if found > KEY_VERSION {
+                    return Err(CacheError::NewerSchema {
+                        path: path.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+            None => {
+                meta.insert(SCHEMA_KEY, &KEY_VERSION.to_le_bytes())
+                    .map_err(io)?;
+            }
+        }
+        let artifacts = db.open_tree(ARTIFACT_TREE).map_err(io)?;
+        Ok(SledStore {
+            path: path.to_path_buf(),
+            db,
+            artifacts,
+        })
+    }
+
+    fn io(&self, e: sled::Error) -> CacheError {
+        CacheError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn open_error(path: &Path, error: sled::Error) -> CacheError {
+    // The full path: "cache" alone does not say which project's cache is busy.
+    let path = &path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let reason = error.to_string();
+    let locked = match &error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock || reason.contains("lock")
+        }
+        _ => false,
+    };
+    if locked {
+        CacheError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        CacheError::Open {
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+}
+
+impl ArtifactStore for SledStore {
+    fn get(&self, key: &ArtifactKey) -> Result<Lookup, CacheError> {
+        match self.artifacts.get(key.0).map_err(|e| self.io(e))? {
+            Some(bytes) => Ok(decode(key, &bytes)),
+            None => Ok(Lookup::Miss(MissReason::New)),
+        }
+    }
+
+    fn put(&self, artifact: &Artifact) -> Result<(), CacheError> {
+        self.artifacts
+            .insert(artifact.key.0, encode(artifact))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.artifacts.len()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Manifests, pins and maintenance: sled-specific, used by the CLI, not by the engine.
+impl SledStore {
+    fn tree(&self, name: &str) -> Result<sled::Tree, CacheError> {
+        self.db.open_tree(name).map_err(|e| self.io(e))
+    }
+
+    /// Reserves the id of the next manifest; its keys are written under it as the build goes.
+    pub fn next_manifest_id(&self) -> Result<u64, CacheError> {
+        let meta = self.tree(META_TREE)?;
+        let next = meta
+            .update_and_fetch(NEXT_MANIFEST_KEY, |old| {
+                let current = old
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((current + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.io(e))?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map_or(1, u64::from_be_bytes);
+        Ok(next)
+    }
+
+    /// A recorder that stores a build's keys in chunks under manifest `id`.
+    pub fn key_recorder(&self, id: u64, nodes: usize) -> Result<ManifestKeyWriter, CacheError> {
+        Ok(ManifestKeyWriter {
+            tree: self.tree(MANIFEST_KEYS_TREE)?,
+            path: self.path.clone(),
+            id,
+            nodes,
+            chunk: 0,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Stores the manifest of a finished build, durably.
+    pub fn put_manifest<M: Serialize>(&self, id: u64, manifest: &M) -> Result<(), CacheError> {
+        let bytes =
+            bincode::serde::encode_to_vec(manifest, bincode::config::standard()).map_err(|e| {
+                CacheError::Io {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        self.tree(MANIFEST_TREE)?
+            .insert(id.to_be_bytes(), bytes)
+            .map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    /// Every stored manifest, oldest first.
+    pub fn manifests<M: serde::de::DeserializeOwned>(&self) -> Result<Vec<(u64, M)>, CacheError> {
+        let mut out = Vec::new();
+        for entry in self.tree(MANIFEST_TREE)?.iter() {
+            let (id, bytes) = entry.map_err(|e| self.io(e))?;
+            let Ok(id) = id.as_ref().try_into().map(u64::from_be_bytes) else {
+                continue;
+            };
+            if let Ok((manifest, _)) =
+                bincode::serde::decode_from_slice::<M, _>(&bytes, bincode::config::standard())
+            {
+                out.push((id, manifest));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn last_manifest<M: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(u64, M)>, CacheError> {
+        let tree = self.tree(MANIFEST_TREE)?;
+        let Some((id, bytes)) = tree.last().map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let id = id.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        Ok(
+            bincode::serde::decode_from_slice::<M, _>(&bytes, bincode::config::standard())
+                .ok()
+                .map(|(m, _)| (id, m)),
+        )
+    }
+
+    /// The keys of manifest `id` for tickets `from..to`, chunk by chunk.
+    pub fn manifest_keys(
+        &self,
+        id: u64,
+        mut each: impl FnMut(u64, &[Option<ArtifactKey>], usize),
+    ) -> Result<(), CacheError> {
+        let tree = self.tree(MANIFEST_KEYS_TREE)?;
+        for entry in tree.scan_prefix(id.to_be_bytes()) {
+            let (key, bytes) = entry.map_err(|e| self.io(e))?;
+            let chunk = key
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if let Ok((keys, _)) = bincode::serde::decode_from_slice::<ChunkKeys, _>(
+                &bytes,
+                bincode::config::standard(),
+            ) {
+                each(chunk * KEYS_PER_CHUNK, &keys.keys, keys.nodes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The recorded key of (ticket, node) in manifest `id`.
+    pub fn manifest_key(
+        &self,
+        id: u64,
+        ticket: u64,
+        node: usize,
+    ) -> Result<Option<ArtifactKey>, CacheError> {
+        let tree = self.tree(MANIFEST_KEYS_TREE)?;
+        let chunk = ticket / KEYS_PER_CHUNK;
+        let mut key = id.to_be_bytes().to_vec();
+        key.extend_from_slice(&chunk.to_be_bytes());
+        let Some(bytes) = tree.get(key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let Ok((keys, _)) =
+            bincode::serde::decode_from_slice::<ChunkKeys, _>(&bytes, bincode::config::standard())
+        else {
+            return Ok(None);
+        };
+        let index = (ticket - chunk * KEYS_PER_CHUNK) as usize * keys.nodes + node;
+        Ok(keys.keys.get(index).copied().flatten())
+    }
+
+    pub fn pin(&self, name: &str, id: u64) -> Result<(), CacheError> {
+        self.tree(PIN_TREE)?
+            .insert(name, &id.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    pub fn pins(&self) -> Result<Vec<(String, u64)>, CacheError> {
+        let mut out = Vec::new();
+        for entry in self.tree(PIN_TREE)?.iter() {
+            let (name, id) = entry.map_err(|e| self.io(e))?;
+            if let Ok(id) = id.as_ref().try_into().map(u64::from_be_bytes) {
+                out.push((String::from_utf8_lossy(&name).into_owned(), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes manifest `id` and its keys.
+    pub fn remove_manifest(&self, id: u64) -> Result<(), CacheError> {
+        self.tree(MANIFEST_TREE)?
+            .remove(id.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        let keys = self.tree(MANIFEST_KEYS_TREE)?;
+        for entry in keys.scan_prefix(id.to_be_bytes()) {
+            let (key, _) = entry.map_err(|e| self.io(e))?;
+            keys.remove(key).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Manifest ids that have keys but no manifest: builds that did not finish.
+    pub fn unfinished_manifest_ids(&self) -> Result<Vec<u64>, CacheError> {
+        let manifests = self.tree(MANIFEST_TREE)?;
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in self.tree(MANIFEST_KEYS_TREE)?.iter() {
+            let (key, _) = entry.map_err(|e| self.io(e))?;
+            if let Some(id) = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            {
+                if !manifests
+                    .contains_key(id.to_be_bytes())
+                    .map_err(|e| self.io(e))?
+                {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Every artifact entry: key bytes and value bytes.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(ArtifactKey, Vec<u8>), CacheError>> + '_ {
+        self.artifacts.iter().map(|entry| {
+            let (key, value) = entry.map_err(|e| self.io(e))?;
+            let key: [u8; 32] = key.as_ref().try_into().unwrap_or([0; 32]);
+            Ok((ArtifactKey(key), value.to_vec()))
+        })
+    }
+
+    /// Decodes an entry as `get` would.
+    pub fn decode_entry(key: &ArtifactKey, bytes: &[u8]) -> Lookup {
+        decode(key, bytes)
+    }
+
+    pub fn remove(&self, key: &ArtifactKey) -> Result<(), CacheError> {
+        self.artifacts.remove(key.0).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Moves a bad entry aside (kept for inspection, never served).
+    pub fn quarantine(&self, key: &ArtifactKey, bytes: &[u8]) -> Result<(), CacheError> {
+        self.tree(QUARANTINE_TREE)?
+            .insert(key.0, bytes)
+            .map_err(|e| self.io(e))?;
+        self.remove(key)
+    }
+
+    /// Test helper and `verify` fixture: stores raw bytes under a key.
+    pub fn put_raw(&self, key: &ArtifactKey, bytes: &[u8]) -> Result<(), CacheError> {
+        self.artifacts
+            .insert(key.0, bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChunkKeys {
+    nodes: usize,
+    keys: Vec<Option<ArtifactKey>>,
+}
+
+/// Writes a build's keys to the cache in chunks as tickets finish, so memory stays flat in rows.
+pub struct ManifestKeyWriter {
+    tree: sled::Tree,
+    path: PathBuf,
+    id: u64,
+    nodes: usize,
+    chunk: u64,
+    keys: Vec<Option<ArtifactKey>>,
+}
+
+impl ManifestKeyWriter {
+    fn write_chunk(&mut self) -> Result<(), CacheError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let chunk = ChunkKeys {
+            nodes: self.nodes,
+            keys: std::mem::take(&mut self.keys),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&chunk, bincode::config::standard()).map_err(|e| {
+                CacheError::Io {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let mut key = self.id.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.chunk.to_be_bytes());
+        self.tree.insert(key, bytes).map_err(|e| CacheError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Receives every ticket's artifact keys, in ticket order, during a build: the manifest's keys.
+pub trait KeyRecorder: Send {
+    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError>;
+    /// Writes what is buffered; called once after the last ticket.
+    fn finish(&mut self) -> Result<(), CacheError>;
+}
+
+impl KeyRecorder for ManifestKeyWriter {
+    fn finish(&mut self) -> Result<(), CacheError> {
+        self.write_chunk()
+    }
+
+    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError> {
+        let chunk = index / KEYS_PER_CHUNK;
+        if chunk != self.chunk {
+            self.write_chunk()?;
+            self.chunk = chunk;
+        }
+        self.keys.extend_from_slice(keys);
+        Ok(())
+    }
+}
+
+/// An in-memory store that counts what it is asked; for tests.
+#[derive(Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<ArtifactKey, Vec<u8>>>,
+    pub gets: AtomicU64,
+    pub puts: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Overwrites an entry's bytes, to simulate corruption.
+    pub fn corrupt(&self, key: &ArtifactKey, bytes: Vec<u8>) {
+        self.lock().insert(*key, bytes);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ArtifactKey, Vec<u8>>> {
+        // A poisoned lock only means another test thread panicked; the map itself is still whole.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ArtifactStore for MemoryStore {
+    fn get(&self, key: &ArtifactKey) -> Result<Lookup, CacheError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        Ok(match self.lock().get(key) {
+            Some(bytes) => decode(key, bytes),
+            None => Lookup::Miss(MissReason::New),
+        })
+    }
+
+    fn put(&self, artifact: &Artifact) -> Result<(), CacheError> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(artifact.key, encode(artifact));
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), CacheError> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.lock().values().map(|v| v.len() as u64).sum()
+    }
+
+    fn location(&self) -> String {
+        "memory".to_string()
+    }
+}
+
+/// Group commits: many puts, one flush. A caller that has put its artifacts awaits [`durable`], which
+/// returns once a flush that began after the call has completed; while one flush runs, the next
+/// batch gathers. One flush per response would make the disk, not the model, the bottleneck.
+///
+/// [`durable`]: GroupCommit::durable
+pub struct GroupCommit {
+    store: Arc<dyn ArtifactStore>,
+    requested: AtomicU64,
+    wake: tokio::sync::Notify,
+    flushed: tokio::sync::watch::Sender<Result<u64, String>>,
+    /// False only for benchmarks that measure what durability costs.
+    enabled: bool,
+}
+
+impl GroupCommit {
+    pub fn new(store: Arc<dyn ArtifactStore>, enabled: bool) -> Arc<GroupCommit> {
+        let (flushed, _) = tokio::sync::watch::channel(Ok(0));
+        Arc::new(GroupCommit {
+            store,
+            requested: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+            flushed,
+            enabled,
+        })
+    }
+
+    /// Runs the flusher until `shutdown` is dropped or fires. Spawn it on the runtime.
+    pub async fn run(self: Arc<GroupCommit>, mut shutdown: tokio::sync::oneshot::Receiver<()>) {
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                _ = &mut shutdown => return,
+            }
+            let target = self.requested.load(Ordering::Acquire);
+            let store = Arc::clone(&self.store);
+            let result = tokio::task::spawn_blocking(move || store.flush()).await;
+            let outcome = match result {
+                Ok(Ok(())) => Ok(target),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the flush task failed: {e}")),
+            };
+            // The previous state is of no interest; waiters compare against the new one.
+            let _previous = self.flushed.send_replace(outcome);
+        }
+    }
+
+    /// Waits until everything put before this call is durable.
+    pub async fn durable(&self) -> Result<(), CacheError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mine = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut receiver = self.flushed.subscribe();
+        self.wake.notify_one();
+        let outcome = receiver
+            .wait_for(|state| match state {
+                Ok(done) => *done >= mine,
+                Err(_) => true,
+            })
+            .await;
+        match outcome.as_deref() {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(CacheError::Io {
+                path: PathBuf::from(self.store.location()),
+                reason: reason.clone(),
+            }),
+            Err(_) => Err(CacheError::Io {
+                path: PathBuf::from(self.store.location()),
+                reason: "the cache flusher stopped".to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(byte: u8) -> Artifact {
+        Artifact {
+            key: ArtifactKey([byte; 32]),
+            node: "body".into(),
+            output: NodeOutput::Text("hello".into()),
+            usage: Usage::default(),
+            cost_usd: Some(0.0),
+            served_model: "m".into(),
+            created_unix_ms: 1,
+            latency_ms: 2,
+            upstream: vec![("topic".into(), ArtifactKey([9; 32]))],
+            request: RecordedRequest::default(),
+        }
+    }
+
+    #[test]
+    fn sled_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(matches!(
+                store.get(&ArtifactKey([1; 32])).unwrap(),
+                Lookup::Miss(MissReason::New)
+            ));
+            store.put(&artifact(1)).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        match store.get(&ArtifactKey([1; 32])).unwrap() {
+            Lookup::Hit(a) => assert_eq!(a, artifact(1)),
+            other => panic!("expected a hit, got {other:?}"),
+        }
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_locked_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        match SledStore::open(dir.path()) {
+            Err(CacheError::Locked { path }) => assert_eq!(path, dir.path()),
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("expected Locked, got an open store"),
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(SCHEMA_KEY, &(KEY_VERSION + 1).to_le_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(CacheError::NewerSchema { .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_entries_are_misses_with_a_reason() {
+        let store = MemoryStore::new();
+        store.corrupt(&ArtifactKey([3; 32]), vec![1, 2, 3]);
+        assert!(matches!(
+            store.get(&ArtifactKey([3; 32])).unwrap(),
+            Lookup::Miss(MissReason::Corrupt(_))
+        ));
+        // An entry stored under the wrong key is corrupt too.
+        store.corrupt(&ArtifactKey([4; 32]), encode(&artifact(5)));
+        assert!(matches!(
+            store.get(&ArtifactKey([4; 32])).unwrap(),
+            Lookup::Miss(MissReason::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_batches_flushes() {
+        let store = Arc::new(MemoryStore::new());
+        let commit = GroupCommit::new(store.clone(), true);
+        let mut waiters = Vec::new();
+        for i in 0..200u8 {
+            let commit = Arc::clone(&commit);
+            let store = store.clone();
+            waiters.push(tokio::spawn(async move {
+                store.put(&artifact(i)).unwrap();
+                commit.durable().await.unwrap();
+            }));
+        }
+        // All 200 wait before the flusher starts, so one flush must release them all.
+        while commit.requested.load(Ordering::Acquire) < 200 {
+            tokio::task::yield_now().await;
+        }
+        let (stop, shutdown) = tokio::sync::oneshot::channel();
+        let flusher = tokio::spawn(Arc::clone(&commit).run(shutdown));
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(store.flushes.load(Ordering::Relaxed), 1);
+        drop(stop);
+        flusher.await.unwrap();
+    }
+}

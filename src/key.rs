@@ -1,0 +1,478 @@
+//! Artifact keys: the BLAKE3 hash of exactly what determines a node's output for one ticket.
+//!
+//! This module owns the list of key inputs ([`KeyInput`]), their canonical byte encoding and the hash.
+//! It does not decide what the inputs are for a given node (the engine renders prompts and builds the
+//! request) and it stores nothing (that is `cache`). The invariant, "the key is the truth": every input
+//! that can change a response is encoded here, one by one, and nothing else is. In particular API keys,
+//! file paths, node names, template file hashes and timestamps are *not* key material; an upstream
+//! node's output enters only through the rendered prompt, so an unchanged upstream output leaves the
+//! downstream key unchanged (early cutoff). Any change to the set of inputs or their encoding must bump
+//! [`KEY_VERSION`], which is also the derive-key context, so old and new keys can never collide.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Params;
+use crate::value::OutputKind;
+
+/// Version of the key schema. Stored in the cache; a cache written by a newer schema is refused.
+pub const KEY_VERSION: u32 = 1;
+
+/// BLAKE3 derive-key context; carries the schema version so versions never share a key.
+const KEY_CONTEXT: &str = "ticketbuild 2026-11-25 artifact key schema 1";
+
+/// A 32-byte BLAKE3 hash naming one artifact.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ArtifactKey(pub [u8; 32]);
+
+impl ArtifactKey {
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    /// The first 16 hex digits, enough to tell keys apart in messages.
+    pub fn short(&self) -> String {
+        self.to_hex()[..16].to_string()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<ArtifactKey> {
+        blake3::Hash::from_hex(hex)
+            .ok()
+            .map(|h| ArtifactKey(*h.as_bytes()))
+    }
+}
+
+impl fmt::Debug for ArtifactKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactKey({})", self.short())
+    }
+}
+
+impl fmt::Display for ArtifactKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Everything that determines one response, as it would be sent.
+///
+/// Deliberately absent: the API key and any other credential (a secret never enters the cache, and
+/// rotating a key must not re-run a dataset); the cache and project paths (moving a project keeps its
+/// cache valid); the node's name and template file (only the *rendered* prompt matters, so a template
+/// edit that renders the same text re-runs nothing); timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyInput<'a> {
+    /// 1. The provider (`openai`, `anthropic`, `offline`, ...): the same model name at two providers
+    ///    can be two different models.
+    pub provider: &'a str,
+    /// 2. The base URL when the user set one: another server may serve another model.
+    pub base_url: Option<&'a str>,
+    /// 3. The model name as sent.
+    pub model: &'a str,
+    /// 4. Every request parameter; an unset one is encoded as unset, never as an assumed default.
+    pub params: &'a Params,
+    /// 5. The declared output kind: it decides the response format sent and which replies are
+    ///    accepted, so a different kind can yield a different cached value.
+    pub output: &'a OutputKind,
+    /// 6. The rendered system message, if the template has one.
+    pub system: Option<&'a str>,
+    /// 7. The rendered user message.
+    pub user: &'a str,
+    /// 8. For the offline model only: its task, the fingerprint of its phrase bank, and the
+    ///    structured inputs it reads. These are what the offline model is "sent", so they are request
+    ///    fields like any other.
+    pub offline: Option<(&'a str, &'a str, &'a BTreeMap<String, serde_json::Value>)>,
+    /// 9. The ticket's sample seed: two tickets with identical prompts are still two samples.
+    pub sample_seed: u64,
+}
+
+impl KeyInput<'_> {
+    pub fn key(&self) -> ArtifactKey {
+        let mut encoder = Encoder(blake3::Hasher::new_derive_key(KEY_CONTEXT));
+        encoder.str(1, self.provider);
+        encoder.opt_str(2, self.base_url);
+        encoder.str(3, self.model);
+        let p = self.params;
+        encoder.opt_f64(40, p.temperature);
+        encoder.opt_f64(41, p.top_p);
+        encoder.opt_u64(42, p.max_tokens);
+        encoder.opt_u64(43, p.seed.map(|s| s as u64));
+        match &p.stop {
+            None => encoder.tag(44, 0),
+            Some(stop) => {
+                encoder.tag(44, 1);
+                encoder.u64(stop.len() as u64);
+                for s in stop {
+                    encoder.bytes(s.as_bytes());
+                }
+            }
+        }
+        encoder.str(45, &canonical_json_map(&p.extra));
+        encoder.opt_str(46, p.response_format.as_deref());
+        match self.output {
+            OutputKind::Text => encoder.tag(5, 0),
+            OutputKind::List { min, max } => {
+                encoder.tag(5, 1);
+                encoder.u64(*min as u64);
+                encoder.u64(*max as u64);
+            }
+            OutputKind::Json { fields } => {
+                encoder.tag(5, 2);
+                encoder.u64(fields.len() as u64);
+                for f in fields {
+                    encoder.bytes(f.as_bytes());
+                }
+            }
+        }
+        encoder.opt_str(6, self.system);
+        encoder.str(7, self.user);
+        match self.offline {
+            None => encoder.tag(8, 0),
+            Some((task, bank, inputs)) => {
+                encoder.tag(8, 1);
+                encoder.bytes(task.as_bytes());
+                encoder.bytes(bank.as_bytes());
+                encoder.bytes(canonical_json_map(inputs).as_bytes());
+            }
+        }
+        encoder.tag(9, 1);
+        encoder.u64(self.sample_seed);
+        ArtifactKey(*encoder.0.finalize().as_bytes())
+    }
+}
+
+/// Tagged, length-prefixed fields: no two different inputs share an encoding.
+struct Encoder(blake3::Hasher);
+
+impl Encoder {
+    fn tag(&mut self, field: u8, variant: u8) {
+        self.0.update(&[field, variant]);
+    }
+    fn u64(&mut self, value: u64) {
+        self.0.update(&value.to_le_bytes());
+    }
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.u64(bytes.len() as u64);
+        self.0.update(bytes);
+    }
+    fn str(&mut self, field: u8, value: &str) {
+        self.tag(field, 1);
+        self.bytes(value.as_bytes());
+    }
+    fn opt_str(&mut self, field: u8, value: Option<&str>) {
+        match value {
+            Some(v) => self.str(field, v),
+            None => self.tag(field, 0),
+        }
+    }
+    fn opt_u64(&mut self, field: u8, value: Option<u64>) {
+        match value {
+            Some(v) => {
+                self.tag(field, 1);
+                self.u64(v);
+            }
+            None => self.tag(field, 0),
+        }
+    }
+    fn opt_f64(&mut self, field: u8, value: Option<f64>) {
+        // The bit pattern, so 0.7 and 0.70000001 differ, as they do on the wire.
+        self.opt_u64(field, value.map(f64::to_bits));
+    }
+}
+
+/// JSON text with object keys sorted at every level, whatever map order serde_json was built with.
+pub fn canonical_json_map(map: &BTreeMap<String, serde_json::Value>) -> String {
+    let mut out = String::new();
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(k.clone()).to_string());
+        out.push(':');
+        write_canonical(v, &mut out);
+    }
+    out.push('}');
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<String, serde_json::Value> =
+                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            out.push_str(&canonical_json_map(&sorted));
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Owned {
+        params: Params,
+        output: OutputKind,
+        inputs: BTreeMap<String, serde_json::Value>,
+    }
+
+    fn owned() -> Owned {
+        Owned {
+            params: Params {
+                temperature: Some(0.7),
+                top_p: Some(0.9),
+                max_tokens: Some(400),
+                seed: Some(1),
+                stop: Some(vec!["END".into()]),
+                response_format: None,
+                extra: BTreeMap::from([("presence_penalty".to_string(), serde_json::json!(0.1))]),
+            },
+            output: OutputKind::Text,
+            inputs: BTreeMap::from([(
+                "queue".to_string(),
+                serde_json::json!("Billing and Payments"),
+            )]),
+        }
+    }
+
+    fn input(o: &Owned) -> KeyInput<'_> {
+        KeyInput {
+            provider: "openai",
+            base_url: None,
+            model: "gpt-4o-mini",
+            params: &o.params,
+            output: &o.output,
+            system: Some("You are a customer."),
+            user: "Write a ticket.",
+            offline: Some(("topic", "bank-1", &o.inputs)),
+            sample_seed: 99,
+        }
+    }
+
+    #[test]
+    fn equal_inputs_give_equal_keys() {
+        let o = owned();
+        assert_eq!(input(&o).key(), input(&o).key());
+    }
+
+    #[test]
+    fn every_field_changes_the_key() {
+        let o = owned();
+        let base = input(&o).key();
+        let mut changed = Vec::new();
+        changed.push(
+            KeyInput {
+                provider: "together",
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                base_url: Some("http://127.0.0.1:9/v1"),
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                model: "gpt-4o",
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                system: None,
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                system: Some("You are an agent."),
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                user: "Write a ticket!",
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                sample_seed: 100,
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                offline: None,
+                ..input(&o)
+            }
+            .key(),
+        );
+        let other_inputs = BTreeMap::from([("queue".to_string(), serde_json::json!("IT Support"))]);
+        changed.push(
+            KeyInput {
+                offline: Some(("topic", "bank-1", &other_inputs)),
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                offline: Some(("subject", "bank-1", &o.inputs)),
+                ..input(&o)
+            }
+            .key(),
+        );
+        changed.push(
+            KeyInput {
+                offline: Some(("topic", "bank-2", &o.inputs)),
+                ..input(&o)
+            }
+            .key(),
+        );
+        let list = OutputKind::List { min: 4, max: 8 };
+        changed.push(
+            KeyInput {
+                output: &list,
+                ..input(&o)
+            }
+            .key(),
+        );
+        let list2 = OutputKind::List { min: 4, max: 7 };
+        changed.push(
+            KeyInput {
+                output: &list2,
+                ..input(&o)
+            }
+            .key(),
+        );
+        let json = OutputKind::Json {
+            fields: vec!["subject".into()],
+        };
+        changed.push(
+            KeyInput {
+                output: &json,
+                ..input(&o)
+            }
+            .key(),
+        );
+
+        let param_changes: Vec<Box<dyn Fn(&mut Params)>> = vec![
+            Box::new(|p| p.temperature = Some(0.70001)),
+            Box::new(|p| p.temperature = None),
+            Box::new(|p| p.top_p = None),
+            Box::new(|p| p.top_p = Some(1.0)),
+            Box::new(|p| p.max_tokens = Some(401)),
+            Box::new(|p| p.max_tokens = None),
+            Box::new(|p| p.seed = Some(2)),
+            Box::new(|p| p.seed = None),
+            Box::new(|p| p.stop = None),
+            Box::new(|p| p.stop = Some(vec!["END".into(), "STOP".into()])),
+            Box::new(|p| p.stop = Some(vec![])),
+            Box::new(|p| {
+                p.extra
+                    .insert("presence_penalty".into(), serde_json::json!(0.2));
+            }),
+            Box::new(|p| p.extra.clear()),
+            Box::new(|p| p.response_format = Some("json_object".into())),
+        ];
+        for change in &param_changes {
+            let mut params = o.params.clone();
+            change(&mut params);
+            changed.push(
+                KeyInput {
+                    params: &params,
+                    ..input(&o)
+                }
+                .key(),
+            );
+        }
+        let mut all = changed.clone();
+        all.push(base);
+        all.sort();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            changed.len() + 1,
+            "some change left the key unchanged or collided"
+        );
+    }
+
+    #[test]
+    fn unset_differs_from_any_value() {
+        let o = owned();
+        let mut unset = o.params.clone();
+        unset.seed = None;
+        let mut zero = o.params.clone();
+        zero.seed = Some(0);
+        assert_ne!(
+            KeyInput {
+                params: &unset,
+                ..input(&o)
+            }
+            .key(),
+            KeyInput {
+                params: &zero,
+                ..input(&o)
+            }
+            .key()
+        );
+    }
+
+    #[test]
+    fn map_order_does_not_change_the_key() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 3}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a": {"x": 3, "y": 2}, "b": 1}"#).unwrap();
+        let ma = BTreeMap::from([("k".to_string(), a)]);
+        let mb = BTreeMap::from([("k".to_string(), b)]);
+        assert_eq!(canonical_json_map(&ma), canonical_json_map(&mb));
+    }
+
+    #[test]
+    fn field_boundaries_cannot_be_shifted() {
+        let o = owned();
+        let a = KeyInput {
+            system: Some("ab"),
+            user: "c",
+            ..input(&o)
+        }
+        .key();
+        let b = KeyInput {
+            system: Some("a"),
+            user: "bc",
+            ..input(&o)
+        }
+        .key();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let o = owned();
+        let key = input(&o).key();
+        assert_eq!(ArtifactKey::from_hex(&key.to_hex()), Some(key));
+    }
+}

@@ -1,0 +1,32 @@
+//! ticketbuild builds synthetic, multilingual customer-support ticket datasets with LLMs, the way a
+//! build tool builds software: every field of every ticket is an artifact whose key is the BLAKE3 hash
+//! of exactly what determines it, responses are cached, and a rebuild calls a model only where
+//! something changed.
+//!
+//! The modules, in the order data flows through them:
+//! - [`config`] reads and checks dataset.toml; [`prompt`] reads prompt files; [`graph`] compiles
+//!   templates and orders the nodes.
+//! - [`sampling`] draws each ticket's language, categories, id and seed.
+//! - [`key`] derives artifact keys; [`cache`] stores artifacts durably.
+//! - [`provider`] talks to models (the built-in [`offline`] model among them).
+//! - [`engine`] runs a build; [`output`] writes Parquet, CSV and JSONL.
+//! - [`cli`] is the command line; [`diag`] formats input errors.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod engine;
+pub mod graph;
+pub mod key;
+pub mod language;
+pub mod manifest;
+pub mod offline;
+pub mod output;
+pub mod prompt;
+pub mod provider;
+pub mod sampling;
+pub mod status;
+pub mod value;
+
+pub use cli::run;

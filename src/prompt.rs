@@ -1,0 +1,378 @@
+//! Prompt files: one minijinja template per node, with a system part and a user part.
+//!
+//! This module owns the prompt file format and its checks: reading the file (size, UTF-8, inside the
+//! project), splitting it at the `--- system` / `--- user` marker lines, and locating a variable or a
+//! template error at its line in the file. Compiling and rendering the templates, and deciding which
+//! variables exist, is `graph`'s job. The invariant: every line number reported for a prompt is the
+//! line in the file the user edits, not in the part after splitting.
+//!
+//! The format:
+//!
+//! ```text
+//! {# optional comments before the first marker #}
+//! --- system
+//! You are a customer writing to a support desk.
+//! --- user
+//! Write a subject line about {{ topic }}.
+//! ```
+//!
+//! A file without marker lines is all user message. Each part is trimmed of surrounding blank lines.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::io_reason;
+use crate::diag::{Diagnostic, Diagnostics};
+
+/// Prompt files larger than this are refused: a prompt that size is a mistake, and reading it for
+/// every ticket would be slow.
+pub const MAX_PROMPT_BYTES: u64 = 1024 * 1024;
+
+const SYSTEM_MARKER: &str = "--- system";
+const USER_MARKER: &str = "--- user";
+
+/// A parsed prompt file.
+#[derive(Debug, Clone)]
+pub struct PromptFile {
+    /// The path as shown to the user (relative to where the config lives).
+    pub display: PathBuf,
+    pub source: String,
+    pub system: Option<Part>,
+    pub user: Part,
+}
+
+/// One part of a prompt file.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub text: String,
+    /// The 1-based line in the file where `text` begins.
+    pub first_line: usize,
+}
+
+impl PromptFile {
+    /// Reads and splits `path`, which must lie inside `project_root`.
+    pub fn load(
+        display: &Path,
+        path: &Path,
+        project_root: &Path,
+    ) -> Result<PromptFile, Diagnostics> {
+        let problem = |message: String| Diagnostics::from(Diagnostic::file(display, message));
+        let metadata = std::fs::metadata(path)
+            .map_err(|e| problem(format!("cannot read the prompt file: {}", io_reason(&e))))?;
+        if !metadata.is_file() {
+            return Err(problem("is not a file".to_string()));
+        }
+        let root = if project_root.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            project_root
+        };
+        let root = root
+            .canonicalize()
+            .map_err(|e| problem(format!("cannot resolve the project folder: {e}")))?;
+        let real = path
+            .canonicalize()
+            .map_err(|e| problem(format!("cannot resolve the prompt path: {e}")))?;
+        if !real.starts_with(&root) {
+            return Err(problem(format!(
+                "lies outside the project folder `{}`; keep prompts inside the project so the dataset is reproducible from it",
+                root.display()
+            )));
+        }
+        if metadata.len() > MAX_PROMPT_BYTES {
+            return Err(problem(format!(
+                "is {} bytes; prompt files are limited to {} bytes",
+                metadata.len(),
+                MAX_PROMPT_BYTES
+            )));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| problem(format!("cannot read the prompt file: {}", io_reason(&e))))?;
+        let source = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+            let column = bytes[..valid]
+                .iter()
+                .rev()
+                .take_while(|b| **b != b'\n')
+                .count()
+                + 1;
+            Diagnostics::from(Diagnostic {
+                file: display.to_path_buf(),
+                position: Some((line, column)),
+                key: None,
+                message: "is not valid UTF-8".to_string(),
+                snippet: None,
+            })
+        })?;
+        PromptFile::parse(display, source)
+    }
+
+    /// Splits `source` into its parts.
+    pub fn parse(display: &Path, source: String) -> Result<PromptFile, Diagnostics> {
+        let mut system: Option<(usize, usize)> = None; // (marker line index, start byte)
+        let mut user: Option<(usize, usize)> = None;
+        let mut problems = Diagnostics::default();
+        let mut offset = 0;
+        let mut first_marker_offset = None;
+        for (index, line) in source.split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_end();
+            let next = offset + line.len();
+            let marker = if trimmed == SYSTEM_MARKER {
+                Some(&mut system)
+            } else if trimmed == USER_MARKER {
+                Some(&mut user)
+            } else {
+                None
+            };
+            if let Some(slot) = marker {
+                first_marker_offset.get_or_insert(offset);
+                if slot.is_some() {
+                    problems.push(Diagnostic::at_line(
+                        display,
+                        &source,
+                        index + 1,
+                        Some(1),
+                        format!("`{trimmed}` appears twice"),
+                    ));
+                }
+                *slot = Some((index, next));
+            }
+            offset = next;
+        }
+        if let (Some((s, _)), Some((u, _))) = (system, user) {
+            if s > u {
+                problems.push(Diagnostic::at_line(
+                    display,
+                    &source,
+                    s + 1,
+                    Some(1),
+                    "`--- system` must come before `--- user`",
+                ));
+            }
+        }
+        if system.is_some() && user.is_none() {
+            problems.push(Diagnostic::file(
+                display,
+                "has a `--- system` part but no `--- user` part",
+            ));
+        }
+        if let Some(first) = first_marker_offset {
+            let preamble = strip_comments(&source[..first]);
+            if !preamble.trim().is_empty() {
+                problems.push(Diagnostic::at_line(
+                    display,
+                    &source,
+                    1,
+                    Some(1),
+                    "text before the first `--- system` / `--- user` line; move it into a part or make it a `{# comment #}`",
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let part = |start: usize, end: usize| -> Part {
+            let raw = &source[start..end];
+            let leading_lines = raw.len() - raw.trim_start_matches(['\n', '\r', ' ', '\t']).len();
+            let first_line = source[..start + leading_lines].matches('\n').count() + 1;
+            Part {
+                text: raw.trim().to_string(),
+                first_line,
+            }
+        };
+        let user_part;
+        let mut system_part = None;
+        match (system, user) {
+            (None, None) => user_part = part(0, source.len()),
+            (Some((_, s_start)), Some((u_line, u_start))) => {
+                let s_end = line_offset(&source, u_line);
+                system_part = Some(part(s_start, s_end));
+                user_part = part(u_start, source.len());
+            }
+            (None, Some((_, u_start))) => user_part = part(u_start, source.len()),
+            (Some(_), None) => unreachable!("reported above"),
+        }
+        if user_part.text.is_empty() {
+            return Err(Diagnostic::file(
+                display,
+                "the user part of this prompt is empty; write the instruction for the model",
+            )
+            .into());
+        }
+        Ok(PromptFile {
+            display: display.to_path_buf(),
+            source,
+            system: system_part.filter(|p| !p.text.is_empty()),
+            user: user_part,
+        })
+    }
+
+    /// The parts with their names, system first.
+    pub fn parts(&self) -> impl Iterator<Item = (&'static str, &Part)> {
+        self.system
+            .iter()
+            .map(|p| ("system", p))
+            .chain(std::iter::once(("user", &self.user)))
+    }
+
+    /// A diagnostic at `line` (1-based, within `part`) of this file.
+    pub fn error_at(
+        &self,
+        part: &Part,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        match line {
+            Some(line) => Diagnostic::at_line(
+                &self.display,
+                &self.source,
+                part.first_line + line - 1,
+                column,
+                message,
+            ),
+            None => Diagnostic::file(&self.display, message),
+        }
+    }
+
+    /// Where `variable` is first used as a variable inside a `{{ }}` or `{% %}` tag of `part`:
+    /// (1-based line within the part, 1-based column).
+    pub fn locate_variable(part: &Part, variable: &str) -> Option<(usize, usize)> {
+        let text = &part.text;
+        let mut search = 0;
+        while let Some(open) = text[search..].find('{').map(|i| search + i) {
+            let kind = text[open + 1..].chars().next();
+            let close = match kind {
+                Some('{') => "}}",
+                Some('%') => "%}",
+                _ => {
+                    search = open + 1;
+                    continue;
+                }
+            };
+            let body_start = open + 2;
+            let body_end = text[body_start..]
+                .find(close)
+                .map_or(text.len(), |i| body_start + i);
+            if let Some(at) = find_identifier(&text[body_start..body_end], variable) {
+                let absolute = body_start + at;
+                let line = text[..absolute].matches('\n').count() + 1;
+                let column = absolute - text[..absolute].rfind('\n').map_or(0, |i| i + 1) + 1;
+                return Some((line, column));
+            }
+            search = body_end;
+        }
+        None
+    }
+}
+
+fn line_offset(source: &str, line_index: usize) -> usize {
+    source
+        .split_inclusive('\n')
+        .take(line_index)
+        .map(str::len)
+        .sum()
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{#") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("#}") {
+            Some(end) => rest = &rest[start + end + 2..],
+            None => return out + &rest[start..],
+        }
+    }
+    out + rest
+}
+
+/// Byte offset of `name` as a whole identifier in `code`, skipping string literals and attributes
+/// (`x.name` is an attribute, not the variable `name`).
+fn find_identifier(code: &str, name: &str) -> Option<usize> {
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'"' || c == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != c {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let after_dot = code[..start].trim_end().ends_with('.');
+            if &code[start..i] == name && !after_dot {
+                return Some(start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> Result<PromptFile, Diagnostics> {
+        PromptFile::parse(Path::new("prompts/x.jinja"), source.to_string())
+    }
+
+    #[test]
+    fn splits_system_and_user_with_file_line_numbers() {
+        let file = parse("{# header #}\n--- system\nYou are {{ role }}.\n\n--- user\n\nWrite about {{ topic }}.\n").unwrap();
+        let system = file.system.as_ref().unwrap();
+        assert_eq!(system.text, "You are {{ role }}.");
+        assert_eq!(system.first_line, 3);
+        assert_eq!(file.user.text, "Write about {{ topic }}.");
+        assert_eq!(file.user.first_line, 7);
+        assert_eq!(
+            PromptFile::locate_variable(&file.user, "topic"),
+            Some((1, 16))
+        );
+    }
+
+    #[test]
+    fn a_file_without_markers_is_all_user() {
+        let file = parse("Hello {{ name }}").unwrap();
+        assert!(file.system.is_none());
+        assert_eq!(file.user.first_line, 1);
+    }
+
+    #[test]
+    fn empty_user_part_is_an_error() {
+        let err = parse("--- system\nx\n--- user\n\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("user part of this prompt is empty"),
+            "{err}"
+        );
+        assert!(parse("   \n").is_err());
+    }
+
+    #[test]
+    fn stray_text_before_markers_is_an_error() {
+        let err = parse("oops\n--- user\nx").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("prompts/x.jinja:1:1: text before"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn variables_are_found_outside_strings_and_attributes() {
+        let part = Part {
+            text: "a {{ x.topic }} {{ 'topic' }}\n{% if topic %}".to_string(),
+            first_line: 1,
+        };
+        assert_eq!(PromptFile::locate_variable(&part, "topic"), Some((2, 7)));
+    }
+}

@@ -1,0 +1,641 @@
+//! The shared HTTP machinery of the remote providers: client, retries, errors and secrets.
+//!
+//! This module owns [`HttpProvider`], which turns an [`Adapter`] (what one API's bodies, headers and
+//! replies look like: `openai`, `anthropic`) into a [`Provider`]: one reqwest client per model
+//! (connection reuse, gzip, HTTP/2 where the server offers it, rustls with the ring crypto provider),
+//! the retry loop with exponential backoff and full jitter that honours `Retry-After`, per-attempt
+//! timeouts and the per-call deadline, the classification of failures, and the scrubbing of API keys
+//! from every message. Scheduling (concurrency and rate limits) is `limits`; what a body holds is the
+//! adapter's. The invariants: every request carries `x-ticketbuild-key` with the artifact key, and
+//! the same body on every attempt; a call returns `Ok` only with an output that `request.output.parse`
+//! accepted; and no error message contains the API key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
+
+use super::limits::Limiter;
+use super::{CallFuture, Provider, ProviderError, Request, Response, estimate_tokens};
+use crate::cache::Usage;
+use crate::config::{ModelConfig, ModelLimits};
+use crate::value::InvalidOutput;
+
+/// The header that names the artifact a request is for.
+pub const KEY_HEADER: &str = "x-ticketbuild-key";
+
+/// First backoff step; attempt `n` waits a random time up to `BACKOFF_BASE * 2^(n-1)`.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest backoff between two attempts (a server's `Retry-After` may ask for more).
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Longest time to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an error body is quoted when it has no message field.
+const QUOTE_LIMIT: usize = 300;
+
+/// Installs rustls' ring crypto provider as the process default, once. reqwest is built with
+/// `rustls-no-provider`, so a client cannot be built before this has run.
+pub fn install_crypto_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // An error means a provider is already installed (by an embedding program): keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An API key. Never printed: `Debug` hides it and [`Secret::redact`] removes it from text.
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(Arc::from(value.trim()))
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `text` with the key, and any word holding eight or more of its characters in a row (providers
+    /// echo keys partly masked, as `sk-abc***wxyz`), replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let key = self.expose();
+        if key.is_empty() {
+            return text.to_string();
+        }
+        let text = text.replace(key, "[redacted]");
+        let window = key.len().min(8);
+        let pieces: Vec<&str> = (0..=key.len() - window)
+            .filter_map(|i| key.get(i..i + window))
+            .collect();
+        let mut out = String::with_capacity(text.len());
+        let mut word = String::new();
+        let flush = |word: &mut String, out: &mut String| {
+            if pieces.iter().any(|p| word.contains(p)) {
+                out.push_str("[redacted]");
+            } else {
+                out.push_str(word);
+            }
+            word.clear();
+        };
+        for c in text.chars() {
+            if c.is_whitespace() || c == '"' || c == '\'' || c == ',' {
+                flush(&mut word, &mut out);
+                out.push(c);
+            } else {
+                word.push(c);
+            }
+        }
+        flush(&mut word, &mut out);
+        out
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// What an [`HttpProvider`] needs besides its adapter.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The provider as configured (`openai`, `anthropic`, ...), for messages.
+    pub provider: String,
+    /// The model name as sent, for messages.
+    pub model: String,
+    pub limits: ModelLimits,
+    pub secret: Option<Secret>,
+}
+
+impl Settings {
+    pub fn new(model: &ModelConfig, secret: Option<Secret>) -> Settings {
+        Settings {
+            provider: model.provider.clone(),
+            model: model.model.clone(),
+            limits: model.limits.clone(),
+            secret,
+        }
+    }
+}
+
+/// A reply in the provider's success shape, before the output is validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub text: String,
+    pub usage: Usage,
+    /// The model that answered, when the reply names it.
+    pub served_model: Option<String>,
+    pub reported_cost_usd: Option<f64>,
+}
+
+/// Why a 2xx body is no usable reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyError {
+    /// Not the documented shape (a field missing, the wrong type).
+    Malformed(String),
+    /// The shape is right but there is no text (a refusal, a content filter, an empty message).
+    Empty,
+    /// The body is an error object, as some gateways send with status 200.
+    Error { status: u16, message: String },
+}
+
+/// One API: its endpoint, headers, request bodies and reply shapes. Pure functions of their
+/// arguments, so they are unit-tested without a server.
+pub trait Adapter: Send + Sync + 'static {
+    /// The URL requests are posted to.
+    fn endpoint(&self) -> &str;
+    /// Headers sent on every request besides the content type and [`KEY_HEADER`] (authentication,
+    /// API version). Values holding the key must be marked sensitive.
+    fn headers(&self, secret: Option<&Secret>) -> Result<HeaderMap, String>;
+    /// The request body.
+    fn body(&self, request: &Request) -> serde_json::Value;
+    /// The most output tokens the request may produce, for rate-limit estimates.
+    fn max_output_tokens(&self, request: &Request) -> u64;
+    /// Reads a 2xx body.
+    fn parse_reply(&self, body: &serde_json::Value) -> Result<Reply, ReplyError>;
+    /// The provider's own message in an error body.
+    fn error_message(&self, body: &serde_json::Value) -> Option<String>;
+}
+
+/// A provider over HTTP: an adapter plus the client, limiter and retry policy of one model.
+pub struct HttpProvider<A> {
+    adapter: A,
+    client: reqwest::Client,
+    limiter: Limiter,
+    settings: Settings,
+    /// Set by a 401, 402, 403 or 404: the key, the account or the model is wrong, for every later
+    /// call of this build too, so they fail at once without a request.
+    sticky: Mutex<Option<String>>,
+}
+
+/// A failed attempt that may be retried, by the bound it counts against.
+enum Failed {
+    Transient(String),
+    Malformed(String),
+    Invalid(InvalidOutput),
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done(Response),
+    /// Worth another attempt after a pause (429, 408, 409, 5xx, timeout, connection error).
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+        throttled: bool,
+    },
+    /// The server answered, but not with a usable reply.
+    Malformed(String),
+    /// The reply's output did not validate against the node's kind.
+    Invalid(InvalidOutput),
+    /// Retrying cannot help.
+    Fatal {
+        message: String,
+        sticky: bool,
+    },
+}
+
+impl<A: Adapter> HttpProvider<A> {
+    pub fn new(adapter: A, settings: Settings) -> Result<HttpProvider<A>, ProviderError> {
+        let mut headers = adapter
+            .headers(settings.secret.as_ref())
+            .map_err(|e| ProviderError::Fatal(redact(&settings, &e)))?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let limits = &settings.limits;
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("ticketbuild/", env!("CARGO_PKG_VERSION")))
+            .gzip(true)
+            .connect_timeout(CONNECT_TIMEOUT.min(Duration::from_secs(limits.timeout_secs)))
+            .pool_max_idle_per_host(limits.max_concurrency)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| {
+                ProviderError::Fatal(redact(
+                    &settings,
+                    &format!("cannot set up the HTTP client: {e}"),
+                ))
+            })?;
+        let limiter = Limiter::new(
+            limits.max_concurrency,
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+        );
+        Ok(HttpProvider {
+            adapter,
+            client,
+            limiter,
+            settings,
+            sticky: Mutex::new(None),
+        })
+    }
+
+    fn label(&self) -> String {
+        format!("{} model `{}`", self.settings.provider, self.settings.model)
+    }
+
+    fn sticky(&self) -> Option<String> {
+        self.sticky
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_sticky(&self, message: &str) {
+        self.sticky
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| message.to_string());
+    }
+
+    async fn call_with_retries(&self, request: &Request) -> Result<Response, ProviderError> {
+        self.retry_loop(request).await.map_err(|e| match e {
+            ProviderError::Transient(m) => ProviderError::Transient(redact(&self.settings, &m)),
+            ProviderError::Fatal(m) => ProviderError::Fatal(redact(&self.settings, &m)),
+            ProviderError::Malformed(m) => ProviderError::Malformed(redact(&self.settings, &m)),
+            other => other,
+        })
+    }
+
+    async fn retry_loop(&self, request: &Request) -> Result<Response, ProviderError> {
+        if let Some(message) = self.sticky() {
+            return Err(ProviderError::Fatal(message));
+        }
+        let key = request.key().to_hex();
+        let body = serde_json::to_vec(&self.adapter.body(request))
+            .map_err(|e| ProviderError::Fatal(format!("cannot encode the request body: {e}")))?;
+        let tokens =
+            estimate_tokens(request.prompt_chars()) + self.adapter.max_output_tokens(request);
+        let limits = &self.settings.limits;
+        let deadline = Duration::from_secs(limits.deadline_secs);
+        let per_attempt = Duration::from_secs(limits.timeout_secs);
+        let mut first: Option<Instant> = None;
+        let mut transient = 0u32;
+        let mut invalid = 0u32;
+        loop {
+            let permit = self.limiter.acquire(tokens).await;
+            if let Some(message) = self.sticky() {
+                return Err(ProviderError::Fatal(message));
+            }
+            let started = *first.get_or_insert_with(Instant::now);
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let timeout = per_attempt.min(remaining);
+            let outcome =
+                match tokio::time::timeout(timeout, self.attempt(&key, &body, request)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Attempt::Retry {
+                        reason: format!("no response within {} s", timeout.as_secs_f64()),
+                        retry_after: None,
+                        throttled: false,
+                    },
+                };
+            let attempts = transient + invalid + 1;
+            // What went wrong, whether the bound for its kind is reached, and the pause before the
+            // next attempt.
+            let (failure, exhausted, delay) = match outcome {
+                Attempt::Done(response) => {
+                    permit.answered();
+                    return Ok(response);
+                }
+                Attempt::Fatal { message, sticky } => {
+                    drop(permit);
+                    let message = format!("{}: {message}", self.label());
+                    if sticky {
+                        self.set_sticky(&message);
+                    }
+                    return Err(ProviderError::Fatal(message));
+                }
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                    throttled,
+                } => {
+                    if throttled {
+                        permit.throttled();
+                    } else {
+                        drop(permit);
+                    }
+                    transient += 1;
+                    let delay = match retry_after {
+                        Some(wait) => {
+                            wait + jitter(&key, attempts, Duration::from_millis(100) + wait / 10)
+                        }
+                        None => backoff(&key, transient),
+                    };
+                    (
+                        Failed::Transient(reason),
+                        transient >= limits.max_attempts,
+                        delay,
+                    )
+                }
+                Attempt::Malformed(reason) => {
+                    permit.answered();
+                    invalid += 1;
+                    (
+                        Failed::Malformed(reason),
+                        invalid >= limits.max_invalid_attempts,
+                        backoff(&key, invalid),
+                    )
+                }
+                Attempt::Invalid(e) => {
+                    permit.answered();
+                    invalid += 1;
+                    (
+                        Failed::Invalid(e),
+                        invalid >= limits.max_invalid_attempts,
+                        backoff(&key, invalid),
+                    )
+                }
+            };
+            let why = if exhausted {
+                format!("gave up after {attempts} attempts")
+            } else if started.elapsed() + delay >= deadline {
+                format!(
+                    "gave up after {attempts} attempts: another would pass the {}-second deadline",
+                    limits.deadline_secs
+                )
+            } else {
+                tokio::time::sleep(delay).await;
+                continue;
+            };
+            return Err(match failure {
+                Failed::Transient(reason) => {
+                    ProviderError::Transient(format!("{}: {reason}; {why}", self.label()))
+                }
+                Failed::Malformed(reason) => {
+                    ProviderError::Malformed(format!("{}: {reason}; {why}", self.label()))
+                }
+                Failed::Invalid(e) => ProviderError::Invalid(e),
+            });
+        }
+    }
+
+    async fn attempt(&self, key: &str, body: &[u8], request: &Request) -> Attempt {
+        let sent = self
+            .client
+            .post(self.adapter.endpoint())
+            .header(KEY_HEADER, key)
+            .body(body.to_vec())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: transport_reason(&e),
+                    retry_after: None,
+                    throttled: false,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) if (200..300).contains(&status) => {
+                return Attempt::Malformed(format!(
+                    "the response body was cut off ({})",
+                    transport_reason(&e)
+                ));
+            }
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: format!(
+                        "HTTP {status}, and the body was cut off ({})",
+                        transport_reason(&e)
+                    ),
+                    retry_after,
+                    throttled: status == 429,
+                };
+            }
+        };
+        let json = serde_json::from_slice::<serde_json::Value>(&bytes);
+        if !(200..300).contains(&status) {
+            let message = json
+                .ok()
+                .and_then(|json| self.adapter.error_message(&json))
+                .unwrap_or_else(|| quote(&bytes));
+            return classify(status, message, retry_after);
+        }
+        let json = match json {
+            Ok(json) => json,
+            Err(e) => return Attempt::Malformed(format!("the response body is not JSON ({e})")),
+        };
+        match self.adapter.parse_reply(&json) {
+            Ok(reply) => match request.output.parse(&reply.text) {
+                Ok(output) => Attempt::Done(Response {
+                    output,
+                    usage: reply.usage,
+                    served_model: reply.served_model.unwrap_or_else(|| request.model.clone()),
+                    reported_cost_usd: reply.reported_cost_usd,
+                }),
+                Err(e) => Attempt::Invalid(e),
+            },
+            Err(ReplyError::Empty) => Attempt::Invalid(InvalidOutput::Empty),
+            Err(ReplyError::Malformed(reason)) => Attempt::Malformed(reason),
+            Err(ReplyError::Error { status, message }) => classify(status, message, retry_after),
+        }
+    }
+}
+
+impl<A: Adapter> Provider for HttpProvider<A> {
+    fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a> {
+        Box::pin(self.call_with_retries(request))
+    }
+}
+
+fn redact(settings: &Settings, text: &str) -> String {
+    match &settings.secret {
+        Some(secret) => secret.redact(text),
+        None => text.to_string(),
+    }
+}
+
+/// What an HTTP error status means for the call.
+fn classify(status: u16, message: String, retry_after: Option<Duration>) -> Attempt {
+    let reason = format!("HTTP {status}: {message}");
+    match status {
+        429 | 408 | 409 | 500..=599 => Attempt::Retry {
+            reason,
+            retry_after,
+            throttled: status == 429,
+        },
+        401 | 402 | 403 | 404 => Attempt::Fatal {
+            message: reason,
+            sticky: true,
+        },
+        _ => Attempt::Fatal {
+            message: reason,
+            sticky: false,
+        },
+    }
+}
+
+/// A transport error in a few words. reqwest's messages name the URL, which holds no secret.
+fn transport_reason(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "the body could not be read"
+    } else {
+        "the request failed"
+    };
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    format!("{kind}: {detail}")
+}
+
+/// The start of an error body that is not the provider's JSON, on one line.
+fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return "(empty body)".to_string();
+    }
+    match text.char_indices().nth(QUOTE_LIMIT) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// `Retry-After` as seconds (`120`) or an HTTP date; a date in the past means now.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Full-jitter exponential backoff before retry `n` (1-based).
+fn backoff(key: &str, n: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    jitter(key, n, ceiling)
+}
+
+/// A random duration up to `ceiling`. Any randomness will do; this one mixes the artifact key, the
+/// attempt and a process-wide counter, so callers that failed together do not retry together.
+fn jitter(key: &str, attempt: u32, ceiling: Duration) -> Duration {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut seed = COUNTER.fetch_add(1, Ordering::Relaxed) ^ (u64::from(attempt) << 32);
+    for b in key.bytes().take(16) {
+        seed = seed.rotate_left(5) ^ u64::from(b);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let fraction = (splitmix64(seed ^ nanos) >> 11) as f64 / (1u64 << 53) as f64;
+    ceiling.mul_f64(fraction)
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A JSON number as `u64`, zero when absent.
+pub(crate) fn count(value: &serde_json::Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        for n in 1..40 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(BACKOFF_CAP);
+            for _ in 0..20 {
+                assert!(backoff("abc", n) <= ceiling);
+            }
+        }
+        let samples: Vec<Duration> = (0..50).map(|_| backoff("abc", 4)).collect();
+        assert!(samples.iter().any(|d| *d != samples[0]), "jitter varies");
+    }
+
+    #[test]
+    fn secrets_are_redacted_whole_and_partly_masked() {
+        let secret = Secret::new("sk-test-0123456789abcdef".to_string());
+        assert_eq!(
+            secret.redact("bad key sk-test-0123456789abcdef!"),
+            "bad key [redacted]!"
+        );
+        assert_eq!(
+            secret.redact("Incorrect API key provided: sk-test-***********cdef. See docs."),
+            "Incorrect API key provided: [redacted] See docs."
+        );
+        assert_eq!(
+            secret.redact("\"key\": \"sk-test-01234\""),
+            "\"key\": \"[redacted]\""
+        );
+        assert_eq!(secret.redact("nothing to hide"), "nothing to hide");
+        assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let retry = |s| matches!(classify(s, String::new(), None), Attempt::Retry { .. });
+        for status in [429, 408, 409, 500, 502, 503, 529] {
+            assert!(retry(status), "{status}");
+        }
+        for status in [400, 401, 403, 404, 422] {
+            assert!(
+                matches!(classify(status, String::new(), None), Attempt::Fatal { .. }),
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            classify(401, String::new(), None),
+            Attempt::Fatal { sticky: true, .. }
+        ));
+        assert!(matches!(
+            classify(400, String::new(), None),
+            Attempt::Fatal { sticky: false, .. }
+        ));
+    }
+}

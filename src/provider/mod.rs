@@ -1,0 +1,300 @@
+//! Model providers: one trait, one adapter per provider.
+//!
+//! This module owns the request as it is sent to a model ([`Request`], from which the artifact key is
+//! derived), the normalised response ([`Response`]), the [`Provider`] trait that adapters implement
+//! and [`for_model`], which picks the adapter for a model and hands it its API key. The adapters:
+//! [`offline`] (the built-in model), [`openai`] (the chat-completions API of OpenAI, OpenRouter,
+//! Together, Ollama and any OpenAI-compatible server) and [`anthropic`] (the Messages API), the last
+//! two over the shared HTTP client, retry loop and rate limiter of [`http`] and [`limits`].
+//! It knows nothing of the engine, the cache or the CLI: a provider turns one request into one
+//! validated output or an error, nothing more. The invariant: a [`Response`] only ever carries an
+//! output that passed validation against the node's declared kind, and a request carries no secret.
+
+pub mod anthropic;
+pub mod http;
+pub mod limits;
+pub mod offline;
+pub mod openai;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::cache::{RecordedRequest, Usage};
+use crate::config::{ModelConfig, Params};
+use crate::key::{ArtifactKey, KeyInput, canonical_json_map};
+use crate::value::{InvalidOutput, NodeOutput, OutputKind};
+
+/// One model request, exactly as it will be sent. Its [`Request::key`] is the artifact key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub provider: String,
+    pub base_url: Option<String>,
+    pub model: String,
+    pub params: Params,
+    pub output: OutputKind,
+    pub system: Option<String>,
+    pub user: String,
+    /// Offline model only: the task and the structured inputs it reads.
+    pub offline: Option<OfflineInputs>,
+    pub sample_seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineInputs {
+    pub task: String,
+    /// The phrase bank's fingerprint: a bank edit changes what the offline model writes.
+    pub bank: String,
+    pub inputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl Request {
+    pub fn key(&self) -> ArtifactKey {
+        KeyInput {
+            provider: &self.provider,
+            base_url: self.base_url.as_deref(),
+            model: &self.model,
+            params: &self.params,
+            output: &self.output,
+            system: self.system.as_deref(),
+            user: &self.user,
+            offline: self
+                .offline
+                .as_ref()
+                .map(|o| (o.task.as_str(), o.bank.as_str(), &o.inputs)),
+            sample_seed: self.sample_seed,
+        }
+        .key()
+    }
+
+    /// The request as recorded with its artifact.
+    pub fn record(&self) -> RecordedRequest {
+        RecordedRequest {
+            provider: self.provider.clone(),
+            base_url: self.base_url.clone(),
+            model: self.model.clone(),
+            params_json: params_json(&self.params),
+            output_kind: match &self.output {
+                OutputKind::Text => "text".to_string(),
+                OutputKind::List { min, max } => format!("list ({min} to {max} items)"),
+                OutputKind::Json { fields } => format!("json ({})", fields.join(", ")),
+            },
+            system: self.system.clone(),
+            user: self.user.clone(),
+            offline: self
+                .offline
+                .as_ref()
+                .map(|o| (o.task.clone(), canonical_json_map(&o.inputs))),
+            sample_seed: self.sample_seed,
+        }
+    }
+
+    /// Characters of prompt text, for token estimates.
+    pub fn prompt_chars(&self) -> usize {
+        self.system.as_ref().map_or(0, String::len) + self.user.len()
+    }
+}
+
+/// The parameters that are set, as canonical JSON with sorted keys.
+pub fn params_json(params: &Params) -> String {
+    let mut map = BTreeMap::new();
+    if let Some(v) = params.temperature {
+        map.insert("temperature".to_string(), serde_json::json!(v));
+    }
+    if let Some(v) = params.top_p {
+        map.insert("top_p".to_string(), serde_json::json!(v));
+    }
+    if let Some(v) = params.max_tokens {
+        map.insert("max_tokens".to_string(), serde_json::json!(v));
+    }
+    if let Some(v) = params.seed {
+        map.insert("seed".to_string(), serde_json::json!(v));
+    }
+    if let Some(v) = &params.stop {
+        map.insert("stop".to_string(), serde_json::json!(v));
+    }
+    if let Some(v) = &params.response_format {
+        map.insert("response_format".to_string(), serde_json::json!(v));
+    }
+    if !params.extra.is_empty() {
+        map.insert(
+            "extra".to_string(),
+            serde_json::Value::Object(params.extra.clone().into_iter().collect()),
+        );
+    }
+    canonical_json_map(&map)
+}
+
+/// A validated answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub output: NodeOutput,
+    pub usage: Usage,
+    pub served_model: String,
+    /// The cost the provider itself reported (OpenRouter's `usage.cost`), in USD.
+    pub reported_cost_usd: Option<f64>,
+}
+
+/// Why a call produced no output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The offline model cannot serve this request; retrying will not help.
+    #[error("{0}")]
+    Offline(String),
+    /// The reply did not validate against the node's output kind.
+    #[error("invalid output: {0}")]
+    Invalid(#[from] InvalidOutput),
+    /// A transport or server error that may succeed on a later attempt.
+    #[error("{0}")]
+    Transient(String),
+    /// An error that retrying cannot fix (bad request, authentication, unknown model).
+    #[error("{0}")]
+    Fatal(String),
+    /// The provider's reply was not the shape its API documents (not JSON, truncated, no
+    /// completion), on every attempt allowed.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+}
+
+pub type CallFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response, ProviderError>> + Send + 'a>>;
+
+/// An adapter that answers requests. Implementations handle their own retries and rate limits, so
+/// that a returned error is final for this build.
+pub trait Provider: Send + Sync {
+    fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a>;
+}
+
+/// Whether this build can speak HTTP to remote providers.
+pub fn http_available() -> bool {
+    true
+}
+
+/// Where API keys come from: the process environment, then an optional `.env` file next to
+/// dataset.toml. Values are only ever handed to adapters, never stored, logged or hashed.
+#[derive(Default)]
+pub struct Secrets {
+    dotenv: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read `{path}`: {reason}")]
+pub struct SecretsError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
+
+impl Secrets {
+    /// Reads `.env` in `root` when there is one.
+    pub fn load(root: &std::path::Path) -> Result<Secrets, SecretsError> {
+        let path = root.join(".env");
+        if !path.exists() {
+            return Ok(Secrets::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| SecretsError {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let dotenv = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_string(),
+                    v.trim().trim_matches(['"', '\'']).to_string(),
+                )
+            })
+            .collect();
+        Ok(Secrets { dotenv })
+    }
+
+    /// The value of `name`: the environment wins over `.env`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.dotenv.get(name).cloned())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values are secrets.
+        f.debug_struct("Secrets")
+            .field("dotenv", &self.dotenv.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The API root a provider is reached at when the model sets no `base_url`, and the environment
+/// variable its key is read from when the model sets no `api_key_env` (`None`: no key needed).
+pub fn provider_defaults(provider: &str) -> Option<(&'static str, Option<&'static str>)> {
+    match provider {
+        "openai" => Some(("https://api.openai.com/v1", Some("OPENAI_API_KEY"))),
+        "openrouter" => Some(("https://openrouter.ai/api/v1", Some("OPENROUTER_API_KEY"))),
+        "together" => Some(("https://api.together.xyz/v1", Some("TOGETHER_API_KEY"))),
+        "anthropic" => Some(("https://api.anthropic.com/v1", Some("ANTHROPIC_API_KEY"))),
+        "ollama" => Some(("http://localhost:11434/v1", None)),
+        // No default root: `config` requires `base_url` for it.
+        "openai-compatible" => Some(("", None)),
+        _ => None,
+    }
+}
+
+/// Builds the adapter for a model. Fails before any call when a needed key is missing, naming the
+/// environment variable (never a value).
+pub fn for_model(
+    model: &ModelConfig,
+    secrets: &Secrets,
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    if model.provider == "offline" {
+        return Ok(Arc::new(offline::OfflineProvider::new(model.latency_ms)));
+    }
+    let Some((default_root, default_env)) = provider_defaults(&model.provider) else {
+        return Err(ProviderError::Fatal(format!(
+            "unknown provider `{}`",
+            model.provider
+        )));
+    };
+    let root = model.base_url.as_deref().unwrap_or(default_root);
+    if root.is_empty() {
+        return Err(ProviderError::Fatal(format!(
+            "provider `{}` needs `base_url`",
+            model.provider
+        )));
+    }
+    let env = model.api_key_env.as_deref().or(default_env);
+    let secret = match env {
+        None => None,
+        Some(name) => match secrets.get(name) {
+            Some(value) => Some(http::Secret::new(value)),
+            None => {
+                return Err(ProviderError::Fatal(format!(
+                    "the API key is missing: set the environment variable {name} (or put {name}=... in a .env file next to dataset.toml)"
+                )));
+            }
+        },
+    };
+    http::install_crypto_provider();
+    let settings = http::Settings::new(model, secret);
+    let provider: Arc<dyn Provider> = if model.provider == "anthropic" {
+        Arc::new(http::HttpProvider::new(
+            anthropic::Anthropic::new(root),
+            settings,
+        )?)
+    } else {
+        Arc::new(http::HttpProvider::new(
+            openai::OpenAi::new(&model.provider, root),
+            settings,
+        )?)
+    };
+    Ok(provider)
+}
+
+/// Rough token count for text without a tokenizer: about four characters per token.
+pub fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}

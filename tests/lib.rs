@@ -1,0 +1,10 @@
+//! Integration tests: the real `ticketbuild` binary on temporary projects.
+//!
+//! One test binary (see `[[test]]` in Cargo.toml), one module per feature; `support` holds the
+//! project builder and helpers shared by all of them.
+
+mod build;
+mod errors;
+mod http;
+mod incremental;
+mod support;

@@ -1,0 +1,766 @@
+//! A mock LLM server: OpenAI chat completions and Anthropic messages on 127.0.0.1.
+//!
+//! This module owns a small hyper server that answers `POST /v1/chat/completions` and
+//! `POST /v1/messages` with valid outputs for any node (read from the request's JSON schema, or from
+//! the instruction the Anthropic adapter puts in the system prompt), with configurable latency, fault
+//! rates, token counts and a scripted fault sequence, and counts what it saw: requests in total and per
+//! `x-ticketbuild-key`, successful answers per key, the most requests in flight at once, and a log of
+//! every request. The integration tests start it in-process ([`MockServer::start`]); the example
+//! `mock-llm` serves it for people trying ticketbuild without an account. It never blocks a worker:
+//! latency is a tokio sleep. The invariant: a text answer differs for every artifact key, and a
+//! structured answer always validates against the schema it was asked for.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// How the mock answers.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Added to every answer.
+    pub latency_ms: u64,
+    /// Share of requests answered 429 (with `retry_after`), chosen at random.
+    pub rate_429: f64,
+    /// Share of requests answered 500, chosen at random.
+    pub rate_500: f64,
+    /// The `Retry-After` header of random 429s (seconds or an HTTP date); `None` sends none.
+    pub retry_after: Option<String>,
+    /// Fixed usage counts; unset ones are estimated from the text (characters / 4).
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Reported as OpenRouter's `usage.cost` when set.
+    pub cost: Option<f64>,
+    /// Appended to the requested model name to form the served model, like a dated snapshot.
+    pub served_suffix: String,
+    /// When set, requests with another key are answered 401 with a message that echoes the key
+    /// they sent, as some providers do.
+    pub api_key: Option<String>,
+    /// Answers for the first requests, in arrival order, before the random faults apply.
+    pub script: Vec<Fault>,
+    /// Seed of the random faults.
+    pub seed: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency_ms: 0,
+            rate_429: 0.0,
+            rate_500: 0.0,
+            retry_after: Some("1".to_string()),
+            prompt_tokens: None,
+            completion_tokens: None,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            cost: None,
+            served_suffix: "-mock-2025-01-01".to_string(),
+            api_key: None,
+            script: Vec::new(),
+            seed: 1,
+        }
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// A normal answer.
+    Ok,
+    /// This status, with a `Retry-After` header when given, and the API's error body.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// 200 with a body cut off in the middle of its JSON.
+    Malformed,
+    /// 200 with an empty completion.
+    Empty,
+    /// 200 with a completion that is not the JSON a structured node needs.
+    Invalid,
+    /// A normal answer after this many milliseconds (on top of the latency).
+    Stall(u64),
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Fault {
+        Fault::Status {
+            status,
+            retry_after: None,
+        }
+    }
+
+    pub fn too_many(retry_after: &str) -> Fault {
+        Fault::Status {
+            status: 429,
+            retry_after: Some(retry_after.to_string()),
+        }
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub path: String,
+    /// The `x-ticketbuild-key` header.
+    pub key: Option<String>,
+    pub authorization: Option<String>,
+    pub x_api_key: Option<String>,
+    pub anthropic_version: Option<String>,
+    pub body: Value,
+    pub at: Instant,
+    /// The status the mock answered with.
+    pub status: u16,
+}
+
+/// What the mock has seen.
+#[derive(Default)]
+pub struct Counters {
+    total: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    per_key: Mutex<HashMap<String, u64>>,
+    successes: Mutex<HashMap<String, u64>>,
+    log: Mutex<Vec<Logged>>,
+}
+
+struct State {
+    config: MockConfig,
+    script: Mutex<VecDeque<Fault>>,
+    counters: Counters,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running mock on its own runtime; stops when dropped.
+pub struct MockServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockServer {
+    /// Starts the mock on an ephemeral port of 127.0.0.1.
+    pub fn start(config: MockConfig) -> MockServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("set the listener non-blocking");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let state = new_state(config);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("start the mock's runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("register the listener");
+                tokio::select! {
+                    _ = serve_state(listener, served) => {}
+                    _ = stopped => {}
+                }
+            });
+            runtime.shutdown_background();
+        });
+        MockServer {
+            url,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The API root to put in dataset.toml's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.counters.total.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.counters.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests per `x-ticketbuild-key` (requests without one are counted under "").
+    pub fn requests_per_key(&self) -> HashMap<String, u64> {
+        lock(&self.state.counters.per_key).clone()
+    }
+
+    /// Successful (200, valid) answers per key.
+    pub fn successes_per_key(&self) -> HashMap<String, u64> {
+        lock(&self.state.counters.successes).clone()
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn log(&self) -> Vec<Logged> {
+        lock(&self.state.counters.log).clone()
+    }
+
+    /// Every request body so far, in arrival order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.log().into_iter().map(|l| l.body).collect()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn new_state(config: MockConfig) -> Arc<State> {
+    Arc::new(State {
+        script: Mutex::new(config.script.iter().cloned().collect()),
+        config,
+        counters: Counters::default(),
+    })
+}
+
+/// Serves until the future is dropped; for the `mock-llm` example.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: MockConfig,
+    report_every: Option<Duration>,
+) {
+    let state = new_state(config);
+    if let Some(every) = report_every {
+        let watched = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                let c = &watched.counters;
+                let total = c.total.load(Ordering::SeqCst);
+                if total != last {
+                    last = total;
+                    let keys = lock(&c.per_key).len();
+                    let successes: u64 = lock(&c.successes).values().sum();
+                    let duplicates = lock(&c.successes).values().filter(|n| **n > 1).count();
+                    println!(
+                        "{total} requests, {successes} answered, {keys} artifact keys, {duplicates} keys answered twice, at most {} in flight",
+                        c.max_in_flight.load(Ordering::SeqCst)
+                    );
+                }
+            }
+        });
+    }
+    serve_state(listener, state).await;
+}
+
+async fn serve_state(listener: tokio::net::TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(Arc::clone(&state), request));
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Decrements the in-flight count however the handler ends.
+struct InFlight<'a>(&'a Counters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let counters = &state.counters;
+    let at = Instant::now();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let key = header("x-ticketbuild-key");
+    let authorization = header("authorization");
+    let x_api_key = header("x-api-key");
+    let anthropic_version = header("anthropic-version");
+    let path = request.uri().path().to_string();
+    let is_post = request.method() == hyper::Method::POST;
+    let bytes = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+
+    let n = counters.total.fetch_add(1, Ordering::SeqCst);
+    let now_in_flight = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    counters
+        .max_in_flight
+        .fetch_max(now_in_flight, Ordering::SeqCst);
+    let _in_flight = InFlight(counters);
+    *lock(&counters.per_key)
+        .entry(key.clone().unwrap_or_default())
+        .or_default() += 1;
+
+    let config = &state.config;
+    if config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
+    }
+    let api = match path.as_str() {
+        "/v1/chat/completions" if is_post => Some(Api::OpenAi),
+        "/v1/messages" if is_post => Some(Api::Anthropic),
+        _ => None,
+    };
+    let fault = lock(&state.script).pop_front().unwrap_or_else(|| {
+        let draw = unit(config.seed, n);
+        if draw < config.rate_429 {
+            Fault::Status {
+                status: 429,
+                retry_after: config.retry_after.clone(),
+            }
+        } else if draw < config.rate_429 + config.rate_500 {
+            Fault::status(500)
+        } else {
+            Fault::Ok
+        }
+    });
+    let answers_normally = matches!(fault, Fault::Ok | Fault::Stall(_));
+    let sent_key = match api {
+        Some(Api::Anthropic) => x_api_key.clone(),
+        _ => authorization
+            .as_deref()
+            .map(|a| a.trim_start_matches("Bearer ").to_string()),
+    };
+    let (status, retry_after, answer) = match api {
+        None => (
+            404,
+            None,
+            error_body(Api::OpenAi, 404, &format!("no route for {path}")),
+        ),
+        Some(api) if body.is_null() => (400, None, error_body(api, 400, "the body is not JSON")),
+        Some(api) if config.api_key.is_some() && sent_key != config.api_key => {
+            let message = format!(
+                "Incorrect API key provided: {}.",
+                sent_key.unwrap_or_default()
+            );
+            (401, None, error_body(api, 401, &message))
+        }
+        Some(api) => match fault {
+            Fault::Status {
+                status,
+                retry_after,
+            } => (
+                status,
+                retry_after,
+                error_body(api, status, "the mock was told to fail this request"),
+            ),
+            Fault::Malformed => {
+                let full =
+                    answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string();
+                let cut: String = full.chars().take(full.chars().count() / 2).collect();
+                (200, None, cut)
+            }
+            Fault::Empty => (
+                200,
+                None,
+                answer(api, config, &body, "", Some(String::new())).to_string(),
+            ),
+            Fault::Invalid => (
+                200,
+                None,
+                answer(
+                    api,
+                    config,
+                    &body,
+                    "",
+                    Some("I am not sure what you mean.".into()),
+                )
+                .to_string(),
+            ),
+            Fault::Stall(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (
+                    200,
+                    None,
+                    answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string(),
+                )
+            }
+            Fault::Ok => (
+                200,
+                None,
+                answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string(),
+            ),
+        },
+    };
+    let success = status == 200 && api.is_some() && answers_normally;
+    if success {
+        *lock(&counters.successes)
+            .entry(key.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    lock(&counters.log).push(Logged {
+        path,
+        key,
+        authorization,
+        x_api_key,
+        anthropic_version,
+        body,
+        at,
+        status,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(answer)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) = retry_after.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok()) {
+        headers.insert("retry-after", value);
+    }
+    Ok(response)
+}
+
+fn error_body(api: Api, status: u16, message: &str) -> String {
+    match api {
+        Api::OpenAi => json!({"error": {"message": message, "type": "mock_error", "code": status}}),
+        Api::Anthropic => {
+            let kind = match status {
+                401 => "authentication_error",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                400 => "invalid_request_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+    }
+    .to_string()
+}
+
+/// What the request asks for.
+enum Wanted {
+    Text,
+    /// `bare`: a JSON array (what the Anthropic instruction asks for), else `{"items": [...]}`.
+    List {
+        min: usize,
+        max: usize,
+        bare: bool,
+    },
+    Fields(Vec<String>),
+}
+
+fn wanted(api: Api, body: &Value) -> Wanted {
+    match api {
+        Api::OpenAi => {
+            let format = &body["response_format"];
+            match format["type"].as_str() {
+                Some("json_schema") => {
+                    let schema = &format["json_schema"]["schema"];
+                    let items = &schema["properties"]["items"];
+                    if items["type"] == "array" {
+                        Wanted::List {
+                            min: items["minItems"].as_u64().unwrap_or(4) as usize,
+                            max: items["maxItems"].as_u64().unwrap_or(8) as usize,
+                            bare: false,
+                        }
+                    } else {
+                        let fields = schema["properties"]
+                            .as_object()
+                            .map(|p| p.keys().cloned().collect())
+                            .unwrap_or_default();
+                        Wanted::Fields(fields)
+                    }
+                }
+                Some("json_object") => {
+                    let text = messages_text(body);
+                    let fields = quoted_after(&text, "with the fields ");
+                    if fields.is_empty() {
+                        Wanted::List {
+                            min: 4,
+                            max: 8,
+                            bare: false,
+                        }
+                    } else {
+                        Wanted::Fields(fields)
+                    }
+                }
+                _ => Wanted::Text,
+            }
+        }
+        Api::Anthropic => {
+            let system = body["system"].as_str().unwrap_or("");
+            if let Some(rest) = system.split("Reply with only a JSON array of ").nth(1) {
+                let numbers: Vec<usize> = rest
+                    .split_whitespace()
+                    .filter_map(|w| w.trim_end_matches(',').parse().ok())
+                    .take(2)
+                    .collect();
+                match numbers[..] {
+                    [min, max] => Wanted::List {
+                        min,
+                        max,
+                        bare: true,
+                    },
+                    _ => Wanted::List {
+                        min: 4,
+                        max: 8,
+                        bare: true,
+                    },
+                }
+            } else if system.contains("Reply with only a JSON object whose string fields are ") {
+                Wanted::Fields(quoted_after(system, "string fields are "))
+            } else {
+                Wanted::Text
+            }
+        }
+    }
+}
+
+fn messages_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// The quoted words in the sentence after `marker`.
+fn quoted_after(text: &str, marker: &str) -> Vec<String> {
+    let Some(rest) = text.split(marker).nth(1) else {
+        return Vec::new();
+    };
+    let sentence = rest.split(['.', '\n']).next().unwrap_or("");
+    sentence
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// A full success body: the generated completion, or `text` when given.
+fn answer(api: Api, config: &MockConfig, body: &Value, key: &str, text: Option<String>) -> Value {
+    let text = text.unwrap_or_else(|| completion(&wanted(api, body), key));
+    let model = format!(
+        "{}{}",
+        body["model"].as_str().unwrap_or("mock"),
+        config.served_suffix
+    );
+    let prompt_chars = match api {
+        Api::OpenAi => messages_text(body).len(),
+        Api::Anthropic => messages_text(body).len() + body["system"].as_str().map_or(0, str::len),
+    };
+    let prompt_tokens = config
+        .prompt_tokens
+        .unwrap_or(prompt_chars.div_ceil(4) as u64);
+    let completion_tokens = config
+        .completion_tokens
+        .unwrap_or(text.len().div_ceil(4) as u64);
+    match api {
+        Api::OpenAi => {
+            let mut usage = json!({
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": config.cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": config.reasoning_tokens}
+            });
+            if let Some(cost) = config.cost {
+                usage["cost"] = json!(cost);
+            }
+            json!({
+                "id": format!("chatcmpl-{}", &key.get(..12).unwrap_or("mock")),
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop"
+                }],
+                "usage": usage
+            })
+        }
+        Api::Anthropic => json!({
+            "id": format!("msg_{}", &key.get(..12).unwrap_or("mock")),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "usage": {
+                "input_tokens": prompt_tokens.saturating_sub(config.cached_tokens),
+                "cache_read_input_tokens": config.cached_tokens,
+                "cache_creation_input_tokens": 0,
+                "output_tokens": completion_tokens
+            }
+        }),
+    }
+}
+
+const OPENINGS: [&str; 8] = [
+    "The customer portal",
+    "Our billing dashboard",
+    "The mobile app",
+    "The order tracking page",
+    "The VPN client",
+    "The invoice export",
+    "The shared calendar",
+    "The checkout form",
+];
+const PROBLEMS: [&str; 8] = [
+    "stopped loading after the last update",
+    "shows error 0x80070005 on every attempt",
+    "charged the same order twice",
+    "keeps logging me out after a few minutes",
+    "no longer syncs with the warehouse",
+    "rejects a valid discount code",
+    "sends the confirmation to the wrong address",
+    "times out when I upload a document",
+];
+const REQUESTS: [&str; 6] = [
+    "Could you look into it and tell me the next step?",
+    "Please advise how to fix this before Friday.",
+    "I would appreciate a quick call to sort this out.",
+    "Can you confirm whether this is a known issue?",
+    "Please escalate this, it blocks our team.",
+    "Let me know which details you need from me.",
+];
+const TAGS: [&str; 16] = [
+    "billing",
+    "login",
+    "mobile-app",
+    "vpn",
+    "outage",
+    "refund",
+    "invoice",
+    "performance",
+    "security",
+    "account",
+    "sync",
+    "upload",
+    "checkout",
+    "network",
+    "bug-report",
+    "feature-request",
+];
+
+fn completion(wanted: &Wanted, key: &str) -> String {
+    let h = hash(key);
+    let reference = key.get(..10).unwrap_or("0000000000").to_uppercase();
+    let sentence = |salt: u64| {
+        let h = splitmix(h ^ salt);
+        format!(
+            "{} {} (reference {reference}).",
+            OPENINGS[(h % 8) as usize],
+            PROBLEMS[((h >> 8) % 8) as usize]
+        )
+    };
+    let request = REQUESTS[((h >> 16) % 6) as usize];
+    match wanted {
+        Wanted::Text => format!("{} {request}", sentence(1)),
+        Wanted::List { min, max, bare } => {
+            let n = (4 + (h >> 24) as usize % 5).clamp(*min, (*max).max(*min));
+            let start = (h >> 32) as usize % TAGS.len();
+            let items: Vec<String> = (0..n)
+                .map(|i| {
+                    let tag = TAGS[(start + i) % TAGS.len()];
+                    if i < TAGS.len() {
+                        tag.to_string()
+                    } else {
+                        format!("{tag}-{i}")
+                    }
+                })
+                .collect();
+            if *bare {
+                json!(items).to_string()
+            } else {
+                json!({"items": items}).to_string()
+            }
+        }
+        Wanted::Fields(fields) => {
+            let object: serde_json::Map<String, Value> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, field)| {
+                    let value = if field.contains("subject") || field.contains("title") {
+                        sentence(10 + i as u64).trim_end_matches('.').to_string()
+                    } else {
+                        format!(
+                            "Hello team, {} {} {request} Best regards, Alex",
+                            sentence(20 + i as u64),
+                            sentence(30 + i as u64)
+                        )
+                    };
+                    (field.clone(), Value::String(value))
+                })
+                .collect();
+            Value::Object(object).to_string()
+        }
+    }
+}
+
+fn hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A uniform draw in [0, 1) for request `n`.
+fn unit(seed: u64, n: u64) -> f64 {
+    (splitmix(seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,167 @@
+//! Shared helpers for the integration tests: a temporary project and a way to run the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root, where the example dataset lives.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A project in a temporary folder.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// An empty project.
+    pub fn empty() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
+    }
+
+    /// A copy of the example dataset (dataset.toml and prompts/).
+    pub fn example() -> Project {
+        let project = Project::empty();
+        let root = repo_root();
+        project.write(
+            "dataset.toml",
+            &std::fs::read_to_string(root.join("dataset.toml")).unwrap(),
+        );
+        for entry in std::fs::read_dir(root.join("prompts")).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            project.write(
+                &format!("prompts/{name}"),
+                &std::fs::read_to_string(entry.path()).unwrap(),
+            );
+        }
+        project
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn write(&self, relative: &str, contents: &str) -> &Project {
+        let path = self.file(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.file(relative)).unwrap()
+    }
+
+    /// Replaces `from` with `to` in a file; panics if `from` is not there, so a test cannot
+    /// silently edit nothing.
+    pub fn edit(&self, relative: &str, from: &str, to: &str) -> &Project {
+        let text = self.read(relative);
+        assert!(text.contains(from), "`{from}` not found in {relative}");
+        self.write(relative, &text.replacen(from, to, 1))
+    }
+
+    /// A `ticketbuild` command run in the project folder.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ticketbuild"));
+        command.current_dir(self.path()).args(args);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run ticketbuild");
+        Run::from(output)
+    }
+
+    /// Runs `build --json` and returns the parsed summary; panics unless the build succeeded.
+    pub fn build_json(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["build", "--json"];
+        args.extend_from_slice(extra);
+        let run = self.run(&args);
+        assert_eq!(run.code, 0, "build failed:\n{}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("the summary is JSON")
+    }
+
+    /// Every file under `relative` with its bytes, sorted by path.
+    pub fn snapshot(&self, relative: &str) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        let root = self.file(relative);
+        if !root.exists() {
+            return files;
+        }
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let name = path.strip_prefix(&root).unwrap().display().to_string();
+                    files.push((name, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+}
+
+/// What a run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Per-node counter from a `build --json` summary, e.g. `stat(&summary, "body", "generated")`.
+pub fn stat(summary: &serde_json::Value, node: &str, field: &str) -> u64 {
+    summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("no node `{node}` in the summary"))[field]
+        .as_u64()
+        .unwrap()
+}
+
+/// Sum of a counter over all nodes.
+pub fn total(summary: &serde_json::Value, field: &str) -> u64 {
+    summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[field].as_u64().unwrap())
+        .sum()
+}
+
+/// The rows of a JSONL file.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| match serde_json::from_str(line).unwrap() {
+            serde_json::Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        })
+        .collect()
+}
