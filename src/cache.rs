@@ -73,7 +73,8 @@ pub struct RecordedRequest {
 /// The outcome of a lookup.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Artifact),
+    /// Boxed: an artifact is large next to a miss reason.
+    Hit(Box<Artifact>),
     Miss(MissReason),
 }
 
@@ -129,7 +130,7 @@ fn encode(artifact: &Artifact) -> Vec<u8> {
 
 fn decode(key: &ArtifactKey, bytes: &[u8]) -> Lookup {
     match bincode::serde::decode_from_slice::<Artifact, _>(bytes, bincode::config::standard()) {
-        Ok((artifact, _)) if artifact.key == *key => Lookup::Hit(artifact),
+        Ok((artifact, _)) if artifact.key == *key => Lookup::Hit(Box::new(artifact)),
         Ok((artifact, _)) => Lookup::Miss(MissReason::Corrupt(format!(
             "entry records key {}",
             artifact.key.short()
@@ -719,7 +720,7 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         match store.get(&ArtifactKey([1; 32])).unwrap() {
-            Lookup::Hit(a) => assert_eq!(a, artifact(1)),
+            Lookup::Hit(a) => assert_eq!(*a, artifact(1)),
             other => panic!("expected a hit, got {other:?}"),
         }
         assert_eq!(store.len(), 1);

@@ -8,10 +8,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::build::build_project;
 use crate::cache::{Artifact, ArtifactStore, SledStore};
 use crate::config::{Config, Overrides, Source};
 use crate::diag::Diagnostics;
@@ -19,7 +20,6 @@ use crate::engine::{BuildOptions, BuildReport, Engine, NodeState, TicketOutcome}
 use crate::graph::Graph;
 use crate::key::ArtifactKey;
 use crate::manifest::{self, Manifest};
-use crate::provider::Secrets;
 use crate::status::StatusBuilder;
 
 /// Build synthetic multilingual customer-support ticket datasets with LLMs, like a build tool:
@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Build the dataset: generate what is missing, reuse what is cached, write the output files.
     Build(BuildArgs),
+    /// Rebuild on every edit of dataset.toml or a prompt, paying only for what the edit changed.
+    Watch(WatchArgs),
     /// Show, per node, what is up to date and what a build would generate, and why. Calls no model.
     Status(StatusArgs),
     /// Show how one field of one ticket was made: request, model, key, tokens, upstream fields.
@@ -44,6 +46,18 @@ pub enum Command {
     /// Inspect and maintain the artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// After each rebuild, print the changed fields of the first N tickets.
+    #[arg(long, value_name = "N")]
+    pub preview: Option<usize>,
+    /// Edits closer together than this many milliseconds make one rebuild.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub debounce_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +176,7 @@ pub struct ProjectArgs {
 }
 
 impl ProjectArgs {
-    fn overrides(&self) -> Overrides {
+    pub fn overrides(&self) -> Overrides {
         Overrides {
             profile: self.profile.clone(),
             rows: self.rows,
@@ -172,7 +186,7 @@ impl ProjectArgs {
     }
 
     /// Reads and checks the config and its prompts.
-    fn load(&self) -> Result<(Config, Graph), Diagnostics> {
+    pub fn load(&self) -> Result<(Config, Graph), Diagnostics> {
         let config = Config::load(&self.config, &self.overrides())?;
         let graph = Graph::load(&config)?;
         Ok((config, graph))
@@ -211,6 +225,7 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     match cli.command {
         Command::Build(args) => build(args),
+        Command::Watch(args) => crate::watch::run(args),
         Command::Status(args) => status(args),
         Command::Explain(args) => explain(args),
         Command::Graph(args) => graph(args),
@@ -221,11 +236,11 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     }
 }
 
-fn runtime_error(error: impl Into<anyhow::Error>) -> CliError {
+pub fn runtime_error(error: impl Into<anyhow::Error>) -> CliError {
     CliError::Runtime(error.into())
 }
 
-fn open_cache(config: &Config) -> Result<Arc<SledStore>, CliError> {
+pub fn open_cache(config: &Config) -> Result<Arc<SledStore>, CliError> {
     SledStore::open(&config.cache_dir)
         .map(Arc::new)
         .map_err(runtime_error)
@@ -251,7 +266,7 @@ fn planning_engine(config: Config, graph: Graph, store: Arc<SledStore>) -> Arc<E
     ))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,72 +274,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn build(args: BuildArgs) -> Result<Outcome, CliError> {
-    let started = std::time::Instant::now();
     let (config, graph) = args.project.load().map_err(CliError::Input)?;
-    let inputs = manifest::inputs_hash(&config, &graph, &[]);
     let sled = open_cache(&config)?;
-
-    // Nothing changed since the last complete build and its files are intact: nothing to do.
-    if let Some((_, last)) = sled.last_manifest::<Manifest>().map_err(runtime_error)? {
-        if last.inputs_hash == inputs && last.files_intact() {
-            let mut report = BuildReport::up_to_date(&last, &config);
-            report.wall_ms = started.elapsed().as_millis() as u64;
-            print_report(&report, args.json)?;
-            return Ok(Outcome::Success);
-        }
-    }
-
-    let store: Arc<dyn ArtifactStore> = sled.clone();
     let options = BuildOptions {
         durable: !args.no_durable,
         progress: !args.no_progress && !args.json && std::io::stderr().is_terminal(),
         log_artifacts: args.verbose >= 2,
+        write_when_cancelled: true,
     };
-    let secrets = Secrets::load(&config.root).map_err(runtime_error)?;
-    let config = Arc::new(config);
-    let graph = Arc::new(graph);
-    let engine = Engine::new(
-        Arc::clone(&config),
-        Arc::clone(&graph),
-        store,
-        &secrets,
-        options,
-    )
-    .map_err(runtime_error)?;
-    let engine = Arc::new(engine);
-    let manifest_id = sled.next_manifest_id().map_err(runtime_error)?;
-    let recorder = sled
-        .key_recorder(manifest_id, graph.nodes.len())
-        .map_err(runtime_error)?;
+    let cancel = Arc::new(AtomicBool::new(false));
     let runtime = runtime()?;
     let report = runtime.block_on(async {
-        let cancel = engine.cancel_flag();
+        let flag = Arc::clone(&cancel);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("ticketbuild: interrupted; finishing the calls in flight (they are paid for), then writing what is complete");
-                cancel.store(true, Ordering::Release);
+                flag.store(true, Ordering::Release);
             }
         });
-        Arc::clone(&engine).build(Some(Box::new(recorder))).await
+        build_project(config, graph, sled, options, Some(cancel)).await
     });
     let report = report.map_err(runtime_error)?;
-    if report.failed == 0 && !report.interrupted {
-        let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
-        let mut manifest = Manifest::new(&config, &graph, inputs, &files);
-        manifest.node_totals = report
-            .nodes
-            .iter()
-            .map(|n| {
-                (
-                    n.name.clone(),
-                    n.stats.reused + n.stats.generated,
-                    n.stats.skipped,
-                )
-            })
-            .collect();
-        sled.put_manifest(manifest_id, &manifest)
-            .map_err(runtime_error)?;
-    }
     print_report(&report, args.json)?;
     if args.verbose >= 1 && report.failed > 0 {
         if let Some(path) = &report.failures_file {
@@ -342,7 +312,7 @@ fn build(args: BuildArgs) -> Result<Outcome, CliError> {
     })
 }
 
-fn print_report(report: &BuildReport, json: bool) -> Result<(), CliError> {
+pub fn print_report(report: &BuildReport, json: bool) -> Result<(), CliError> {
     if json {
         let text = serde_json::to_string_pretty(report)
             .map_err(|e| runtime_error(anyhow::anyhow!("cannot print the summary: {e}")))?;
@@ -353,7 +323,7 @@ fn print_report(report: &BuildReport, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_summary(report: &BuildReport) {
+pub fn print_summary(report: &BuildReport) {
     let profile = report
         .profile
         .as_deref()
@@ -419,16 +389,12 @@ fn status(args: StatusArgs) -> Result<Outcome, CliError> {
     let (config, graph) = args.project.load().map_err(CliError::Input)?;
     let sled = open_cache(&config)?;
     let previous = sled.last_manifest::<Manifest>().map_err(runtime_error)?;
-    let keys = match &previous {
-        Some((id, manifest)) => Some(crate::status::collect_keys(
-            manifest.nodes.len(),
-            manifest.rows,
-            |each| {
-                let _ = sled.manifest_keys(*id, |first, chunk, nodes| each(first, chunk, nodes));
-            },
-        )),
-        None => None,
-    };
+    let keys = previous.as_ref().map(|(id, manifest)| {
+        crate::status::collect_keys(manifest.nodes.len(), manifest.rows, |each| {
+            // A manifest whose keys cannot be read compares as "never built", which is safe.
+            let _ = sled.manifest_keys(*id, |first, chunk, nodes| each(first, chunk, nodes));
+        })
+    });
     let current = manifest::fingerprints(&graph);
     let sample = manifest::sample_hash(&config);
     let upstream: Vec<Vec<usize>> = graph.nodes.iter().map(|n| n.upstream.clone()).collect();

@@ -37,6 +37,10 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Print one line per generated artifact (after it is durable) on stderr.
     pub log_artifacts: bool,
+    /// When the build is cancelled: write the complete tickets (`build` after Ctrl-C) or leave the
+    /// previous files untouched (`watch`, where the last good dataset must stay until a build
+    /// finishes).
+    pub write_when_cancelled: bool,
 }
 
 impl Default for BuildOptions {
@@ -45,6 +49,7 @@ impl Default for BuildOptions {
             durable: true,
             progress: false,
             log_artifacts: false,
+            write_when_cancelled: true,
         }
     }
 }
@@ -158,6 +163,8 @@ pub enum BuildError {
     Providers(String),
     #[error("a build task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::provider::SecretsError),
 }
 
 /// What became of one node for one ticket.
@@ -249,9 +256,11 @@ impl Engine {
     ) -> Result<Engine, BuildError> {
         // One provider per model, shared by its nodes: concurrency and rate limits are per model.
         let mut by_model: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
+        let mut failed: Vec<&str> = Vec::new();
         let mut problems = Vec::new();
         for node in &graph.nodes {
-            if by_model.contains_key(node.model.name.as_str()) {
+            let name = node.model.name.as_str();
+            if by_model.contains_key(name) || failed.contains(&name) {
                 continue;
             }
             match provider::for_model(&node.model, secrets) {
@@ -259,6 +268,7 @@ impl Engine {
                     by_model.insert(&node.model.name, provider);
                 }
                 Err(e) => {
+                    failed.push(name);
                     let users: Vec<String> = graph
                         .nodes
                         .iter()
@@ -308,6 +318,12 @@ impl Engine {
         }
     }
 
+    /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build
+    /// obsolete).
+    pub fn use_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancelled = flag;
+    }
+
     /// A flag that, once set, stops new tickets from starting; tickets in flight finish.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.cancelled)
@@ -339,33 +355,17 @@ impl Engine {
         let mut not_started = 0u64;
         let concurrency = self.config.concurrency.max(1);
         let engine = Arc::clone(&self);
-        let mut tickets = futures_util::stream::iter(0..self.config.rows)
-            .map(move |index| {
-                let engine = Arc::clone(&engine);
-                tokio::spawn(async move {
-                    if engine.cancelled.load(Ordering::Acquire) {
-                        return Ok(None);
-                    }
-                    engine.run_ticket(index, false).await.map(Some)
-                })
-            })
-            .buffered(concurrency);
-
+        let mut tickets = TicketWindow::new(engine, concurrency, false);
         let mut fatal = None;
-        while let Some(joined) = tickets.next().await {
-            let outcome = match joined {
-                Ok(Ok(Some(outcome))) => outcome,
-                Ok(Ok(None)) => {
+        while let Some(next) = tickets.next().await {
+            let outcome = match next {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => {
                     not_started += 1;
                     continue;
                 }
-                Ok(Err(e)) => {
-                    fatal = Some(e);
-                    self.cancelled.store(true, Ordering::Release);
-                    continue;
-                }
                 Err(e) => {
-                    fatal = Some(BuildError::Task(e.to_string()));
+                    fatal = Some(e);
                     self.cancelled.store(true, Ordering::Release);
                     continue;
                 }
@@ -438,9 +438,13 @@ impl Engine {
             writer.abandon();
             return Err(e);
         }
-        let failures_file = writer.write_failures(&failures)?;
-        let files = writer.finish()?;
         let interrupted = self.cancelled.load(Ordering::Acquire);
+        let (failures_file, files) = if interrupted && !self.options.write_when_cancelled {
+            writer.abandon();
+            (None, Vec::new())
+        } else {
+            (writer.write_failures(&failures)?, writer.finish()?)
+        };
         Ok(BuildReport {
             dataset: self.config.name.clone(),
             profile: self.config.profile.clone(),
@@ -472,16 +476,12 @@ impl Engine {
         self: Arc<Self>,
         mut each: impl FnMut(TicketOutcome) + Send,
     ) -> Result<(), BuildError> {
-        let engine = Arc::clone(&self);
-        let mut tickets = futures_util::stream::iter(0..self.config.rows)
-            .map(move |index| {
-                let engine = Arc::clone(&engine);
-                tokio::spawn(async move { engine.run_ticket(index, true).await })
-            })
-            .buffered(self.config.concurrency.max(1));
-        while let Some(joined) = tickets.next().await {
-            let outcome = joined.map_err(|e| BuildError::Task(e.to_string()))??;
-            each(outcome);
+        let concurrency = self.config.concurrency.max(1);
+        let mut tickets = TicketWindow::new(Arc::clone(&self), concurrency, true);
+        while let Some(next) = tickets.next().await {
+            if let Some(outcome) = next? {
+                each(outcome);
+            }
         }
         Ok(())
     }
@@ -776,6 +776,72 @@ impl Engine {
     }
 }
 
+/// Runs tickets concurrently and hands them out in ticket order.
+///
+/// Up to `concurrency` tickets run at once, taken as soon as a slot frees (a ticket that is backing
+/// off on a rate limit does not hold up the others), but never more than `window` tickets past the
+/// oldest one not yet handed out, so the tickets waiting for their turn stay bounded: memory does
+/// not grow with rows.
+struct TicketWindow {
+    engine: Arc<Engine>,
+    plan: bool,
+    rows: u64,
+    concurrency: usize,
+    window: u64,
+    next: u64,
+    emit: u64,
+    in_flight: futures_util::stream::FuturesUnordered<tokio::task::JoinHandle<(u64, TicketResult)>>,
+    ready: BTreeMap<u64, TicketResult>,
+}
+
+/// `None` when the ticket was not started because the build was cancelled.
+type TicketResult = Result<Option<TicketOutcome>, BuildError>;
+
+impl TicketWindow {
+    fn new(engine: Arc<Engine>, concurrency: usize, plan: bool) -> TicketWindow {
+        TicketWindow {
+            rows: engine.config.rows,
+            engine,
+            plan,
+            concurrency,
+            window: (concurrency as u64).saturating_mul(8).max(64),
+            next: 0,
+            emit: 0,
+            in_flight: futures_util::stream::FuturesUnordered::new(),
+            ready: BTreeMap::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<TicketResult> {
+        loop {
+            if let Some(result) = self.ready.remove(&self.emit) {
+                self.emit += 1;
+                return Some(result);
+            }
+            while self.in_flight.len() < self.concurrency
+                && self.next < self.rows
+                && self.next < self.emit + self.window
+            {
+                let engine = Arc::clone(&self.engine);
+                let (index, plan) = (self.next, self.plan);
+                self.in_flight.push(tokio::spawn(async move {
+                    if !plan && engine.cancelled.load(Ordering::Acquire) {
+                        return (index, Ok(None));
+                    }
+                    (index, engine.run_ticket(index, plan).await.map(Some))
+                }));
+                self.next += 1;
+            }
+            match self.in_flight.next().await? {
+                Ok((index, result)) => {
+                    self.ready.insert(index, result);
+                }
+                Err(e) => return Some(Err(BuildError::Task(e.to_string()))),
+            }
+        }
+    }
+}
+
 enum GenerateError {
     Provider(ProviderError),
     Cache(CacheError),
@@ -813,4 +879,111 @@ fn progress_bar(enabled: bool, rows: u64) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryStore;
+    use crate::config::Overrides;
+    use crate::provider::CallFuture;
+    use crate::provider::offline::OfflineProvider;
+    use std::sync::atomic::AtomicU64;
+
+    /// The offline model, counting its calls.
+    struct Counting {
+        inner: OfflineProvider,
+        calls: AtomicU64,
+    }
+
+    impl Provider for Counting {
+        fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.inner.call(request)
+        }
+    }
+
+    fn project(dir: &std::path::Path, response_prompt: &str) -> (Config, Graph) {
+        std::fs::create_dir_all(dir.join("p")).unwrap();
+        std::fs::write(dir.join("p/topic.jinja"), "Topic for {{ queue }}").unwrap();
+        std::fs::write(dir.join("p/reply.jinja"), response_prompt).unwrap();
+        let toml = r#"
+[dataset]
+rows = 30
+seed = 3
+formats = ["jsonl"]
+[tables.queue]
+"IT Support" = 1
+"Billing and Payments" = 1
+[nodes.topic]
+prompt = "p/topic.jinja"
+[nodes.first_response]
+prompt = "p/reply.jinja"
+"#;
+        let path = dir.join("dataset.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::parse(&path, toml.to_string(), &Overrides::default()).unwrap();
+        let graph = Graph::load(&config).unwrap();
+        (config, graph)
+    }
+
+    async fn run(
+        config: Config,
+        graph: Graph,
+        store: Arc<MemoryStore>,
+        counter: Arc<Counting>,
+    ) -> BuildReport {
+        let providers: Vec<Arc<dyn Provider>> = graph
+            .nodes
+            .iter()
+            .map(|_| counter.clone() as Arc<dyn Provider>)
+            .collect();
+        let engine = Engine::with_providers(
+            Arc::new(config),
+            Arc::new(graph),
+            store,
+            providers,
+            BuildOptions::default(),
+        );
+        Arc::new(engine).build(None).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_calls_no_model_and_an_edit_calls_only_its_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let counter = Arc::new(Counting {
+            inner: OfflineProvider::new(0),
+            calls: AtomicU64::new(0),
+        });
+        let reply = "Reply in {{ language }} about {{ topic }}.";
+        let (config, graph) = project(dir.path(), reply);
+        let first = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(counter.calls.load(Ordering::Relaxed), 60);
+        assert_eq!(first.written, 30);
+        assert_eq!(store.puts.load(Ordering::Relaxed), 60);
+
+        let (config, graph) = project(dir.path(), reply);
+        let second = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(
+            counter.calls.load(Ordering::Relaxed),
+            60,
+            "a rebuild called a model"
+        );
+        assert_eq!(second.reused(), 60);
+
+        let (config, graph) = project(dir.path(), "Answer in {{ language }} about {{ topic }}.");
+        let third = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(
+            counter.calls.load(Ordering::Relaxed),
+            90,
+            "only first_response re-runs"
+        );
+        assert_eq!(third.nodes[1].stats.generated, 30);
+        assert_eq!(third.nodes[0].stats.reused, 30);
+        assert!(
+            store.flushes.load(Ordering::Relaxed) >= 1,
+            "generated tickets waited for a flush"
+        );
+    }
 }

@@ -209,7 +209,7 @@ impl Graph {
                 match check_offline(config, node, prompt, variables) {
                     Ok(inputs) => inputs,
                     Err(d) => {
-                        problems.push(d);
+                        problems.push(*d);
                         continue;
                     }
                 }
@@ -286,15 +286,17 @@ fn check_offline(
     node: &NodeConfig,
     prompt: &PromptFile,
     variables: &BTreeSet<String>,
-) -> Result<Vec<String>, Diagnostic> {
+) -> Result<Vec<String>, Box<Diagnostic>> {
     let at_node = |message: String| {
-        Diagnostic::at(
-            &config.path,
-            &config.source,
-            node.prompt_span.clone(),
-            message,
+        Box::new(
+            Diagnostic::at(
+                &config.path,
+                &config.source,
+                node.prompt_span.clone(),
+                message,
+            )
+            .with_key(format!("nodes.{}", node.name)),
         )
-        .with_key(format!("nodes.{}", node.name))
     };
     let Some(spec) = offline::task_spec(&node.task) else {
         return Err(at_node(format!(
@@ -329,13 +331,13 @@ fn check_offline(
     }
     for required in spec.required {
         if !variables.contains(*required) {
-            return Err(Diagnostic::file(
+            return Err(Box::new(Diagnostic::file(
                 &prompt.display,
                 format!(
                     "the offline model's `{}` task reads `{required}`; use `{{{{ {required} }}}}` in this template, or set a real model for node `{}`",
                     node.task, node.name
                 ),
-            ));
+            )));
         }
     }
     Ok(spec

@@ -269,6 +269,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::vec_init_then_push)]
     fn every_field_changes_the_key() {
         let o = owned();
         let base = input(&o).key();
@@ -378,7 +379,8 @@ mod tests {
             .key(),
         );
 
-        let param_changes: Vec<Box<dyn Fn(&mut Params)>> = vec![
+        type Change = Box<dyn Fn(&mut Params)>;
+        let param_changes: Vec<Change> = vec![
             Box::new(|p| p.temperature = Some(0.70001)),
             Box::new(|p| p.temperature = None),
             Box::new(|p| p.top_p = None),

@@ -12,6 +12,7 @@
 //! - [`engine`] runs a build; [`output`] writes Parquet, CSV and JSONL.
 //! - [`cli`] is the command line; [`diag`] formats input errors.
 
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -28,5 +29,6 @@ pub mod provider;
 pub mod sampling;
 pub mod status;
 pub mod value;
+pub mod watch;
 
 pub use cli::run;

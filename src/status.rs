@@ -215,6 +215,48 @@ impl<'a> StatusBuilder<'a> {
     }
 }
 
+/// Why each node re-ran in a build, at node level, from the manifest of the build before it: the
+/// node's own change if it has one, else the first upstream node that re-ran, else a changed ticket
+/// set, else new tickets. `reran[i]` says whether node i generated anything. For `watch`, which
+/// reports every rebuild without a per-artifact walk.
+pub fn node_causes(
+    previous: Option<&Manifest>,
+    current: &[NodeFingerprint],
+    seed: u64,
+    sample_hash: &str,
+    upstream: &[Vec<usize>],
+    reran: &[bool],
+) -> Vec<Option<Cause>> {
+    let mut causes: Vec<Option<Cause>> = Vec::with_capacity(current.len());
+    for (i, now) in current.iter().enumerate() {
+        if !reran[i] {
+            causes.push(None);
+            continue;
+        }
+        let old = previous.and_then(|m| m.nodes.iter().find(|n| n.name == now.name));
+        let cause = match (previous, old) {
+            (None, _) | (_, None) => Cause::New,
+            (Some(manifest), Some(old)) => {
+                if old.template_hash != now.template_hash {
+                    Cause::PromptChanged(now.prompt.clone())
+                } else if let Some(detail) = model_change(old, now) {
+                    Cause::ModelChanged(detail)
+                } else if let Some(&u) = upstream[i].iter().find(|u| reran[**u]) {
+                    Cause::UpstreamChanged(current[u].name.clone())
+                } else if manifest.seed != seed {
+                    Cause::TicketSetChanged(format!("seed {} -> {seed}", manifest.seed))
+                } else if manifest.sample_hash != sample_hash {
+                    Cause::TicketSetChanged("tables or languages changed".to_string())
+                } else {
+                    Cause::New
+                }
+            }
+        };
+        causes.push(Some(cause));
+    }
+    causes
+}
+
 /// What about a node's model changed, as `field: old -> new`, or `None`.
 fn model_change(old: &NodeFingerprint, now: &NodeFingerprint) -> Option<String> {
     let mut changes = Vec::new();

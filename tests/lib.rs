@@ -7,4 +7,6 @@ mod build;
 mod errors;
 mod http;
 mod incremental;
+mod interop;
 mod support;
+mod watch;

@@ -274,6 +274,7 @@ impl<A: Adapter> HttpProvider<A> {
         let per_attempt = Duration::from_secs(limits.timeout_secs);
         let mut first: Option<Instant> = None;
         let mut transient = 0u32;
+        let mut throttles = 0u32;
         let mut invalid = 0u32;
         loop {
             let permit = self.limiter.acquire(tokens).await;
@@ -292,7 +293,7 @@ impl<A: Adapter> HttpProvider<A> {
                         throttled: false,
                     },
                 };
-            let attempts = transient + invalid + 1;
+            let attempts = transient + throttles + invalid + 1;
             // What went wrong, whether the bound for its kind is reached, and the pause before the
             // next attempt.
             let (failure, exhausted, delay) = match outcome {
@@ -318,12 +319,20 @@ impl<A: Adapter> HttpProvider<A> {
                     } else {
                         drop(permit);
                     }
-                    transient += 1;
+                    // A 429 is the server asking for patience, not a failure of this request: it
+                    // is bounded by the deadline alone. Everything else counts against max_attempts.
+                    let step = if throttled {
+                        throttles += 1;
+                        throttles
+                    } else {
+                        transient += 1;
+                        transient
+                    };
                     let delay = match retry_after {
                         Some(wait) => {
                             wait + jitter(&key, attempts, Duration::from_millis(100) + wait / 10)
                         }
-                        None => backoff(&key, transient),
+                        None => backoff(&key, step),
                     };
                     (
                         Failed::Transient(reason),
@@ -461,13 +470,20 @@ fn redact(settings: &Settings, text: &str) -> String {
 /// What an HTTP error status means for the call.
 fn classify(status: u16, message: String, retry_after: Option<Duration>) -> Attempt {
     let reason = format!("HTTP {status}: {message}");
+    if status == 429 && message.contains("insufficient_quota") {
+        // OpenAI's "out of credit" arrives as a 429, but waiting does not fix it.
+        return Attempt::Fatal {
+            message: reason,
+            sticky: true,
+        };
+    }
     match status {
         429 | 408 | 409 | 500..=599 => Attempt::Retry {
             reason,
             retry_after,
             throttled: status == 429,
         },
-        401 | 402 | 403 | 404 => Attempt::Fatal {
+        401..=404 => Attempt::Fatal {
             message: reason,
             sticky: true,
         },
@@ -636,6 +652,11 @@ mod tests {
         assert!(matches!(
             classify(400, String::new(), None),
             Attempt::Fatal { sticky: false, .. }
+        ));
+        let quota = "You exceeded your current quota (insufficient_quota)".to_string();
+        assert!(matches!(
+            classify(429, quota, None),
+            Attempt::Fatal { sticky: true, .. }
         ));
     }
 }

@@ -370,7 +370,9 @@ mod tests {
         let limiter = Limiter::new(4, None, None);
         let mut held: Vec<Permit<'_>> =
             futures_util::future::join_all((0..4).map(|_| limiter.acquire(1))).await;
-        held.pop().map(Permit::throttled);
+        if let Some(permit) = held.pop() {
+            permit.throttled();
+        }
         assert_eq!(limiter.effective_concurrency(), 2);
         drop(held);
         let held: Vec<Permit<'_>> =

@@ -196,6 +196,11 @@ pub fn error_message(body: &Value) -> Option<String> {
         Value::String(s) => s.clone(),
         Value::Object(map) => {
             let mut message = map.get("message").and_then(Value::as_str)?.to_string();
+            // The machine-readable code says what the words may not (`insufficient_quota`).
+            let code = map.get("code").or_else(|| map.get("type"));
+            if let Some(code) = code.and_then(Value::as_str) {
+                message.push_str(&format!(" ({code})"));
+            }
             // OpenRouter puts the upstream provider's own words under metadata.raw.
             if let Some(raw) = map
                 .get("metadata")
@@ -480,7 +485,13 @@ mod tests {
             error_message(
                 &json!({"error": {"message": "Invalid key", "type": "invalid_request_error"}})
             ),
-            Some("Invalid key".into())
+            Some("Invalid key (invalid_request_error)".into())
+        );
+        assert_eq!(
+            error_message(
+                &json!({"error": {"message": "Quota", "type": "x", "code": "insufficient_quota"}})
+            ),
+            Some("Quota (insufficient_quota)".into())
         );
         assert_eq!(
             error_message(&json!({"error": "model not found"})),
