@@ -18,6 +18,77 @@ use crate::graph::Graph;
 use crate::manifest::{self, Manifest};
 use crate::provider::Secrets;
 
+/// The file next to the cache database that repeats the last manifest, so a no-op build can be
+/// recognised without opening the database (opening a large sled database replays its log).
+const LAST_BUILD_FILE: &str = "last-build.json";
+
+/// The report of a build with nothing to do, when the last complete build had the same inputs and
+/// its files are intact; read from the cache folder's `last-build.json` without opening the cache.
+pub fn up_to_date(config: &Config, graph: &Graph) -> Option<BuildReport> {
+    let started = Instant::now();
+    let text = std::fs::read(config.cache_dir.join(LAST_BUILD_FILE)).ok()?;
+    let last: Manifest = serde_json::from_slice(&text).ok()?;
+    if last.inputs_hash != manifest::inputs_hash(config, graph, &[]) || !last.files_intact() {
+        return None;
+    }
+    let mut report = BuildReport::up_to_date(&last, config);
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    Some(report)
+}
+
+/// Writes `last-build.json` atomically; it is only a shortcut, so failing to write it is harmless.
+fn write_last_build(config: &Config, manifest: &Manifest) {
+    let Ok(json) = serde_json::to_vec(manifest) else {
+        return;
+    };
+    let path = config.cache_dir.join(LAST_BUILD_FILE);
+    let temporary = config.cache_dir.join(format!(".{LAST_BUILD_FILE}.partial"));
+    if std::fs::write(&temporary, json).is_ok() {
+        let _ = std::fs::rename(&temporary, &path);
+    }
+}
+
+/// The last build's report, kept next to the cache for `ticketbuild cost`.
+pub const LAST_REPORT_FILE: &str = "last-report.json";
+
+fn write_last_report(config: &Config, report: &BuildReport) {
+    let Ok(json) = serde_json::to_vec_pretty(report) else {
+        return;
+    };
+    let path = config.cache_dir.join(LAST_REPORT_FILE);
+    let temporary = config
+        .cache_dir
+        .join(format!(".{LAST_REPORT_FILE}.partial"));
+    if std::fs::write(&temporary, json).is_ok() {
+        let _ = std::fs::rename(&temporary, &path);
+    }
+}
+
+/// Refuses, before any call, a build with a model whose price is unknown, unless allowed.
+pub fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
+    if config.cost.allow_unpriced {
+        return Ok(());
+    }
+    let mut unpriced: Vec<String> = Vec::new();
+    for node in &graph.nodes {
+        let model = &node.model;
+        if crate::cost::price_for(&model.provider, &model.model, &config.cost.prices).is_none() {
+            let entry = format!(
+                "model `{}` ({}/{})",
+                model.name, model.provider, model.model
+            );
+            if !unpriced.contains(&entry) {
+                unpriced.push(entry);
+            }
+        }
+    }
+    if unpriced.is_empty() {
+        Ok(())
+    } else {
+        Err(BuildError::Unpriced(unpriced.join(", ")))
+    }
+}
+
 /// Builds `config` into its output folder using the cache `sled`. Setting `cancel` stops new
 /// tickets from starting; tickets in flight finish and land in the cache.
 pub async fn build_project(
@@ -39,6 +110,7 @@ pub async fn build_project(
         }
     }
 
+    check_prices(&config, &graph)?;
     let store: Arc<dyn ArtifactStore> = sled.clone();
     let secrets = Secrets::load(&config.root)?;
     let config = Arc::new(config);
@@ -57,6 +129,7 @@ pub async fn build_project(
     let manifest_id = sled.next_manifest_id()?;
     let recorder = sled.key_recorder(manifest_id, graph.nodes.len())?;
     let report = Arc::clone(&engine).build(Some(Box::new(recorder))).await?;
+    write_last_report(&config, &report);
     if report.failed == 0 && !report.interrupted {
         let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
         let mut manifest = Manifest::new(&config, &graph, inputs, &files);
@@ -72,6 +145,7 @@ pub async fn build_project(
             })
             .collect();
         sled.put_manifest(manifest_id, &manifest)?;
+        write_last_build(&config, &manifest);
     }
     Ok(report)
 }

@@ -41,8 +41,13 @@ pub struct Artifact {
     pub node: String,
     pub output: NodeOutput,
     pub usage: Usage,
-    /// What the call cost in USD, when known (zero for the offline model).
+    /// What the call cost in USD, when known (zero for the offline model): the provider's own
+    /// figure when it reports one, else the computed one.
     pub cost_usd: Option<f64>,
+    /// The cost computed from usage and `price`, kept beside a provider-reported one.
+    pub computed_cost_usd: Option<f64>,
+    /// The price (USD per million tokens) the cost was computed with, and its source.
+    pub price: Option<crate::cost::PriceEntry>,
     /// The model that answered, as the provider named it (may be a dated snapshot).
     pub served_model: String,
     /// Milliseconds since the Unix epoch when the response arrived. Trace only.
@@ -177,6 +182,9 @@ impl SledStore {
             .path(path)
             // Durability comes from explicit group commits; the background flush only adds safety.
             .flush_every_ms(Some(500))
+            // sled caches up to 1 GiB by default; a build streams through its artifacts once,
+            // so a small cache keeps memory flat without slowing it down.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| open_error(path, e))?;
         let io = |e: sled::Error| CacheError::Io {
@@ -698,6 +706,8 @@ mod tests {
             output: NodeOutput::Text("hello".into()),
             usage: Usage::default(),
             cost_usd: Some(0.0),
+            computed_cost_usd: Some(0.0),
+            price: None,
             served_model: "m".into(),
             created_unix_ms: 1,
             latency_ms: 2,

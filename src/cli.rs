@@ -43,6 +43,10 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print the node graph as text, Graphviz DOT or Mermaid.
     Graph(GraphArgs),
+    /// Estimate what a build would generate and cost, without calling any model.
+    Plan(PlanArgs),
+    /// Print the cost report of the last build: per node, model and language, in every currency.
+    Cost(CostArgs),
     /// Inspect and maintain the artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -58,6 +62,24 @@ pub struct WatchArgs {
     /// Edits closer together than this many milliseconds make one rebuild.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub debounce_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print the estimate as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +171,12 @@ pub struct BuildArgs {
     /// Never show the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Build even when a model has no known price; its cost is shown as unknown.
+    #[arg(long)]
+    pub allow_unpriced: bool,
+    /// Only estimate what the build would generate and cost (like `ticketbuild plan`).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Do not wait for the cache to reach the disk before counting a ticket done (faster, but a
     /// crash can lose paid responses). Meant for measuring what durability costs.
     #[arg(long, hide = true)]
@@ -227,6 +255,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Build(args) => build(args),
         Command::Watch(args) => crate::watch::run(args),
         Command::Status(args) => status(args),
+        Command::Cost(args) => cost(args),
+        Command::Plan(args) => plan(args.project, args.json),
         Command::Explain(args) => explain(args),
         Command::Graph(args) => graph(args),
         Command::Cache(CacheCommand::Stats(args)) => cache_stats(args),
@@ -274,7 +304,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn build(args: BuildArgs) -> Result<Outcome, CliError> {
-    let (config, graph) = args.project.load().map_err(CliError::Input)?;
+    if args.dry_run {
+        return plan(args.project, args.json);
+    }
+    let (mut config, graph) = args.project.load().map_err(CliError::Input)?;
+    config.cost.allow_unpriced |= args.allow_unpriced;
+    if let Some(report) = crate::build::up_to_date(&config, &graph) {
+        print_report(&report, args.json)?;
+        return Ok(Outcome::Success);
+    }
     let sled = open_cache(&config)?;
     let options = BuildOptions {
         durable: !args.no_durable,
@@ -370,6 +408,22 @@ pub fn print_summary(report: &BuildReport) {
     );
     for file in &report.files {
         println!("  wrote {file}");
+    }
+    let spent: f64 = report.nodes.iter().map(|n| n.stats.cost_usd).sum();
+    let reused: f64 = report.nodes.iter().map(|n| n.stats.reused_cost_usd).sum();
+    let currencies: Vec<String> = report.currencies.iter().map(|(c, _)| c.clone()).collect();
+    let rates: std::collections::BTreeMap<String, f64> =
+        report.currencies.iter().cloned().collect();
+    println!(
+        "  cost: {} spent now, {} reused from the cache",
+        crate::cost::format_money(Some(spent), &currencies, &rates),
+        crate::cost::format_money(Some(reused), &currencies, &rates)
+    );
+    if let Some(reason) = &report.stopped_by {
+        println!(
+            "  stopped early: {reason}; {} of {} tickets complete; build again (with a higher limit) to continue from the cache",
+            report.written, report.tickets
+        );
     }
     if let Some(failures) = &report.failures_file {
         println!(
@@ -921,4 +975,215 @@ fn cache_pin(args: PinArgs) -> Result<Outcome, CliError> {
         args.name
     );
     Ok(Outcome::Success)
+}
+
+fn cost(args: CostArgs) -> Result<Outcome, CliError> {
+    let config =
+        Config::load(&args.project.config, &args.project.overrides()).map_err(CliError::Input)?;
+    let path = config.cache_dir.join(crate::build::LAST_REPORT_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        runtime_error(anyhow::anyhow!(
+            "no build is recorded in `{}` yet; run `ticketbuild build` first",
+            config.cache_dir.display()
+        ))
+    })?;
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| runtime_error(anyhow::anyhow!("cannot read `{}`: {e}", path.display())))?;
+    if args.json {
+        let nodes: Vec<serde_json::Value> = report["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n["name"],
+                    "spent_usd": n["cost_usd"],
+                    "reused_usd": n["reused_cost_usd"],
+                    "regenerate_usd": n["regenerate_cost_usd"],
+                    "unknown_cost_artifacts": n["unknown_cost"],
+                    "generated": n["generated"],
+                    "reused": n["reused"],
+                    "input_tokens": n["input_tokens"],
+                    "output_tokens": n["output_tokens"],
+                })
+            })
+            .collect();
+        let sum = |field: &str| -> f64 {
+            report["nodes"]
+                .as_array()
+                .map_or(0.0, |n| n.iter().filter_map(|x| x[field].as_f64()).sum())
+        };
+        let value = serde_json::json!({
+            "dataset": report["dataset"],
+            "profile": report["profile"],
+            "currency": "USD",
+            "spent_usd": sum("cost_usd"),
+            "reused_usd": sum("reused_cost_usd"),
+            "regenerate_usd": sum("regenerate_cost_usd"),
+            "nodes": nodes,
+            "by_model": report["cost_by_model"],
+            "by_language": report["cost_by_language"],
+            "currencies": report["currencies"],
+            "stopped_by": report["stopped_by"],
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(Outcome::Success);
+    }
+    let report: BuildReport = serde_json::from_value(report)
+        .map_err(|e| runtime_error(anyhow::anyhow!("cannot read `{}`: {e}", path.display())))?;
+    print_costs(&report, &config);
+    Ok(Outcome::Success)
+}
+
+/// The cost part of a summary: per node, then per model and language, in every currency.
+fn print_costs(report: &BuildReport, config: &Config) {
+    let money = |usd: f64| {
+        crate::cost::format_money(Some(usd), &config.cost.currencies, &config.cost.rates)
+    };
+    let profile = report.profile.as_deref().unwrap_or("(none)");
+    println!(
+        "cost of the last build of `{}` (profile {profile})",
+        report.dataset
+    );
+    let width = report
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:>16}  {:>16}  {:>16}",
+        "node", "spent now", "reused (paid)", "regenerate all"
+    );
+    for node in &report.nodes {
+        let s = &node.stats;
+        let unknown = if s.unknown_cost > 0 {
+            format!("  ({} unknown)", s.unknown_cost)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<width$}  {:>16}  {:>16}  {:>16}{unknown}",
+            node.name,
+            format!("${:.6}", s.cost_usd),
+            format!("${:.6}", s.reused_cost_usd),
+            format!("${:.6}", s.regenerate_cost_usd)
+        );
+    }
+    let spent: f64 = report.nodes.iter().map(|n| n.stats.cost_usd).sum();
+    let reused: f64 = report.nodes.iter().map(|n| n.stats.reused_cost_usd).sum();
+    let regenerate: f64 = report
+        .nodes
+        .iter()
+        .map(|n| n.stats.regenerate_cost_usd)
+        .sum();
+    println!("  spent in this build:        {}", money(spent));
+    println!(
+        "  reused from the cache:      {} (what it cost when generated)",
+        money(reused)
+    );
+    println!(
+        "  regenerating everything:    {} (at today's prices)",
+        money(regenerate)
+    );
+    if !report.cost_by_model.is_empty() {
+        println!("  spent per model:");
+        for (model, usd) in &report.cost_by_model {
+            println!("    {model:<20} {}", money(*usd));
+        }
+        println!("  spent per language:");
+        for (language, usd) in &report.cost_by_language {
+            println!("    {language:<20} {}", money(*usd));
+        }
+    }
+    if let Some(reason) = &report.stopped_by {
+        println!("  stopped: {reason}");
+    }
+}
+
+fn plan(project: ProjectArgs, json: bool) -> Result<Outcome, CliError> {
+    let (config, graph) = project.load().map_err(CliError::Input)?;
+    let sled = open_cache(&config)?;
+    let plan = {
+        let mut planner = crate::plan::Planner::new(&config, &graph);
+        let engine = planning_engine(config.clone(), clone_graph(&project)?, Arc::clone(&sled));
+        runtime()?
+            .block_on(engine.plan(|outcome| planner.add(&outcome)))
+            .map_err(runtime_error)?;
+        planner.finish()
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+        return Ok(Outcome::Success);
+    }
+    let money = |usd: Option<f64>| {
+        crate::cost::format_money(usd, &config.cost.currencies, &config.cost.rates)
+    };
+    println!(
+        "plan for `{}`: {} tickets (prices of {}; no model is called)",
+        plan.dataset,
+        plan.tickets,
+        crate::cost::prices_taken()
+    );
+    let width = plan
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:>7}  {:>11}  {:>10}  {:>11}  {:>12}  {:>12}  {:>12}",
+        "node", "cached", "to generate", "tokens in", "tokens out", "low", "expected", "high"
+    );
+    for node in &plan.nodes {
+        let usd = |v: Option<f64>| v.map_or_else(|| "unknown".to_string(), |v| format!("${v:.4}"));
+        let note = if node.depends_on_pending { "  *" } else { "" };
+        println!(
+            "  {:<width$}  {:>7}  {:>11}  {:>10}  {:>11}  {:>12}  {:>12}  {:>12}{note}",
+            node.name,
+            node.cached,
+            node.to_generate,
+            node.input_tokens,
+            node.output_tokens_expected,
+            usd(node.cost_low),
+            usd(node.cost_expected),
+            usd(node.cost_high),
+        );
+    }
+    if plan.nodes.iter().any(|n| n.depends_on_pending) {
+        println!(
+            "  * prompts depend on outputs not generated yet; their size is estimated from the upstream nodes"
+        );
+    }
+    println!(
+        "  expected cost: {} (low {}, high {})",
+        money(plan.cost_expected),
+        money(plan.cost_low),
+        money(plan.cost_high)
+    );
+    if let Some(budget) = plan.budget {
+        let verdict = match plan.cost_high {
+            Some(high) if high <= budget => "the whole build fits",
+            _ => "the build may stop at the budget; it continues from the cache next time",
+        };
+        println!("  budget: {}: {verdict}", money(Some(budget)));
+    }
+    Ok(Outcome::Success)
+}
+
+/// A second copy of the project's graph (the plan walk owns one, the planner reads the other).
+fn clone_graph(project: &ProjectArgs) -> Result<Graph, CliError> {
+    project
+        .load()
+        .map(|(_, graph)| graph)
+        .map_err(CliError::Input)
 }

@@ -79,6 +79,27 @@ pub struct Config {
     /// Tickets in flight at once.
     pub concurrency: usize,
     pub profile: Option<String>,
+    /// Prices, limits and currencies.
+    pub cost: CostConfig,
+}
+
+/// `[cost]`: limits in USD, currencies to show, and price and rate overrides.
+#[derive(Debug, Clone, Default)]
+pub struct CostConfig {
+    /// USD per build: no call is issued that could take the build over it.
+    pub budget: Option<f64>,
+    /// USD per single call: a warning above it.
+    pub warn_per_call: Option<f64>,
+    /// USD per single call: the build stops issuing calls above it.
+    pub error_per_call: Option<f64>,
+    /// Currencies every cost summary shows; `["USD"]` by default.
+    pub currencies: Vec<String>,
+    /// Units per USD, overriding the built-in rates.
+    pub rates: BTreeMap<String, f64>,
+    /// USD per million tokens by model name, overriding or adding to the built-in table.
+    pub prices: BTreeMap<String, crate::cost::Price>,
+    /// Build even when some model has no known price (its cost is then shown as unknown).
+    pub allow_unpriced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -182,6 +203,8 @@ pub struct NodeConfig {
     pub when: Option<String>,
     /// The offline task this node asks for (defaults to the node name).
     pub task: String,
+    /// USD this node may spend in one build.
+    pub max_cost: Option<f64>,
     /// Where `prompt` and `when` sit in the config, for diagnostics about them.
     pub prompt_span: std::ops::Range<usize>,
     pub when_span: Option<std::ops::Range<usize>>,
@@ -231,6 +254,21 @@ struct RawFile {
     output: Option<Spanned<RawOutput>>,
     #[serde(default)]
     profile: OrderedMap<Spanned<RawProfile>>,
+    cost: Option<Spanned<RawCost>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCost {
+    budget: Option<Spanned<f64>>,
+    warn_per_call: Option<Spanned<f64>>,
+    error_per_call: Option<Spanned<f64>>,
+    currencies: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    rates: OrderedMap<Spanned<f64>>,
+    #[serde(default)]
+    prices: OrderedMap<Spanned<crate::cost::Price>>,
+    allow_unpriced: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +321,7 @@ struct RawNode {
     fields: Option<Spanned<Vec<String>>>,
     when: Option<Spanned<String>>,
     task: Option<Spanned<String>>,
+    max_cost: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -490,6 +529,7 @@ impl Checker<'_> {
             .and_then(|o| o.get_ref().lineage)
             .unwrap_or(false);
 
+        let cost = self.cost(raw.cost.as_ref());
         let output_dir = overrides
             .output_dir
             .clone()
@@ -516,7 +556,95 @@ impl Checker<'_> {
             lineage,
             concurrency,
             profile,
+            cost,
         })
+    }
+
+    /// A non-negative amount of money.
+    fn money(&mut self, value: &Spanned<f64>, key: &str) -> Option<f64> {
+        let amount = *value.get_ref();
+        if amount.is_finite() && amount >= 0.0 {
+            Some(amount)
+        } else {
+            self.error(
+                value.span(),
+                key,
+                format!("must be a non-negative amount of USD, found {amount}"),
+            );
+            None
+        }
+    }
+
+    fn cost(&mut self, raw: Option<&Spanned<RawCost>>) -> CostConfig {
+        let Some(raw) = raw else {
+            return CostConfig {
+                currencies: vec!["USD".to_string()],
+                ..CostConfig::default()
+            };
+        };
+        let raw = raw.get_ref();
+        let mut cost = CostConfig {
+            budget: raw
+                .budget
+                .as_ref()
+                .and_then(|b| self.money(b, "cost.budget")),
+            warn_per_call: raw
+                .warn_per_call
+                .as_ref()
+                .and_then(|b| self.money(b, "cost.warn_per_call")),
+            error_per_call: raw
+                .error_per_call
+                .as_ref()
+                .and_then(|b| self.money(b, "cost.error_per_call")),
+            allow_unpriced: raw.allow_unpriced.unwrap_or(false),
+            ..CostConfig::default()
+        };
+        for (code, rate) in &raw.rates.0 {
+            let key = format!("cost.rates.{}", code.get_ref());
+            if self.weight(rate, &key) {
+                cost.rates.insert(code.get_ref().clone(), *rate.get_ref());
+            }
+        }
+        for (model, price) in &raw.prices.0 {
+            let p = price.get_ref();
+            let all = [
+                Some(p.input),
+                p.cached_input,
+                Some(p.output),
+                p.batch_input,
+                p.batch_output,
+            ];
+            if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+                self.error(
+                    price.span(),
+                    format!("cost.prices.{}", model.get_ref()),
+                    "prices must be non-negative USD per million tokens",
+                );
+            }
+            cost.prices.insert(model.get_ref().clone(), *p);
+        }
+        cost.currencies = match &raw.currencies {
+            None => vec!["USD".to_string()],
+            Some(list) => list
+                .iter()
+                .filter_map(|code| {
+                    let known = crate::cost::rate(code.get_ref(), &cost.rates).is_some();
+                    if !known {
+                        let builtin = crate::cost::known_currencies().join(", ");
+                        self.error(
+                            code.span(),
+                            "cost.currencies",
+                            format!(
+                                "no rate for `{}`; add it under [cost.rates] (units per USD) or use one of {builtin}",
+                                code.get_ref()
+                            ),
+                        );
+                    }
+                    known.then(|| code.get_ref().clone())
+                })
+                .collect(),
+        };
+        cost
     }
 
     fn positive(&mut self, value: &Spanned<i64>, key: &str) -> Option<u64> {
@@ -974,6 +1102,10 @@ impl Checker<'_> {
                     .map_or_else(|| name.get_ref().clone(), |t| t.get_ref().clone()),
                 prompt_span: prompt.span(),
                 when_span: raw.when.as_ref().map(Spanned::span),
+                max_cost: raw
+                    .max_cost
+                    .as_ref()
+                    .and_then(|m| self.money(m, &format!("{key}.max_cost"))),
             });
         }
         out

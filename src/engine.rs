@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{
     Artifact, ArtifactStore, CacheError, GroupCommit, KeyRecorder, Lookup, MissReason,
 };
 use crate::config::Config;
+use crate::cost::{Ledger, PriceEntry, Refusal};
 use crate::graph::{Graph, Node};
 use crate::key::ArtifactKey;
 use crate::output::{DatasetWriter, OutputError, TicketRecord};
@@ -55,7 +56,7 @@ impl Default for BuildOptions {
 }
 
 /// What happened to one node across the build.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodeStats {
     /// Artifacts found in the cache.
     pub reused: u64,
@@ -71,10 +72,16 @@ pub struct NodeStats {
     pub output_tokens: u64,
     /// Spent in this build, in USD.
     pub cost_usd: f64,
+    /// What the artifacts reused from the cache cost when they were generated, in USD.
+    pub reused_cost_usd: f64,
+    /// What generating every artifact of this build again would cost at today's prices, in USD.
+    pub regenerate_cost_usd: f64,
+    /// Artifacts whose cost is unknown (a model without a price); not counted in the sums.
+    pub unknown_cost: u64,
 }
 
 /// A node's name with its statistics.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeSummary {
     pub name: String,
     #[serde(flatten)]
@@ -91,7 +98,7 @@ pub struct Failure {
 }
 
 /// The outcome of a build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildReport {
     pub dataset: String,
     pub profile: Option<String>,
@@ -103,6 +110,13 @@ pub struct BuildReport {
     pub interrupted: bool,
     /// True when the inputs matched the last build and its files were intact: nothing ran.
     pub up_to_date: bool,
+    /// Spent in this build per model and per ticket language, in USD.
+    pub cost_by_model: BTreeMap<String, f64>,
+    pub cost_by_language: BTreeMap<String, f64>,
+    /// Why the build stopped issuing calls early (a budget or a per-call limit), if it did.
+    pub stopped_by: Option<String>,
+    /// The currencies summaries show, and the rates used (units per USD).
+    pub currencies: Vec<(String, f64)>,
     /// Per node, in graph order.
     pub nodes: Vec<NodeSummary>,
     pub files: Vec<String>,
@@ -122,6 +136,10 @@ impl BuildReport {
             not_started: 0,
             interrupted: false,
             up_to_date: true,
+            cost_by_model: BTreeMap::new(),
+            cost_by_language: BTreeMap::new(),
+            stopped_by: None,
+            currencies: currencies(config),
             nodes: last
                 .node_totals
                 .iter()
@@ -165,6 +183,10 @@ pub enum BuildError {
     Task(String),
     #[error(transparent)]
     Secrets(#[from] crate::provider::SecretsError),
+    #[error(
+        "no price is known for {0}; add one under [cost.prices.\"MODEL\"] (input, output, cached_input in USD per million tokens), or build anyway with `--allow-unpriced` (costs are then shown as unknown)"
+    )]
+    Unpriced(String),
 }
 
 /// What became of one node for one ticket.
@@ -203,6 +225,8 @@ pub struct TicketOutcome {
     pub generated: Vec<(usize, ArtifactKey)>,
     /// How each node's output was made, in graph order (`None` when it has no artifact).
     pub lineage: Vec<Option<LineageEntry>>,
+    /// Planning only: the rendered request text (system and user) of each missing node.
+    pub pending_prompts: Vec<Option<String>>,
 }
 
 /// One row of the lineage file.
@@ -242,6 +266,9 @@ pub struct Engine {
     commit: Arc<GroupCommit>,
     options: BuildOptions,
     cancelled: Arc<AtomicBool>,
+    /// Each node's price (by its model), `None` when unknown.
+    prices: Vec<Option<PriceEntry>>,
+    ledger: Ledger,
 }
 
 impl Engine {
@@ -306,6 +333,19 @@ impl Engine {
     ) -> Engine {
         let sampler = Sampler::new(config.seed, &config.languages, &config.tables);
         let commit = GroupCommit::new(Arc::clone(&store), options.durable);
+        let prices = graph
+            .nodes
+            .iter()
+            .map(|n| crate::cost::price_for(&n.model.provider, &n.model.model, &config.cost.prices))
+            .collect();
+        let ledger = Ledger::new(
+            config.cost.budget,
+            graph
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.config.max_cost))
+                .collect(),
+        );
         Engine {
             config,
             graph,
@@ -315,6 +355,8 @@ impl Engine {
             commit,
             options,
             cancelled: Arc::new(AtomicBool::new(false)),
+            prices,
+            ledger,
         }
     }
 
@@ -353,6 +395,8 @@ impl Engine {
         let mut failures = Vec::new();
         let mut written = 0u64;
         let mut not_started = 0u64;
+        let mut cost_by_model: BTreeMap<String, f64> = BTreeMap::new();
+        let mut cost_by_language: BTreeMap<String, f64> = BTreeMap::new();
         let concurrency = self.config.concurrency.max(1);
         let engine = Arc::clone(&self);
         let mut tickets = TicketWindow::new(engine, concurrency, false);
@@ -370,8 +414,18 @@ impl Engine {
                     continue;
                 }
             };
-            for (total, node) in stats.iter_mut().zip(&outcome.stats) {
+            for ((total, node), graph_node) in
+                stats.iter_mut().zip(&outcome.stats).zip(&self.graph.nodes)
+            {
                 add_stats(total, node);
+                if node.generated > 0 {
+                    *cost_by_model
+                        .entry(graph_node.model.name.clone())
+                        .or_insert(0.0) += node.cost_usd;
+                    *cost_by_language
+                        .entry(outcome.sample.language.code().to_string())
+                        .or_insert(0.0) += node.cost_usd;
+                }
             }
             if self.options.log_artifacts {
                 for (node, key) in &outcome.generated {
@@ -439,6 +493,7 @@ impl Engine {
             return Err(e);
         }
         let interrupted = self.cancelled.load(Ordering::Acquire);
+        let stopped_by = self.ledger.stopped().map(|r| r.to_string());
         let (failures_file, files) = if interrupted && !self.options.write_when_cancelled {
             writer.abandon();
             (None, Vec::new())
@@ -452,8 +507,12 @@ impl Engine {
             written,
             failed: failures.len() as u64,
             not_started,
-            interrupted,
+            interrupted: interrupted && stopped_by.is_none(),
             up_to_date: false,
+            cost_by_model,
+            cost_by_language,
+            stopped_by,
+            currencies: currencies(&self.config),
             nodes: self
                 .graph
                 .nodes
@@ -586,6 +645,7 @@ impl Engine {
         let mut failure: Option<Failure> = None;
         let mut generated = Vec::new();
         let mut lineage: Vec<Option<LineageEntry>> = vec![None; graph.nodes.len()];
+        let mut pending_prompts: Vec<Option<String>> = vec![None; graph.nodes.len()];
         let fail = |node: &Node, reason: String| Failure {
             ticket_id: ticket_id.clone(),
             index,
@@ -609,6 +669,16 @@ impl Engine {
                 .iter()
                 .any(|u| matches!(states[*u], NodeState::Missing(_) | NodeState::Blocked))
             {
+                // A condition that does not read the missing outputs can still be decided now
+                // (`language != 'EN'`), so the plan does not count skipped nodes as work.
+                let context = minijinja::Value::from(template.clone());
+                if let Ok(false) = graph.should_run(node, &context) {
+                    stats[i].skipped += 1;
+                    template.insert(node.name.clone(), minijinja::Value::from(()));
+                    json.insert(node.name.clone(), serde_json::Value::Null);
+                    states.push(NodeState::Skipped);
+                    continue;
+                }
                 stats[i].generated += 1;
                 states.push(NodeState::Blocked);
                 continue;
@@ -654,6 +724,13 @@ impl Engine {
             let output = match self.store.get(&key)? {
                 Lookup::Hit(artifact) => {
                     stats[i].reused += 1;
+                    match artifact.cost_usd {
+                        Some(cost) => stats[i].reused_cost_usd += cost,
+                        None => stats[i].unknown_cost += 1,
+                    }
+                    if let Some(price) = &self.prices[i] {
+                        stats[i].regenerate_cost_usd += price.cost(&artifact.usage);
+                    }
                     lineage[i] = Some(LineageEntry::of(&artifact, false));
                     artifact.output
                 }
@@ -663,6 +740,10 @@ impl Engine {
                     }
                     if plan {
                         stats[i].generated += 1;
+                        let mut text = request.system.clone().unwrap_or_default();
+                        text.push('\n');
+                        text.push_str(&request.user);
+                        pending_prompts[i] = Some(text);
                         states.push(NodeState::Missing(key));
                         continue;
                     }
@@ -674,17 +755,32 @@ impl Engine {
                             _ => None,
                         })
                         .collect();
-                    match self.generate(i, node, &request, key, upstream).await {
+                    match self
+                        .generate(i, node, &request, key, upstream, &ticket_id)
+                        .await
+                    {
                         Ok(artifact) => {
                             stats[i].generated += 1;
                             stats[i].input_tokens += artifact.usage.input_tokens;
                             stats[i].output_tokens += artifact.usage.output_tokens;
-                            stats[i].cost_usd += artifact.cost_usd.unwrap_or(0.0);
+                            match artifact.cost_usd {
+                                Some(cost) => stats[i].cost_usd += cost,
+                                None => stats[i].unknown_cost += 1,
+                            }
+                            if let Some(price) = &self.prices[i] {
+                                stats[i].regenerate_cost_usd += price.cost(&artifact.usage);
+                            }
                             generated.push((i, key));
                             lineage[i] = Some(LineageEntry::of(&artifact, true));
                             artifact.output
                         }
                         Err(GenerateError::Cache(e)) => return Err(e.into()),
+                        Err(GenerateError::Refused(refusal)) => {
+                            failure.get_or_insert_with(|| fail(node, refusal.to_string()));
+                            stats[i].failed += 1;
+                            states.push(NodeState::Failed);
+                            continue;
+                        }
                         Err(GenerateError::Provider(e)) => {
                             failure.get_or_insert_with(|| fail(node, e.to_string()));
                             stats[i].failed += 1;
@@ -709,6 +805,7 @@ impl Engine {
             stats,
             generated,
             lineage,
+            pending_prompts,
         })
     }
 
@@ -743,6 +840,30 @@ impl Engine {
         })
     }
 
+    /// Warns about, or stops the build after, a call that cost more than the per-call limits.
+    fn check_per_call(&self, node: &Node, ticket_id: &str, cost: f64) {
+        let limits = &self.config.cost;
+        if let Some(limit) = limits.error_per_call {
+            if cost > limit {
+                eprintln!(
+                    "ticketbuild: error: node `{}`, ticket {ticket_id}: a call cost ${cost:.6}, over error_per_call (${limit:.6}); no further calls are issued",
+                    node.name
+                );
+                self.ledger.stop(Refusal::PerCall { cost, limit });
+                self.cancelled.store(true, Ordering::Release);
+                return;
+            }
+        }
+        if let Some(limit) = limits.warn_per_call {
+            if cost > limit {
+                eprintln!(
+                    "ticketbuild: warning: node `{}`, ticket {ticket_id}: a call cost ${cost:.6}, over warn_per_call (${limit:.6})",
+                    node.name
+                );
+            }
+        }
+    }
+
     async fn generate(
         &self,
         index: usize,
@@ -750,18 +871,58 @@ impl Engine {
         request: &Request,
         key: ArtifactKey,
         upstream: Vec<(String, ArtifactKey)>,
+        ticket_id: &str,
     ) -> Result<Artifact, GenerateError> {
+        let price = self.prices[index].clone();
+        // Reserve the call's worst case before issuing it, so calls in flight can never take the
+        // build past its budget together.
+        let reservation = match &price {
+            Some(price) => {
+                let input = crate::provider::estimate_tokens(request.prompt_chars());
+                let output = request
+                    .params
+                    .max_tokens
+                    .unwrap_or(WORST_CASE_OUTPUT_TOKENS);
+                match self.ledger.reserve(index, price.worst_case(input, output)) {
+                    Ok(reservation) => Some(reservation),
+                    Err(refusal) => {
+                        if matches!(refusal, Refusal::Budget { .. } | Refusal::PerCall { .. }) {
+                            // Finish what is in flight, start nothing new.
+                            self.cancelled.store(true, Ordering::Release);
+                        }
+                        return Err(GenerateError::Refused(refusal));
+                    }
+                }
+            }
+            None => None,
+        };
         let started = Instant::now();
-        let response = self.providers[index]
-            .call(request)
-            .await
-            .map_err(GenerateError::Provider)?;
+        let response = match self.providers[index].call(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(reservation) = reservation {
+                    self.ledger.settle(reservation, 0.0);
+                }
+                return Err(GenerateError::Provider(e));
+            }
+        };
+        let computed = price.as_ref().map(|p| p.cost(&response.usage));
+        // The provider's own figure wins (OpenRouter reports it); the computed one is kept beside.
+        let cost_usd = response.reported_cost_usd.or(computed);
+        if let Some(reservation) = reservation {
+            self.ledger.settle(reservation, cost_usd.unwrap_or(0.0));
+        }
+        if let Some(cost) = cost_usd {
+            self.check_per_call(node, ticket_id, cost);
+        }
         let artifact = Artifact {
             key,
             node: node.name.clone(),
             output: response.output,
             usage: response.usage,
-            cost_usd: response.reported_cost_usd,
+            cost_usd,
+            computed_cost_usd: computed,
+            price,
             served_model: response.served_model,
             created_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -842,10 +1003,25 @@ impl TicketWindow {
     }
 }
 
+/// The configured currencies with their rates.
+fn currencies(config: &Config) -> Vec<(String, f64)> {
+    config
+        .cost
+        .currencies
+        .iter()
+        .filter_map(|c| crate::cost::rate(c, &config.cost.rates).map(|r| (c.clone(), r)))
+        .collect()
+}
+
 enum GenerateError {
     Provider(ProviderError),
     Cache(CacheError),
+    /// A cost limit kept the call from being issued.
+    Refused(Refusal),
 }
+
+/// The output tokens assumed for a call's worst case when the model sets no `max_tokens`.
+pub const WORST_CASE_OUTPUT_TOKENS: u64 = 4096;
 
 fn render_error(error: &minijinja::Error) -> String {
     let mut message = error
@@ -866,6 +1042,9 @@ fn add_stats(total: &mut NodeStats, node: &NodeStats) {
     total.input_tokens += node.input_tokens;
     total.output_tokens += node.output_tokens;
     total.cost_usd += node.cost_usd;
+    total.reused_cost_usd += node.reused_cost_usd;
+    total.regenerate_cost_usd += node.regenerate_cost_usd;
+    total.unknown_cost += node.unknown_cost;
 }
 
 fn progress_bar(enabled: bool, rows: u64) -> indicatif::ProgressBar {

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Project, Run, read_jsonl, stat, total};
 
-#[path = "support/mock_llm.rs"]
-mod mock_llm;
+use crate::support::mock_llm;
 
 use mock_llm::{Fault, MockConfig, MockServer};
 
@@ -35,7 +34,8 @@ fn project(mock: &MockServer, model: &str, nodes: &str) -> Project {
         "dataset.toml",
         &format!(
             "version = 1\n\n[dataset]\nname = \"http\"\nrows = 1\nseed = 3\nformats = [\"jsonl\"]\nconcurrency = 4\n\n\
-             [models.default]\n{provider}model = \"mock-model\"\nbase_url = \"{}\"\n{model}\n\n{nodes}",
+             [models.default]\n{provider}model = \"mock-model\"\nbase_url = \"{}\"\n{model}\n\n{nodes}\n\n\
+             [cost.prices.\"mock-model\"]\ninput = 0.5\noutput = 1.5\n",
             mock.base_url()
         ),
     );
@@ -538,7 +538,10 @@ fn example_on(mock: &MockServer) -> Project {
     p.edit(
         "dataset.toml",
         "[models.default]\nprovider = \"offline\"",
-        &format!("[models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"", mock.base_url()),
+        &format!(
+            "[cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n[models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"",
+            mock.base_url()
+        ),
     );
     p
 }

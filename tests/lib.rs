@@ -4,6 +4,7 @@
 //! project builder and helpers shared by all of them.
 
 mod build;
+mod cost;
 mod errors;
 mod http;
 mod incremental;
