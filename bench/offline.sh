@@ -17,9 +17,13 @@ printf '%-34s %9s %10s %8s %8s %9s %12s\n' scenario tickets generated wall_s cpu
 
 run() {
   local name=$1; shift
-  local out
+  local out start end
+  start=$(date +%s%N)
   out=$( { /usr/bin/time -f '%e %U %S %M' "$bin" build --json --no-progress --rows "$rows" "$@" > summary.json; } 2>&1 | tail -1)
-  read -r wall user sys rss <<< "$out"
+  end=$(date +%s%N)
+  read -r _ user sys rss <<< "$out"
+  local wall
+  wall=$(python3 -c "print(round(($end - $start) / 1e9, 3))")
   local generated
   generated=$(python3 -c 'import json; s=json.load(open("summary.json")); print(sum(n["generated"] for n in s["nodes"]))')
   local cpu

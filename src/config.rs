@@ -12,13 +12,15 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::language::Language;
 use crate::sampling::ID_SPACE;
 use crate::value::OutputKind;
+
+mod toml_errors;
 
 /// Names every template sees besides tables and nodes.
 pub const BUILTIN_VARIABLES: [&str; 3] = ["ticket_id", "language", "language_name"];
@@ -76,6 +78,9 @@ pub struct Config {
     pub columns: Vec<Column>,
     /// Write `NAME.lineage.parquet`: one row per (ticket, node) telling how it was made.
     pub lineage: bool,
+    /// Prefix CSV cells that start with `=`, `+`, `-` or `@` with `'`, so spreadsheets show them
+    /// as text instead of running them as formulas. Off by default: it changes the data.
+    pub csv_formula_escape: bool,
     /// Tickets in flight at once.
     pub concurrency: usize,
     pub profile: Option<String>,
@@ -244,7 +249,8 @@ pub struct Overrides {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     version: Option<Spanned<i64>>,
-    dataset: Spanned<RawDataset>,
+    /// Required; optional here so that its absence is reported with the other problems.
+    dataset: Option<Spanned<RawDataset>>,
     #[serde(default)]
     tables: OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>,
     #[serde(default)]
@@ -271,7 +277,7 @@ struct RawCost {
     allow_unpriced: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDataset {
     name: Option<String>,
@@ -279,7 +285,7 @@ struct RawDataset {
     seed: Option<Spanned<i64>>,
     output: Option<String>,
     cache: Option<String>,
-    formats: Option<Spanned<Vec<Spanned<String>>>>,
+    formats: Option<Spanned<StringList>>,
     languages: Option<Spanned<OrderedMap<Spanned<f64>>>>,
     concurrency: Option<Spanned<i64>>,
 }
@@ -288,16 +294,16 @@ struct RawDataset {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     provider: Option<Spanned<String>>,
-    model: Option<String>,
-    base_url: Option<String>,
-    api_key_env: Option<String>,
+    model: Option<Spanned<String>>,
+    base_url: Option<Spanned<String>>,
+    api_key_env: Option<Spanned<String>>,
     /// Never accepted; present so the error can say what to do instead.
     api_key: Option<Spanned<toml::Value>>,
     temperature: Option<Spanned<f64>>,
     top_p: Option<Spanned<f64>>,
     max_tokens: Option<Spanned<i64>>,
-    seed: Option<i64>,
-    stop: Option<Vec<String>>,
+    seed: Option<Spanned<i64>>,
+    stop: Option<Spanned<StringList>>,
     response_format: Option<Spanned<String>>,
     extra: Option<toml::Table>,
     latency_ms: Option<Spanned<i64>>,
@@ -318,7 +324,7 @@ struct RawNode {
     output: Option<Spanned<String>>,
     min_items: Option<Spanned<i64>>,
     max_items: Option<Spanned<i64>>,
-    fields: Option<Spanned<Vec<String>>>,
+    fields: Option<Spanned<StringList>>,
     when: Option<Spanned<String>>,
     task: Option<Spanned<String>>,
     max_cost: Option<Spanned<f64>>,
@@ -329,6 +335,7 @@ struct RawNode {
 struct RawOutput {
     columns: Option<OrderedMap<Spanned<toml::Value>>>,
     lineage: Option<bool>,
+    csv_formula_escape: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +346,37 @@ struct RawProfile {
     concurrency: Option<Spanned<i64>>,
     #[serde(default)]
     models: OrderedMap<Spanned<RawModel>>,
+}
+
+/// An array of strings, each with its span. Its own type so that a wrong type is reported as
+/// "expected an array of strings", not as serde's "expected a sequence".
+#[derive(Debug, Clone, Default)]
+struct StringList(Vec<Spanned<String>>);
+
+impl StringList {
+    fn strings(&self) -> Vec<String> {
+        self.0.iter().map(|s| s.get_ref().clone()).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
+    }
 }
 
 /// A TOML table read in document order, keys with their spans. (A `BTreeMap` would sort the keys, and
@@ -385,8 +423,10 @@ impl Config {
                 format!("cannot read the dataset file: {}", io_reason(&e)),
             )
         })?;
-        let source = String::from_utf8(bytes)
-            .map_err(|e| Diagnostic::file(path, format!("is not valid UTF-8 ({e})")))?;
+        let source = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            Diagnostic::invalid_utf8(path, e.as_bytes(), valid)
+        })?;
         Config::parse(path, source, overrides)
     }
 
@@ -396,18 +436,14 @@ impl Config {
         source: String,
         overrides: &Overrides,
     ) -> Result<Config, Diagnostics> {
-        let raw: RawFile = toml::from_str(&source).map_err(|e| {
-            let message = toml_message(e.message());
-            match e.span() {
-                Some(span) => Diagnostic::at(path, &source, span, message),
-                None => Diagnostic::file(path, message),
-            }
-        })?;
+        let raw: RawFile =
+            toml::from_str(&source).map_err(|e| toml_errors::diagnose(path, &source, &e))?;
         let root = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let mut checker = Checker {
             path,
             source: &source,
             problems: Diagnostics::default(),
+            renamed: BTreeMap::new(),
         };
         let config = checker.check(raw, root, overrides);
         let problems = checker.problems;
@@ -431,17 +467,6 @@ impl Config {
     }
 }
 
-/// Removes the trailing position toml adds to some messages; ours comes from the span.
-fn toml_message(message: &str) -> String {
-    let message = message.trim();
-    let mut message = message.to_string();
-    if let Some(first) = message.get(..1) {
-        let lower = first.to_lowercase();
-        message.replace_range(..1, &lower);
-    }
-    message.replace('\n', " ")
-}
-
 pub(crate) fn io_reason(error: &std::io::Error) -> String {
     match error.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_string(),
@@ -454,6 +479,9 @@ struct Checker<'a> {
     path: &'a Path,
     source: &'a str,
     problems: Diagnostics,
+    /// Keys whose value the profile set, and the key the user wrote it under
+    /// (`dataset.rows` -> `profile.dev.rows`): problems are reported under the key written.
+    renamed: BTreeMap<String, String>,
 }
 
 impl Checker<'_> {
@@ -463,8 +491,16 @@ impl Checker<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let diagnostic = Diagnostic::at(self.path, self.source, span, message).with_key(key);
+        let key = self.written_key(key.into());
+        let diagnostic = Diagnostic::at(self.path, self.source, span, message)
+            .with_key(key)
+            .without_secrets();
         self.problems.push(diagnostic);
+    }
+
+    /// The key as the user wrote it: the profile's key when the profile set the value.
+    fn written_key(&self, key: String) -> String {
+        self.renamed.get(&key).cloned().unwrap_or(key)
     }
 
     fn check(&mut self, mut raw: RawFile, root: PathBuf, overrides: &Overrides) -> Option<Config> {
@@ -480,32 +516,50 @@ impl Checker<'_> {
                 );
             }
         }
-        let profile = self.apply_profile(&mut raw, overrides.profile.as_deref());
-        let dataset_span = raw.dataset.span();
-        let dataset = raw.dataset.into_inner();
+        let mut dataset = match raw.dataset.take() {
+            Some(dataset) => dataset.into_inner(),
+            None => {
+                self.problems.push(Diagnostic::file(
+                    self.path,
+                    "missing the [dataset] table; add `[dataset]` with the dataset's `name` and `rows`",
+                ));
+                RawDataset::default()
+            }
+        };
+        let profile = self.apply_profile(&mut raw, &mut dataset, overrides.profile.as_deref());
 
         let name = dataset.name.unwrap_or_else(|| "dataset".to_string());
         let rows = match (overrides.rows, &dataset.rows) {
+            (Some(0), _) => {
+                self.problems.push(Diagnostic::argument(
+                    "--rows",
+                    "must be at least 1, found 0",
+                ));
+                None
+            }
+            (Some(rows), _) if rows > ID_SPACE => {
+                self.problems.push(Diagnostic::argument(
+                    "--rows",
+                    format!("{rows} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"),
+                ));
+                None
+            }
             (Some(rows), _) => Some(rows),
-            (None, Some(rows)) => self.positive(rows, "dataset.rows"),
+            (None, Some(rows)) => match self.positive(rows, "dataset.rows") {
+                Some(count) if count > ID_SPACE => {
+                    self.error(
+                        rows.span(),
+                        "dataset.rows",
+                        format!(
+                            "{count} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"
+                        ),
+                    );
+                    None
+                }
+                valid => valid,
+            },
             (None, None) => Some(200),
         };
-        if let Some(rows) = rows {
-            if rows == 0 {
-                self.problems
-                    .push(Diagnostic::file(self.path, "`--rows` must be at least 1"));
-            } else if rows > ID_SPACE {
-                let span = dataset
-                    .rows
-                    .as_ref()
-                    .map_or(dataset_span.clone(), Spanned::span);
-                self.error(
-                    span,
-                    "dataset.rows",
-                    format!("{rows} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"),
-                );
-            }
-        }
         let seed = match &dataset.seed {
             Some(seed) => *seed.get_ref() as u64,
             None => 0,
@@ -514,15 +568,18 @@ impl Checker<'_> {
             Some(c) => self.positive(c, "dataset.concurrency").unwrap_or(1) as usize,
             None => 64,
         };
-        let concurrency =
-            raw_profile_concurrency(&raw.profile, profile.as_deref()).unwrap_or(concurrency);
         let formats = self.formats(dataset.formats.as_ref());
         let languages = self.languages(dataset.languages.as_ref());
         let tables = self.tables(&raw.tables);
         let models = self.models(&raw.models);
         let nodes = self.nodes(&raw.nodes, &models);
-        self.check_names(&tables, &raw.nodes);
+        self.check_names(&raw.tables, &raw.nodes);
         let columns = self.columns(raw.output.as_ref(), &tables, &nodes);
+        let csv_formula_escape = raw
+            .output
+            .as_ref()
+            .and_then(|o| o.get_ref().csv_formula_escape)
+            .unwrap_or(false);
         let lineage = raw
             .output
             .as_ref()
@@ -554,6 +611,7 @@ impl Checker<'_> {
             nodes,
             columns,
             lineage,
+            csv_formula_escape,
             concurrency,
             profile,
             cost,
@@ -660,8 +718,15 @@ impl Checker<'_> {
         }
     }
 
-    /// Merges `[profile.NAME]` into the raw file, like Cargo profiles: only what the profile sets changes.
-    fn apply_profile(&mut self, raw: &mut RawFile, profile: Option<&str>) -> Option<String> {
+    /// Merges `[profile.NAME]` into the raw file, like Cargo profiles: only what the profile sets
+    /// changes. The profile's own values are checked here, under the profile's keys; a value that
+    /// fails is reported once and not applied (so it is not reported again for every model).
+    fn apply_profile(
+        &mut self,
+        raw: &mut RawFile,
+        dataset: &mut RawDataset,
+        profile: Option<&str>,
+    ) -> Option<String> {
         let name = profile?;
         let Some(index) = raw.profile.0.iter().position(|(k, _)| k.get_ref() == name) else {
             let known: Vec<&str> = raw
@@ -681,36 +746,73 @@ impl Checker<'_> {
             ));
             return Some(name.to_string());
         };
+        let prefix = format!("profile.{name}");
         let profile = &raw.profile.0[index].1;
         let profile = profile.get_ref();
         if let Some(rows) = &profile.rows {
-            raw.dataset.get_mut().rows = Some(rows.clone());
+            if self.positive(rows, &format!("{prefix}.rows")).is_some() {
+                dataset.rows = Some(rows.clone());
+                self.renamed
+                    .insert("dataset.rows".to_string(), format!("{prefix}.rows"));
+            }
+        }
+        if let Some(concurrency) = &profile.concurrency {
+            if self
+                .positive(concurrency, &format!("{prefix}.concurrency"))
+                .is_some()
+            {
+                dataset.concurrency = Some(concurrency.clone());
+                self.renamed.insert(
+                    "dataset.concurrency".to_string(),
+                    format!("{prefix}.concurrency"),
+                );
+            }
         }
         if let Some(max_tokens) = &profile.max_tokens {
-            for (_, model) in &mut raw.models.0 {
-                model.get_mut().max_tokens = Some(max_tokens.clone());
+            if self
+                .positive(max_tokens, &format!("{prefix}.max_tokens"))
+                .is_some()
+            {
+                for (model_name, model) in &mut raw.models.0 {
+                    model.get_mut().max_tokens = Some(max_tokens.clone());
+                    self.renamed.insert(
+                        format!("models.{}.max_tokens", model_name.get_ref()),
+                        format!("{prefix}.max_tokens"),
+                    );
+                }
             }
         }
         for (model_name, changes) in &profile.models.0 {
-            match raw
+            let base = format!("models.{}", model_name.get_ref());
+            let written = format!("{prefix}.models.{}", model_name.get_ref());
+            let taken = match raw
                 .models
                 .0
                 .iter_mut()
                 .find(|(k, _)| k.get_ref() == model_name.get_ref())
             {
                 Some((_, model)) => merge_model(model.get_mut(), changes.get_ref()),
-                None => raw.models.0.push((model_name.clone(), changes.clone())),
+                None => {
+                    // The profile defines the model: every problem with it is in the profile.
+                    raw.models.0.push((model_name.clone(), changes.clone()));
+                    self.renamed.insert(base.clone(), written.clone());
+                    MODEL_KEYS.to_vec()
+                }
+            };
+            for field in taken {
+                self.renamed
+                    .insert(format!("{base}.{field}"), format!("{written}.{field}"));
             }
         }
         Some(name.to_string())
     }
 
-    fn formats(&mut self, formats: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<Format> {
+    fn formats(&mut self, formats: Option<&Spanned<StringList>>) -> Vec<Format> {
         let Some(formats) = formats else {
             return vec![Format::Parquet, Format::Csv, Format::Jsonl];
         };
         let mut out = Vec::new();
-        for format in formats.get_ref() {
+        for format in &formats.get_ref().0 {
             match format.get_ref().as_str() {
                 "parquet" => out.push(Format::Parquet),
                 "csv" => out.push(Format::Csv),
@@ -722,7 +824,7 @@ impl Checker<'_> {
                 ),
             }
         }
-        if formats.get_ref().is_empty() {
+        if formats.get_ref().0.is_empty() {
             self.error(
                 formats.span(),
                 "dataset.formats",
@@ -880,14 +982,19 @@ impl Checker<'_> {
                 format!("provider `{provider_name}` is not available in this build; use `offline`"),
             );
         }
+        let is_http = |url: &Spanned<String>| {
+            ["http://", "https://"]
+                .iter()
+                .any(|p| url.get_ref().starts_with(p))
+        };
         match &raw.base_url {
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => self.error(
-                span.clone(),
+            Some(url) if !is_http(url) => self.error(
+                url.span(),
                 format!("{key}.base_url"),
-                format!("`{url}` is not an http:// or https:// URL"),
+                format!("`{}` is not an http:// or https:// URL", url.get_ref()),
             ),
-            Some(_) if provider_name == "offline" => self.error(
-                span.clone(),
+            Some(url) if provider_name == "offline" => self.error(
+                url.span(),
                 format!("{key}.base_url"),
                 "the offline model takes no `base_url`",
             ),
@@ -899,11 +1006,12 @@ impl Checker<'_> {
             _ => {}
         }
         if let Some(env) = &raw.api_key_env {
+            let name = env.get_ref();
             let valid =
-                !env.is_empty() && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 self.secret_error(
-                    span.clone(),
+                    env.span(),
                     format!("{key}.api_key_env"),
                     // The value is not echoed: a key pasted here by mistake must not reach a log.
                     "is not an environment variable name (letters, digits and `_`); name the variable that holds the key, never the key itself",
@@ -921,15 +1029,15 @@ impl Checker<'_> {
                 "must be between 0 and 1 for the Anthropic Messages API",
             );
         }
-        if provider_name == "anthropic" && raw.seed.is_some() {
+        if let Some(seed) = raw.seed.as_ref().filter(|_| provider_name == "anthropic") {
             self.error(
-                span.clone(),
+                seed.span(),
                 format!("{key}.seed"),
                 "the Anthropic Messages API takes no `seed`; remove it from this model",
             );
         }
         let model = match &raw.model {
-            Some(model) => model.clone(),
+            Some(model) => model.get_ref().clone(),
             None if provider_name == "offline" => OFFLINE_MODEL.to_string(),
             None => {
                 self.error(
@@ -964,8 +1072,8 @@ impl Checker<'_> {
         if let Some(m) = &raw.max_tokens {
             params.max_tokens = self.positive(m, &format!("{key}.max_tokens"));
         }
-        params.seed = raw.seed;
-        params.stop = raw.stop.clone();
+        params.seed = raw.seed.as_ref().map(|seed| *seed.get_ref());
+        params.stop = raw.stop.as_ref().map(|stop| stop.get_ref().strings());
         if let Some(format) = &raw.response_format {
             if !["json_schema", "json_object", "text"].contains(&format.get_ref().as_str()) {
                 self.error(
@@ -1002,8 +1110,8 @@ impl Checker<'_> {
             name: name.to_string(),
             provider: provider_name,
             model,
-            base_url: raw.base_url.clone(),
-            api_key_env: raw.api_key_env.clone(),
+            base_url: raw.base_url.as_ref().map(|url| url.get_ref().clone()),
+            api_key_env: raw.api_key_env.as_ref().map(|env| env.get_ref().clone()),
             params,
             latency_ms,
             limits,
@@ -1013,6 +1121,7 @@ impl Checker<'_> {
     /// An error about a value that may be a secret: located, but without the source line, so the
     /// value never reaches the terminal or a log.
     fn secret_error(&mut self, span: std::ops::Range<usize>, key: String, message: &str) {
+        let key = self.written_key(key);
         let mut diagnostic = Diagnostic::at(self.path, self.source, span, message).with_key(key);
         diagnostic.snippet = None;
         self.problems.push(diagnostic);
@@ -1185,16 +1294,24 @@ impl Checker<'_> {
                     return None;
                 };
                 let mut seen = BTreeSet::new();
-                for field in fields.get_ref() {
-                    if !is_identifier(field) || !seen.insert(field) {
+                let mut repeated = BTreeSet::new();
+                for field in &fields.get_ref().0 {
+                    let field = field.get_ref();
+                    if !is_identifier(field) {
                         self.error(
                             fields.span(),
                             format!("{key}.fields"),
-                            format!("field `{field}` is repeated or not a valid name"),
+                            format!("field `{field}` is not a valid name; use letters, digits and `_`, not starting with a digit"),
+                        );
+                    } else if !seen.insert(field) && repeated.insert(field) {
+                        self.error(
+                            fields.span(),
+                            format!("{key}.fields"),
+                            format!("field `{field}` is listed twice"),
                         );
                     }
                 }
-                if fields.get_ref().is_empty() {
+                if fields.get_ref().0.is_empty() {
                     self.error(
                         fields.span(),
                         format!("{key}.fields"),
@@ -1202,14 +1319,18 @@ impl Checker<'_> {
                     );
                 }
                 Some(OutputKind::Json {
-                    fields: fields.get_ref().clone(),
+                    fields: fields.get_ref().strings(),
                 })
             }
         }
     }
 
     /// Tables, nodes and built-in variables share one namespace in templates.
-    fn check_names(&mut self, tables: &[Table], nodes: &OrderedMap<Spanned<RawNode>>) {
+    fn check_names(
+        &mut self,
+        tables: &OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>,
+        nodes: &OrderedMap<Spanned<RawNode>>,
+    ) {
         for (name, _) in &nodes.0 {
             if BUILTIN_VARIABLES.contains(&name.get_ref().as_str()) {
                 self.error(
@@ -1220,7 +1341,7 @@ impl Checker<'_> {
                         name.get_ref()
                     ),
                 );
-            } else if tables.iter().any(|t| &t.name == name.get_ref()) {
+            } else if tables.0.iter().any(|(t, _)| t.get_ref() == name.get_ref()) {
                 self.error(
                     name.span(),
                     format!("nodes.{}", name.get_ref()),
@@ -1231,14 +1352,15 @@ impl Checker<'_> {
                 );
             }
         }
-        for table in tables {
-            if BUILTIN_VARIABLES.contains(&table.name.as_str()) {
-                self.problems.push(
-                    Diagnostic::file(
-                        self.path,
-                        format!("`{}` is a built-in variable; rename the table", table.name),
-                    )
-                    .with_key(format!("tables.{}", table.name)),
+        for (table, _) in &tables.0 {
+            if BUILTIN_VARIABLES.contains(&table.get_ref().as_str()) {
+                self.error(
+                    table.span(),
+                    format!("tables.{}", table.get_ref()),
+                    format!(
+                        "`{}` is a built-in variable; rename the table",
+                        table.get_ref()
+                    ),
                 );
             }
         }
@@ -1250,29 +1372,7 @@ impl Checker<'_> {
         tables: &[Table],
         nodes: &[NodeConfig],
     ) -> Vec<Column> {
-        let resolve = |name: &str| -> Option<Source> {
-            match name {
-                "ticket_id" => Some(Source::TicketId),
-                "language" => Some(Source::Language),
-                _ => {
-                    if let Some((node, field)) = name.split_once('.') {
-                        let n = nodes.iter().find(|n| n.name == node)?;
-                        match &n.output {
-                            OutputKind::Json { fields } if fields.iter().any(|f| f == field) => {
-                                Some(Source::NodeField(node.to_string(), field.to_string()))
-                            }
-                            _ => None,
-                        }
-                    } else if tables.iter().any(|t| t.name == name) {
-                        Some(Source::Table(name.to_string()))
-                    } else if nodes.iter().any(|n| n.name == name) {
-                        Some(Source::Node(name.to_string()))
-                    } else {
-                        None
-                    }
-                }
-            }
-        };
+        let resolve = |name: &str| -> Option<Source> { resolve_source(name, tables, nodes).ok() };
         let Some(columns) = output.and_then(|o| o.get_ref().columns.as_ref()) else {
             // The default: the standard columns that resolve, then every other table.
             let mut out: Vec<Column> = DEFAULT_COLUMNS
@@ -1294,14 +1394,6 @@ impl Checker<'_> {
             }
             return out;
         };
-        let mut known: Vec<String> = vec!["ticket_id".into(), "language".into()];
-        known.extend(tables.iter().map(|t| t.name.clone()));
-        for node in nodes {
-            known.push(node.name.clone());
-            if let OutputKind::Json { fields } = &node.output {
-                known.extend(fields.iter().map(|f| format!("{}.{f}", node.name)));
-            }
-        }
         let mut out = Vec::new();
         for (name, value) in &columns.0 {
             let key = format!("output.columns.{}", name.get_ref());
@@ -1322,17 +1414,9 @@ impl Checker<'_> {
             };
             let mut sources = Vec::new();
             for source_name in names {
-                match resolve(&source_name) {
-                    Some(source) => sources.push(source),
-                    None => {
-                        let hint = did_you_mean(&source_name, known.iter().map(String::as_str))
-                            .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
-                        self.error(
-                            value.span(),
-                            key.clone(),
-                            format!("`{source_name}` names no node, node field, table or built-in column{hint}"),
-                        );
-                    }
+                match resolve_source(&source_name, tables, nodes) {
+                    Ok(source) => sources.push(source),
+                    Err(message) => self.error(value.span(), key.clone(), message),
                 }
             }
             if !sources.is_empty() {
@@ -1346,21 +1430,99 @@ impl Checker<'_> {
     }
 }
 
-fn raw_profile_concurrency(
-    profiles: &OrderedMap<Spanned<RawProfile>>,
-    profile: Option<&str>,
-) -> Option<usize> {
-    let profile = profile?;
-    let (_, p) = profiles.0.iter().find(|(k, _)| k.get_ref() == profile)?;
-    p.get_ref()
-        .concurrency
-        .as_ref()
-        .map(|c| (*c.get_ref()).max(1) as usize)
+/// What an output column's source name refers to, or why it refers to nothing.
+fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<Source, String> {
+    match name {
+        "ticket_id" => return Ok(Source::TicketId),
+        "language" => return Ok(Source::Language),
+        _ => {}
+    }
+    if let Some((owner, field)) = name.split_once('.') {
+        if let Some(node) = nodes.iter().find(|n| n.name == owner) {
+            return match &node.output {
+                OutputKind::Json { fields } if fields.iter().any(|f| f == field) => {
+                    Ok(Source::NodeField(owner.to_string(), field.to_string()))
+                }
+                OutputKind::Json { fields } => {
+                    let hint = did_you_mean(field, fields.iter().map(String::as_str))
+                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let list = fields
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let noun = if fields.len() == 1 {
+                        "field is"
+                    } else {
+                        "fields are"
+                    };
+                    Err(format!(
+                        "`{name}`: the json node `{owner}` has no field `{field}`{hint}; its {noun} {list}"
+                    ))
+                }
+                other => Err(format!(
+                    "`{name}`: `{owner}` is a {} node; only json nodes have fields",
+                    other.name()
+                )),
+            };
+        }
+        if tables.iter().any(|t| t.name == owner) {
+            return Err(format!(
+                "`{name}`: `{owner}` is a table; only json nodes have fields"
+            ));
+        }
+    } else if tables.iter().any(|t| t.name == name) {
+        return Ok(Source::Table(name.to_string()));
+    } else if nodes.iter().any(|n| n.name == name) {
+        return Ok(Source::Node(name.to_string()));
+    }
+    let mut known: Vec<String> = vec!["ticket_id".into(), "language".into()];
+    known.extend(tables.iter().map(|t| t.name.clone()));
+    for node in nodes {
+        known.push(node.name.clone());
+        if let OutputKind::Json { fields } = &node.output {
+            known.extend(fields.iter().map(|f| format!("{}.{f}", node.name)));
+        }
+    }
+    let hint = did_you_mean(name, known.iter().map(String::as_str))
+        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+    Err(format!(
+        "`{name}` names no node, node field, table or built-in column{hint}"
+    ))
 }
 
-fn merge_model(base: &mut RawModel, changes: &RawModel) {
+/// Every key of a model table, as written.
+const MODEL_KEYS: [&str; 20] = [
+    "provider",
+    "model",
+    "base_url",
+    "api_key_env",
+    "api_key",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "response_format",
+    "extra",
+    "latency_ms",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_attempts",
+    "max_invalid_attempts",
+    "timeout_secs",
+    "deadline_secs",
+];
+
+/// Overwrites the keys of `base` that `changes` sets; returns their names.
+fn merge_model(base: &mut RawModel, changes: &RawModel) -> Vec<&'static str> {
+    let mut taken = Vec::new();
     macro_rules! take {
-        ($($field:ident),*) => { $( if changes.$field.is_some() { base.$field = changes.$field.clone(); } )* };
+        ($($field:ident),*) => { $( if changes.$field.is_some() {
+            base.$field = changes.$field.clone();
+            taken.push(stringify!($field));
+        } )* };
     }
     take!(
         provider,
@@ -1386,6 +1548,7 @@ fn merge_model(base: &mut RawModel, changes: &RawModel) {
         timeout_secs,
         deadline_secs
     );
+    taken
 }
 
 fn offline_model(name: &str) -> ModelConfig {
@@ -1422,5 +1585,87 @@ fn toml_to_json(value: &toml::Value) -> serde_json::Value {
                 .map(|(k, v)| (k.clone(), toml_to_json(v)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"[dataset]
+rows = 3
+
+[models.default]
+provider = "offline"
+
+[nodes.topic]
+prompt = "prompts/topic.jinja"
+
+[nodes.paraphrase]
+prompt = "prompts/paraphrase.jinja"
+output = "json"
+fields = ["subject", "body"]
+"#;
+
+    /// The headlines of the problems in `BASE` followed by `extra`, with `profile` chosen.
+    fn problems(extra: &str, profile: Option<&str>) -> Vec<String> {
+        let overrides = Overrides {
+            profile: profile.map(str::to_string),
+            ..Overrides::default()
+        };
+        match Config::parse(Path::new("d.toml"), format!("{BASE}{extra}"), &overrides) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.0.iter().map(Diagnostic::headline).collect(),
+        }
+    }
+
+    #[test]
+    fn profile_values_are_reported_under_the_profile_key() {
+        let extra = "\n[profile.dev]\nrows = 0\nmax_tokens = 0\n\n[profile.dev.models.default]\ntemperature = 5.0\n\n[profile.dev.models.cheap]\nprovider = \"openai\"\n";
+        assert_eq!(
+            problems(extra, Some("dev")),
+            [
+                "d.toml:16:8: `profile.dev.rows`: must be at least 1, found 0",
+                "d.toml:17:14: `profile.dev.max_tokens`: must be at least 1, found 0",
+                "d.toml:20:15: `profile.dev.models.default.temperature`: must be between 0 and 2",
+                "d.toml:22:1: `profile.dev.models.cheap`: missing `model` (the model name the provider knows)",
+            ]
+        );
+        // Without the profile, nothing of it applies.
+        assert_eq!(problems(extra, None), Vec::<String>::new());
+    }
+
+    #[test]
+    fn columns_say_why_a_field_does_not_resolve() {
+        let extra = "\n[tables.queue]\nBilling = 1\n\n[output.columns]\na = \"topic.x\"\nb = \"queue.x\"\nc = \"paraphrase.bdoy\"\nd = \"nothing.x\"\n";
+        assert_eq!(
+            problems(extra, None),
+            [
+                "d.toml:19:5: `output.columns.a`: `topic.x`: `topic` is a text node; only json nodes have fields",
+                "d.toml:20:5: `output.columns.b`: `queue.x`: `queue` is a table; only json nodes have fields",
+                "d.toml:21:5: `output.columns.c`: `paraphrase.bdoy`: the json node `paraphrase` has no field `bdoy` (did you mean `body`?); its fields are `subject`, `body`",
+                "d.toml:22:5: `output.columns.d`: `nothing.x` names no node, node field, table or built-in column",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_dataset_table_is_reported_with_the_other_problems() {
+        let source = "[models.default]\nprovider = \"offlin\"\n";
+        let problems = Config::parse(
+            Path::new("d.toml"),
+            source.to_string(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let headlines: Vec<String> = problems.0.iter().map(Diagnostic::headline).collect();
+        assert_eq!(
+            headlines,
+            [
+                "d.toml: missing the [dataset] table; add `[dataset]` with the dataset's `name` and `rows`",
+                "d.toml:2:12: `models.default.provider`: unknown provider `offlin` (did you mean `offline`?)",
+                "d.toml: defines no nodes; add at least one [nodes.NAME] table with a `prompt`",
+            ]
+        );
     }
 }

@@ -77,6 +77,50 @@ impl Diagnostic {
         Diagnostic::at(file, source, offset.min(source.len())..end, message)
     }
 
+    /// A problem with a command-line argument (`--rows`): no file, the flag as the key.
+    pub fn argument(flag: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: PathBuf::new(),
+            position: None,
+            key: Some(flag.into()),
+            message: message.into(),
+            snippet: None,
+        }
+    }
+
+    /// `file` is not valid UTF-8: located at the first bad byte (line and column as an editor shows
+    /// them up to there), without a snippet, since the line cannot be printed as text.
+    pub fn invalid_utf8(file: impl Into<PathBuf>, bytes: &[u8], valid_up_to: usize) -> Diagnostic {
+        let valid = &bytes[..valid_up_to.min(bytes.len())];
+        let line_begin = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        // The prefix is valid UTF-8 by definition of `valid_up_to`, so this counts characters.
+        let column = String::from_utf8_lossy(&valid[line_begin..])
+            .chars()
+            .count()
+            + 1;
+        Diagnostic {
+            file: file.into(),
+            position: Some((line, column)),
+            key: None,
+            message: "is not valid UTF-8".to_string(),
+            snippet: None,
+        }
+    }
+
+    /// Drops the source line when it may hold a credential (see [`may_hold_secret`]): the position
+    /// stays, so the problem is still found, but a key never reaches a terminal or a log.
+    pub fn without_secrets(mut self) -> Diagnostic {
+        if self
+            .snippet
+            .as_ref()
+            .is_some_and(|snippet| may_hold_secret(&snippet.line))
+        {
+            self.snippet = None;
+        }
+        self
+    }
+
     /// Names the dotted config key the problem concerns.
     pub fn with_key(mut self, key: impl Into<String>) -> Diagnostic {
         self.key = Some(key.into());
@@ -89,7 +133,9 @@ impl Diagnostic {
         if let Some((line, column)) = self.position {
             out.push_str(&format!(":{line}:{column}"));
         }
-        out.push_str(": ");
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
         if let Some(key) = &self.key {
             out.push_str(&format!("`{key}`: "));
         }
@@ -218,19 +264,42 @@ pub fn did_you_mean<'a>(
         .map(|(_, candidate)| candidate)
 }
 
-/// Levenshtein distance over characters; names are short, so the quadratic table is fine.
+/// Edit distance over characters where a transposition of two adjacent characters counts as one
+/// edit, like an insertion, a deletion or a substitution (optimal string alignment, the restricted
+/// Damerau-Levenshtein distance): `rwos` is one edit from `rows`. Names are short, so the quadratic
+/// table is fine.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // Three rows of the table: i-2, i-1 and i.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
     let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+    for i in 1..=a.len() {
+        let mut current = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j - 1] + cost)
+                .min(previous[j] + 1)
+                .min(current[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
         }
-        previous = current;
+        before = std::mem::replace(&mut previous, current);
     }
     previous[b.len()]
+}
+
+/// Whether a source line may hold a pasted credential: a run of 16 or more letters and digits with
+/// both letters and digits. API keys have such runs (`sk-proj-` followed by random characters);
+/// names, sentences, URLs and model names (`claude-3-5-sonnet-20241022`) do not.
+pub fn may_hold_secret(line: &str) -> bool {
+    line.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+        run.len() >= 16
+            && run.chars().any(|c| c.is_ascii_digit())
+            && run.chars().any(|c| c.is_ascii_alphabetic())
+    })
 }
 
 /// Shows `path` relative to `base` when it lies below it, as given otherwise.
@@ -272,5 +341,44 @@ mod tests {
             Some("default")
         );
         assert_eq!(did_you_mean("zzz", ["default", "cheap"]), None);
+    }
+
+    #[test]
+    fn a_transposition_is_one_edit() {
+        assert_eq!(edit_distance("rwos", "rows"), 1);
+        assert_eq!(edit_distance("mdoel", "model"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(did_you_mean("rwos", ["rows", "seed"]), Some("rows"));
+    }
+
+    #[test]
+    fn lines_with_a_key_are_not_printed() {
+        assert!(may_hold_secret(
+            "api_key_env = \"sk-proj-Ab3dEf9hIjKlMn0pQrStUv\""
+        ));
+        assert!(may_hold_secret("x = \"0123456789abcdef0123\""));
+        assert!(!may_hold_secret("model = \"claude-3-5-sonnet-20241022\""));
+        assert!(!may_hold_secret("base_url = \"http://localhost:8000/v1\""));
+        assert!(!may_hold_secret("\"Billing and Payments\" = 1"));
+        let source = "key = \"sk-Ab3dEf9hIjKlMn0pQrStUv\"\n";
+        let d = Diagnostic::at("d.toml", source, 0..3, "bad").without_secrets();
+        assert_eq!(d.position, Some((1, 1)));
+        assert!(d.snippet.is_none());
+    }
+
+    #[test]
+    fn argument_problems_name_the_flag_without_a_file() {
+        let d = Diagnostic::argument("--rows", "must be at least 1, found 0");
+        assert_eq!(d.headline(), "`--rows`: must be at least 1, found 0");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located_at_the_first_bad_byte() {
+        let bytes = b"a = 1\nname = \"x\xff\"\n";
+        // Valid up to the 0xff byte, the 15th.
+        let d = Diagnostic::invalid_utf8("dataset.toml", bytes, 15);
+        assert_eq!(d.headline(), "dataset.toml:2:10: is not valid UTF-8");
     }
 }

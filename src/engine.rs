@@ -760,6 +760,11 @@ impl Engine {
                         .await
                     {
                         Ok(artifact) => {
+                            // A paid response is durable before anything uses it: before its text
+                            // goes into a downstream prompt (a kill then would lose an answer
+                            // already acted on) and before the ticket counts as done. Group commits
+                            // make this one shared flush for many answers, not one each.
+                            self.commit.durable().await?;
                             stats[i].generated += 1;
                             stats[i].input_tokens += artifact.usage.input_tokens;
                             stats[i].output_tokens += artifact.usage.output_tokens;
@@ -793,10 +798,6 @@ impl Engine {
             template.insert(node.name.clone(), output.to_template_value());
             json.insert(node.name.clone(), output.to_json());
             states.push(NodeState::Done(output, key));
-        }
-        if !generated.is_empty() {
-            // A paid response is durable before the ticket counts as done.
-            self.commit.durable().await?;
         }
         Ok(TicketOutcome {
             sample,

@@ -11,12 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 
 use crate::config::{BUILTIN_VARIABLES, Config, ModelConfig, NodeConfig};
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::offline::{self, TaskOutput};
-use crate::prompt::PromptFile;
+use crate::prompt::{
+    Part, PromptError, PromptFile, Token, find_variable, tags, tokens, unclosed_block,
+};
 use crate::value::OutputKind;
 
 /// Functions minijinja defines globally; using them is not using a variable.
@@ -70,24 +72,50 @@ impl Graph {
         known.extend(config.tables.iter().map(|t| t.name.clone()));
         known.extend(config.nodes.iter().map(|n| n.name.clone()));
 
+        // The fields of every json node, to check attributes like `{{ paraphrase.subject }}`.
+        let json_fields: BTreeMap<&str, &[String]> = config
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.output {
+                OutputKind::Json { fields } => Some((n.name.as_str(), fields.as_slice())),
+                _ => None,
+            })
+            .collect();
+
         // Pass 1: read, compile and collect variables per node.
         let mut loaded: Vec<(NodeConfig, PromptFile, BTreeSet<String>)> = Vec::new();
         for node in &config.nodes {
             let display = config.root.join(&node.prompt);
-            let prompt =
-                match PromptFile::load(&display, &config.resolve(&node.prompt), &config.root) {
-                    Ok(prompt) => prompt,
-                    Err(e) => {
-                        problems.extend(e);
-                        continue;
-                    }
-                };
+            let prompt = match PromptFile::load(
+                &display,
+                &node.prompt,
+                &config.resolve(&node.prompt),
+                &config.root,
+            ) {
+                Ok(prompt) => prompt,
+                Err(PromptError::Path(message)) => {
+                    problems.push(
+                        Diagnostic::at(
+                            &config.path,
+                            &config.source,
+                            node.prompt_span.clone(),
+                            message,
+                        )
+                        .with_key(format!("nodes.{}.prompt", node.name)),
+                    );
+                    continue;
+                }
+                Err(PromptError::Content(e)) => {
+                    problems.extend(e);
+                    continue;
+                }
+            };
             let mut variables = BTreeSet::new();
             let mut ok = true;
             for (part_name, part) in prompt.parts() {
                 let name = template_name(&node.name, part_name);
                 if let Err(e) = env.add_template_owned(name.clone(), part.text.clone()) {
-                    problems.push(prompt.error_at(part, e.line(), None, template_error(&e)));
+                    problems.push(syntax_error(&prompt, part, part_name, &e));
                     ok = false;
                     continue;
                 }
@@ -115,43 +143,42 @@ impl Graph {
                     }
                     variables.insert(variable);
                 }
+                let bodies = tags(&part.text)
+                    .into_iter()
+                    .map(|tag| (tag.body, tag.block));
+                for (span, message) in check_code(&env, &part.text, bodies, &json_fields) {
+                    problems.push(prompt.error_at_span(part, span, message));
+                    ok = false;
+                }
             }
             if let Some(when) = &node.when {
-                let name = template_name(&node.name, "when");
-                let source = format!("{{% if {when} %}}1{{% endif %}}");
                 let span = node.when_span.clone().unwrap_or_default();
-                match env.add_template_owned(name.clone(), source) {
+                let key = format!("nodes.{}.when", node.name);
+                let at = |message: String| {
+                    Diagnostic::at(&config.path, &config.source, span.clone(), message)
+                        .with_key(key.clone())
+                };
+                match when_variables(&mut env, &node.name, when) {
                     Err(e) => {
-                        problems.push(
-                            Diagnostic::at(
-                                &config.path,
-                                &config.source,
-                                span,
-                                format!("`when` does not parse: {}", template_error(&e)),
-                            )
-                            .with_key(format!("nodes.{}.when", node.name)),
-                        );
+                        problems.push(at(format!("`when` does not parse: {}", error_detail(&e))));
                         ok = false;
                     }
-                    Ok(()) => {
-                        let template = env.get_template(&name).expect("template just added");
-                        for variable in template.undeclared_variables(false) {
+                    Ok(used) => {
+                        for variable in used {
                             if TEMPLATE_GLOBALS.contains(&variable.as_str()) {
                                 continue;
                             }
                             if !known.contains(&variable) {
-                                problems.push(
-                                    Diagnostic::at(
-                                        &config.path,
-                                        &config.source,
-                                        span.clone(),
-                                        format!("unknown variable `{variable}` in `when`"),
-                                    )
-                                    .with_key(format!("nodes.{}.when", node.name)),
-                                );
+                                problems
+                                    .push(at(format!("unknown variable `{variable}` in `when`")));
                                 ok = false;
                             }
                             variables.insert(variable);
+                        }
+                        let whole = std::iter::once((0..when.len(), false));
+                        for (_, message) in check_code(&env, when, whole, &json_fields) {
+                            problems.push(at(format!("{message} in `when`")));
+                            ok = false;
                         }
                     }
                 }
@@ -168,26 +195,7 @@ impl Graph {
         let order = match topological_order(&loaded) {
             Ok(order) => order,
             Err(cycle) => {
-                let (first, _, _) = &loaded[cycle[0]];
-                let names: Vec<&str> = cycle.iter().map(|i| loaded[*i].0.name.as_str()).collect();
-                let mut path = names.join(" -> ");
-                path.push_str(&format!(" -> {}", names[0]));
-                problems.push(
-                    Diagnostic::at(
-                        &config.path,
-                        &config.source,
-                        first.prompt_span.clone(),
-                        format!(
-                            "the nodes {} form a cycle: {path} (each uses the next)",
-                            names
-                                .iter()
-                                .map(|n| format!("`{n}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .with_key(format!("nodes.{}", first.name)),
-                );
+                problems.push(cycle_error(config, &loaded, &cycle));
                 return Err(problems);
             }
         };
@@ -268,16 +276,219 @@ impl Graph {
     }
 }
 
-fn template_error(error: &minijinja::Error) -> String {
-    let detail = error
+/// Compiles the `when` condition of `node` and returns the variables it uses.
+///
+/// The condition is compiled as the expression it is, so that a parse error speaks of the
+/// expression and not of a template around it. It is evaluated through a template, `{% if WHEN
+/// %}1{% endif %}`, added to `env` here: a [`Graph`] cannot hold an `Expression`, which borrows the
+/// environment.
+fn when_variables(
+    env: &mut Environment<'static>,
+    node: &str,
+    when: &str,
+) -> Result<std::collections::HashSet<String>, minijinja::Error> {
+    // minijinja's expression lexer takes `}}` for the end of a `{{ }}` tag and panics on any input
+    // after it (minijinja 2.24), so that case is refused before it gets there. (In a condition,
+    // `}}` can only close two dict literals, which `} }` does as well.)
+    let tokens = tokens(when);
+    let double_brace_inside = tokens.windows(3).any(|w| {
+        w[0].1 == Token::Punct('}') && w[1].1 == Token::Punct('}') && w[0].0.end == w[1].0.start
+    });
+    if double_brace_inside {
+        return Err(minijinja::Error::new(
+            ErrorKind::SyntaxError,
+            "`}}` ends a condition early; write `} }` to close two braces",
+        ));
+    }
+    let variables = env
+        .compile_expression_owned(when.to_string())?
+        .undeclared_variables(false);
+    // An expression that compiles also compiles inside `{% if %}`: `%}` is not an expression.
+    env.add_template_owned(
+        template_name(node, "when"),
+        format!("{{% if {when} %}}1{{% endif %}}"),
+    )?;
+    Ok(variables)
+}
+
+/// minijinja's description of `error`, starting lowercase.
+fn error_detail(error: &minijinja::Error) -> String {
+    let mut detail = error
         .detail()
         .map_or_else(|| error.kind().to_string(), str::to_string);
-    let mut message = format!("template error: {detail}");
-    if let Some(first) = message.get(..1) {
+    if let Some(first) = detail.get(..1) {
         let lower = first.to_lowercase();
-        message.replace_range(..1, &lower);
+        detail.replace_range(..1, &lower);
     }
-    message
+    detail
+}
+
+fn template_error(error: &minijinja::Error) -> String {
+    format!("template error: {}", error_detail(error))
+}
+
+/// A template that does not compile, located as precisely as minijinja allows: at the range it
+/// reports, widened to the whole tag for an unknown statement, and at the opening tag when a block
+/// is never closed (minijinja only notices at the end of the part, which is not where to fix it).
+fn syntax_error(
+    prompt: &PromptFile,
+    part: &Part,
+    part_name: &str,
+    error: &minijinja::Error,
+) -> Diagnostic {
+    let detail = error.detail().unwrap_or_default();
+    if detail == "unexpected end of input, expected end of block" {
+        if let Some((tag, statement)) = unclosed_block(&part.text) {
+            return prompt.error_at_span(
+                part,
+                tag.span,
+                format!(
+                    "template error: this `{{% {statement} %}}` is never closed; expected `{{% end{statement} %}}` before the end of the {part_name} part"
+                ),
+            );
+        }
+    }
+    match error.range() {
+        Some(range) => {
+            let range = if detail.starts_with("unknown statement") {
+                tags(&part.text)
+                    .into_iter()
+                    .find(|tag| tag.span.start <= range.start && range.end <= tag.span.end)
+                    .map_or(range, |tag| tag.span)
+            } else {
+                range
+            };
+            prompt.error_at_span(part, range, template_error(error))
+        }
+        None => prompt.error_at(part, error.line(), None, template_error(error)),
+    }
+}
+
+/// Problems minijinja only reports when a template is rendered, found at load time instead: filters
+/// and tests the environment does not define, and attributes a json node does not have. (Rendering
+/// every template once with sample values would miss branches not taken, so the code of every tag
+/// is scanned instead.) Filter and test names are looked up in the environment itself, through
+/// `State::apply_filter` / `perform_test` with no arguments: minijinja answers `UnknownFilter` /
+/// `UnknownTest` exactly when the name is not registered, and a registered one fails on the missing
+/// argument without doing anything, so the check can never disagree with rendering.
+///
+/// `bodies` are the byte ranges of `text` that hold code, each with whether it is a `{% %}` tag.
+/// Returns (byte range in `text`, message).
+fn check_code(
+    env: &Environment<'_>,
+    text: &str,
+    bodies: impl IntoIterator<Item = (std::ops::Range<usize>, bool)>,
+    json_fields: &BTreeMap<&str, &[String]>,
+) -> Vec<(std::ops::Range<usize>, String)> {
+    let state = env.empty_state();
+    let mut problems = Vec::new();
+    for (body, block) in bodies {
+        let tokens = tokens(&text[body.clone()]);
+        let at = |k: usize| body.start + tokens[k].0.start..body.start + tokens[k].0.end;
+        let token = |k: Option<usize>| k.and_then(|k| tokens.get(k)).map(|(_, t)| *t);
+        for (k, (_, current)) in tokens.iter().enumerate() {
+            let Token::Ident(name) = *current else {
+                continue;
+            };
+            let previous = token(k.checked_sub(1));
+            let is_filter = previous == Some(Token::Punct('|'))
+                || (block && k == 1 && token(Some(0)) == Some(Token::Ident("filter")));
+            let is_test = (previous == Some(Token::Ident("is")) && name != "not")
+                || (previous == Some(Token::Ident("not"))
+                    && token(k.checked_sub(2)) == Some(Token::Ident("is")));
+            if is_filter {
+                if let Err(e) = state.apply_filter(name, &[]) {
+                    if e.kind() == ErrorKind::UnknownFilter {
+                        problems.push((at(k), format!("unknown filter `{name}`")));
+                    }
+                }
+            } else if is_test {
+                if let Err(e) = state.perform_test(name, &[]) {
+                    if e.kind() == ErrorKind::UnknownTest {
+                        problems.push((at(k), format!("unknown test `{name}`")));
+                    }
+                }
+            } else if previous != Some(Token::Punct('.')) {
+                let Some(fields) = json_fields.get(name) else {
+                    continue;
+                };
+                // `node.field` or `node["field"]`.
+                let field = match (token(Some(k + 1)), token(Some(k + 2)), token(Some(k + 3))) {
+                    (Some(Token::Punct('.')), Some(Token::Ident(field)), _) => Some((k + 2, field)),
+                    (Some(Token::Punct('[')), Some(Token::Str(field)), Some(Token::Punct(']'))) => {
+                        Some((k + 2, field))
+                    }
+                    _ => None,
+                };
+                if let Some((f, field)) =
+                    field.filter(|(_, field)| !fields.iter().any(|x| x == field))
+                {
+                    let hint = did_you_mean(field, fields.iter().map(String::as_str))
+                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let list = fields
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let noun = if fields.len() == 1 { "field" } else { "fields" };
+                    problems.push((
+                        at(f),
+                        format!(
+                            "`{name}` has no field `{field}`{hint}; the json node `{name}` has the {noun} {list}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The diagnostic for a cycle: a node that reads itself is told where; a longer cycle lists its
+/// nodes in order.
+fn cycle_error(
+    config: &Config,
+    loaded: &[(NodeConfig, PromptFile, BTreeSet<String>)],
+    cycle: &[usize],
+) -> Diagnostic {
+    let (first, prompt, _) = &loaded[cycle[0]];
+    let message = if cycle.len() == 1 {
+        let name = &first.name;
+        let used_at = prompt
+            .parts()
+            .find_map(|(_, part)| {
+                find_variable(&part.text, name).map(|at| prompt.position(part, at))
+            })
+            .map_or_else(
+                || "in its `when` condition".to_string(),
+                |(line, column)| {
+                    format!(
+                        "`{{{{ {name} }}}}` in {}:{line}:{column}",
+                        prompt.display.display()
+                    )
+                },
+            );
+        format!("the node `{name}` uses its own output ({used_at}); a node cannot read itself")
+    } else {
+        let names: Vec<&str> = cycle.iter().map(|i| loaded[*i].0.name.as_str()).collect();
+        let mut path = names.join(" -> ");
+        path.push_str(&format!(" -> {}", names[0]));
+        format!(
+            "the nodes {} form a cycle: {path} (each uses the next)",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Diagnostic::at(
+        &config.path,
+        &config.source,
+        first.prompt_span.clone(),
+        message,
+    )
+    .with_key(format!("nodes.{}", first.name))
 }
 
 /// Checks that the offline model can serve `node`; returns the variables to pass it.
@@ -399,5 +610,130 @@ fn topological_order(
             .copied()
             .find(|d| stuck.contains(d))
             .unwrap_or(current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    const CONFIG: &str = r#"
+[dataset]
+rows = 2
+
+[tables.queue]
+Billing = 1
+
+[nodes.topic]
+prompt = "prompts/topic.jinja"
+
+[nodes.paraphrase]
+prompt = "prompts/paraphrase.jinja"
+output = "json"
+fields = ["subject", "body"]
+
+[nodes.subject]
+prompt = "prompts/subject.jinja"
+"#;
+
+    /// Loads a project whose `subject` prompt is `subject` and whose `subject` node has `extra`
+    /// keys; returns the problems, one headline each, with the project folder left out.
+    fn problems(subject: &str, extra: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("prompts")).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(root.join(name), text).unwrap();
+        write(
+            "prompts/topic.jinja",
+            "--- user\nName an issue for {{ queue }}.\n",
+        );
+        write(
+            "prompts/paraphrase.jinja",
+            "--- user\nRewrite {{ topic }}.\n",
+        );
+        write("prompts/subject.jinja", subject);
+        let source = format!("{CONFIG}{extra}\n");
+        let config = Config::parse(&root.join("dataset.toml"), source, &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prefix = format!("{}/", root.display());
+        match Graph::load(&config) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .0
+                .iter()
+                .map(|d| d.headline().replace(&prefix, ""))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_valid_project_loads() {
+        let subject = "--- user\n{% if topic is defined and paraphrase is not none %}{{ topic | upper }}{% endif %}\n{% filter lower %}{{ paraphrase.subject }} {{ paraphrase['body'] }}{% endfilter %}\n";
+        assert_eq!(
+            problems(subject, "when = \"language != 'EN'\""),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_are_refused_at_load() {
+        let subject = "--- user\n{{ topic | shout }}\n{% filter whisper %}x{% endfilter %}\n{% if topic is loud %}y{% endif %}\n";
+        assert_eq!(
+            problems(subject, ""),
+            [
+                "prompts/subject.jinja:2:12: unknown filter `shout`",
+                "prompts/subject.jinja:3:11: unknown filter `whisper`",
+                "prompts/subject.jinja:4:16: unknown test `loud`",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_fields_are_checked_with_a_suggestion() {
+        let subject = "--- user\nAbout {{ topic }}: {{ paraphrase['subjet'] }}\n";
+        assert_eq!(
+            problems(subject, ""),
+            [
+                "prompts/subject.jinja:2:34: `paraphrase` has no field `subjet` (did you mean `subject`?); the json node `paraphrase` has the fields `subject`, `body`"
+            ]
+        );
+    }
+
+    #[test]
+    fn when_is_checked_as_an_expression() {
+        let subject = "--- user\nAbout {{ topic }}.\n";
+        let key = "dataset.toml:18:8: `nodes.subject.when`";
+        assert_eq!(
+            problems(subject, "when = \"topic | shout\""),
+            [format!("{key}: unknown filter `shout` in `when`")]
+        );
+        assert_eq!(
+            problems(subject, "when = \"language == 'EN' }} x\""),
+            [format!(
+                "{key}: `when` does not parse: `}}}}` ends a condition early; write `}} }}` to close two braces"
+            )]
+        );
+        assert_eq!(
+            problems(subject, "when = \"language == 'EN' %} x\""),
+            [format!("{key}: `when` does not parse: unexpected `}}`")]
+        );
+        assert_eq!(
+            problems(subject, "when = \"subject != none\""),
+            [
+                "dataset.toml:17:10: `nodes.subject`: the node `subject` uses its own output (in its `when` condition); a node cannot read itself"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_block_is_reported_at_its_opening_tag() {
+        let subject = "--- system\nYou write.\n--- user\n{% for t in [topic] %}\n{% if t %}{{ t }}{% endif %}\n";
+        assert_eq!(
+            problems(subject, ""),
+            [
+                "prompts/subject.jinja:4:1: template error: this `{% for %}` is never closed; expected `{% endfor %}` before the end of the user part"
+            ]
+        );
     }
 }

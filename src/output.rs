@@ -209,6 +209,17 @@ pub struct DatasetWriter {
     lineage: Option<LineageSink>,
     node_names: Vec<String>,
     escaped_names: Vec<String>,
+    csv_formula_escape: bool,
+}
+
+/// A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first), made plain text by a
+/// leading apostrophe, as OWASP recommends for CSV exports.
+pub fn formula_escaped(text: String) -> String {
+    if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text
+    }
 }
 
 /// The lineage file: one row per (ticket, node), so a dataset can be audited or filtered by how
@@ -298,6 +309,7 @@ impl DatasetWriter {
             parquet: None,
             lineage: None,
             node_names: graph.nodes.iter().map(|n| n.name.clone()).collect(),
+            csv_formula_escape: config.csv_formula_escape,
         };
         if config.lineage {
             let file = PendingFile::new(&writer.dir, &format!("{}.lineage.parquet", config.name));
@@ -370,10 +382,14 @@ impl DatasetWriter {
     pub fn write(&mut self, record: &TicketRecord) -> Result<(), OutputError> {
         let cells = self.rows.row(record);
         if let Some((file, csv)) = &mut self.csv {
-            let fields = cells.iter().map(|cell| match cell {
-                Cell::Null => String::new(),
-                Cell::Str(s) => s.clone(),
-                Cell::List(items) => items.join(","),
+            let escape = self.csv_formula_escape;
+            let fields = cells.iter().map(|cell| {
+                let text = match cell {
+                    Cell::Null => String::new(),
+                    Cell::Str(s) => s.clone(),
+                    Cell::List(items) => items.join(","),
+                };
+                if escape { formula_escaped(text) } else { text }
             });
             csv.write_record(fields)
                 .map_err(|e| write_error(&file.temporary, e))?;
@@ -547,5 +563,23 @@ impl ParquetSink {
             .map_err(|e| write_error(&self.file.temporary, e))?;
         self.buffered.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::formula_escaped;
+
+    #[test]
+    fn formulas_are_escaped_and_other_text_is_not() {
+        assert_eq!(
+            formula_escaped("=HYPERLINK(\"x\")".into()),
+            "'=HYPERLINK(\"x\")"
+        );
+        assert_eq!(formula_escaped("+1".into()), "'+1");
+        assert_eq!(formula_escaped("-2".into()), "'-2");
+        assert_eq!(formula_escaped("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(formula_escaped("Hello = world".into()), "Hello = world");
+        assert_eq!(formula_escaped(String::new()), "");
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! A file without marker lines is all user message. Each part is trimmed of surrounding blank lines.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::config::io_reason;
@@ -46,66 +47,90 @@ pub struct Part {
     pub text: String,
     /// The 1-based line in the file where `text` begins.
     pub first_line: usize,
+    /// The byte offset in the file where `text` begins, so that a position in `text` maps back to
+    /// the file exactly (columns included).
+    pub offset: usize,
+}
+
+/// Why a prompt file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The path is the problem (missing, a folder, outside the project): the message is about the
+    /// path as written in the config, and belongs at its `prompt = ...` line.
+    #[error("{0}")]
+    Path(String),
+    /// The file's content is the problem: located in the prompt file.
+    #[error("{0}")]
+    Content(Diagnostics),
+}
+
+impl From<Diagnostics> for PromptError {
+    fn from(problems: Diagnostics) -> PromptError {
+        PromptError::Content(problems)
+    }
 }
 
 impl PromptFile {
-    /// Reads and splits `path`, which must lie inside `project_root`.
+    /// Reads and splits `path`, which must lie inside `project_root`. `written` is the path as the
+    /// config names it, for messages about the path itself.
     pub fn load(
         display: &Path,
+        written: &Path,
         path: &Path,
         project_root: &Path,
-    ) -> Result<PromptFile, Diagnostics> {
-        let problem = |message: String| Diagnostics::from(Diagnostic::file(display, message));
-        let metadata = std::fs::metadata(path)
-            .map_err(|e| problem(format!("cannot read the prompt file: {}", io_reason(&e))))?;
+    ) -> Result<PromptFile, PromptError> {
+        let shown = written.display();
+        let unreadable = |e: std::io::Error| {
+            PromptError::Path(format!(
+                "cannot read the prompt file `{shown}`: {}",
+                io_reason(&e)
+            ))
+        };
+        let metadata = std::fs::metadata(path).map_err(unreadable)?;
+        if metadata.is_dir() {
+            return Err(PromptError::Path(format!(
+                "`{shown}` is a folder, not a prompt file"
+            )));
+        }
         if !metadata.is_file() {
-            return Err(problem("is not a file".to_string()));
+            return Err(PromptError::Path(format!(
+                "`{shown}` is not a regular file"
+            )));
         }
         let root = if project_root.as_os_str().is_empty() {
             Path::new(".")
         } else {
             project_root
         };
-        let root = root
-            .canonicalize()
-            .map_err(|e| problem(format!("cannot resolve the project folder: {e}")))?;
-        let real = path
-            .canonicalize()
-            .map_err(|e| problem(format!("cannot resolve the prompt path: {e}")))?;
+        let root = root.canonicalize().map_err(|e| {
+            PromptError::Path(format!(
+                "cannot resolve the project folder: {}",
+                io_reason(&e)
+            ))
+        })?;
+        let real = path.canonicalize().map_err(unreadable)?;
         if !real.starts_with(&root) {
-            return Err(problem(format!(
-                "lies outside the project folder `{}`; keep prompts inside the project so the dataset is reproducible from it",
-                root.display()
+            return Err(PromptError::Path(format!(
+                "`{shown}` lies outside the project folder; keep prompts inside the project so the dataset is reproducible from it"
             )));
         }
         if metadata.len() > MAX_PROMPT_BYTES {
-            return Err(problem(format!(
-                "is {} bytes; prompt files are limited to {} bytes",
-                metadata.len(),
-                MAX_PROMPT_BYTES
-            )));
+            return Err(Diagnostics::from(Diagnostic::file(
+                display,
+                format!(
+                    "is {} bytes; prompt files are limited to {} bytes",
+                    metadata.len(),
+                    MAX_PROMPT_BYTES
+                ),
+            ))
+            .into());
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| problem(format!("cannot read the prompt file: {}", io_reason(&e))))?;
+        let bytes = std::fs::read(path).map_err(unreadable)?;
         let source = String::from_utf8(bytes).map_err(|e| {
             let valid = e.utf8_error().valid_up_to();
-            let bytes = e.as_bytes();
-            let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
-            let column = bytes[..valid]
-                .iter()
-                .rev()
-                .take_while(|b| **b != b'\n')
-                .count()
-                + 1;
-            Diagnostics::from(Diagnostic {
-                file: display.to_path_buf(),
-                position: Some((line, column)),
-                key: None,
-                message: "is not valid UTF-8".to_string(),
-                snippet: None,
-            })
+            Diagnostics::from(Diagnostic::invalid_utf8(display, e.as_bytes(), valid))
         })?;
-        PromptFile::parse(display, source)
+        Ok(PromptFile::parse(display, source)?)
     }
 
     /// Splits `source` into its parts.
@@ -174,11 +199,12 @@ impl PromptFile {
         }
         let part = |start: usize, end: usize| -> Part {
             let raw = &source[start..end];
-            let leading_lines = raw.len() - raw.trim_start_matches(['\n', '\r', ' ', '\t']).len();
-            let first_line = source[..start + leading_lines].matches('\n').count() + 1;
+            let leading = raw.len() - raw.trim_start().len();
+            let first_line = source[..start + leading].matches('\n').count() + 1;
             Part {
                 text: raw.trim().to_string(),
                 first_line,
+                offset: start + leading,
             }
         };
         let user_part;
@@ -194,11 +220,17 @@ impl PromptFile {
             (Some(_), None) => unreachable!("reported above"),
         }
         if user_part.text.is_empty() {
-            return Err(Diagnostic::file(
-                display,
-                "the user part of this prompt is empty; write the instruction for the model",
-            )
-            .into());
+            let message =
+                "the user part of this prompt is empty; write the instruction for the model";
+            // Point at the `--- user` line when there is one; a file without markers is all user
+            // part, and empty as a whole.
+            let diagnostic = match user {
+                Some((line, _)) => {
+                    Diagnostic::at_line(display, &source, line + 1, Some(1), message)
+                }
+                None => Diagnostic::file(display, message),
+            };
+            return Err(diagnostic.into());
         }
         Ok(PromptFile {
             display: display.to_path_buf(),
@@ -236,35 +268,271 @@ impl PromptFile {
         }
     }
 
+    /// A diagnostic at `span`, a byte range of `part.text`, underlined in the file.
+    pub fn error_at_span(
+        &self,
+        part: &Part,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::at(
+            &self.display,
+            &self.source,
+            part.offset + span.start..part.offset + span.end,
+            message,
+        )
+    }
+
+    /// The 1-based (line, column) in the file of byte `offset` of `part.text`.
+    pub fn position(&self, part: &Part, offset: usize) -> (usize, usize) {
+        let at = (part.offset + offset).min(self.source.len());
+        let before = &self.source[..floor_boundary(&self.source, at)];
+        let line = before.matches('\n').count() + 1;
+        let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+            .chars()
+            .count()
+            + 1;
+        (line, column)
+    }
+
     /// Where `variable` is first used as a variable inside a `{{ }}` or `{% %}` tag of `part`:
     /// (1-based line within the part, 1-based column).
     pub fn locate_variable(part: &Part, variable: &str) -> Option<(usize, usize)> {
         let text = &part.text;
-        let mut search = 0;
-        while let Some(open) = text[search..].find('{').map(|i| search + i) {
-            let kind = text[open + 1..].chars().next();
-            let close = match kind {
-                Some('{') => "}}",
-                Some('%') => "%}",
-                _ => {
-                    search = open + 1;
-                    continue;
-                }
-            };
-            let body_start = open + 2;
-            let body_end = text[body_start..]
-                .find(close)
-                .map_or(text.len(), |i| body_start + i);
-            if let Some(at) = find_identifier(&text[body_start..body_end], variable) {
-                let absolute = body_start + at;
-                let line = text[..absolute].matches('\n').count() + 1;
-                let column = absolute - text[..absolute].rfind('\n').map_or(0, |i| i + 1) + 1;
-                return Some((line, column));
-            }
-            search = body_end;
-        }
-        None
+        let at = find_variable(text, variable)?;
+        let line = text[..at].matches('\n').count() + 1;
+        let column = text[text[..at].rfind('\n').map_or(0, |i| i + 1)..at]
+            .chars()
+            .count()
+            + 1;
+        Some((line, column))
     }
+}
+
+/// Byte offset in `text` (a template) of the first use of `variable` inside a tag.
+pub fn find_variable(text: &str, variable: &str) -> Option<usize> {
+    tags(text).iter().find_map(|tag| {
+        find_identifier(&text[tag.body.clone()], variable).map(|at| tag.body.start + at)
+    })
+}
+
+fn floor_boundary(text: &str, mut index: usize) -> usize {
+    while index > 0 && !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A light scanner of template syntax
+// ---------------------------------------------------------------------------------------------------
+//
+// minijinja compiles templates but exposes no syntax tree, and some mistakes (an unknown filter, an
+// attribute a json node does not have) only surface when a template is rendered. The checks that
+// catch them at load time need the tags of a template and the tokens inside them; this scanner
+// provides both. It follows minijinja's lexer where it matters: comments and `{% raw %}` blocks are
+// skipped, string literals may contain delimiters, and `-`/`+` whitespace control is allowed. It only
+// runs on templates minijinja has already compiled, so it never has to judge broken syntax.
+
+/// A `{{ ... }}` or `{% ... %}` tag of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    /// `{% %}` rather than `{{ }}`.
+    pub block: bool,
+    /// The whole tag, delimiters included, as a byte range of the template.
+    pub span: Range<usize>,
+    /// The code between the delimiters (without whitespace control), as a byte range.
+    pub body: Range<usize>,
+}
+
+/// The tags of `text`, in order. The content of a `{% raw %}` block is text, so neither it nor its
+/// `{% endraw %}` is listed.
+pub fn tags(text: &str) -> Vec<Tag> {
+    let mut out = Vec::new();
+    let mut search = 0;
+    while let Some(open) = text[search..].find('{').map(|i| search + i) {
+        let (block, close) = match text[open + 1..].chars().next() {
+            Some('{') => (false, "}}"),
+            Some('%') => (true, "%}"),
+            Some('#') => {
+                search = text[open + 2..]
+                    .find("#}")
+                    .map_or(text.len(), |i| open + 2 + i + 2);
+                continue;
+            }
+            _ => {
+                search = open + 1;
+                continue;
+            }
+        };
+        let mut body_start = open + 2;
+        if text[body_start..].starts_with(['-', '+']) {
+            body_start += 1;
+        }
+        let (body_end, end) = match find_close(text, body_start, close) {
+            Some(at) => {
+                let body_end = if at > body_start && text[..at].ends_with(['-', '+']) {
+                    at - 1
+                } else {
+                    at
+                };
+                (body_end, at + close.len())
+            }
+            None => (text.len(), text.len()),
+        };
+        let tag = Tag {
+            block,
+            span: open..end,
+            body: body_start..body_end,
+        };
+        search = end;
+        if block && first_word(&text[tag.body.clone()]) == Some("raw") {
+            // Everything up to `{% endraw %}` is text.
+            search = raw_end(text, end);
+        }
+        out.push(tag);
+    }
+    out
+}
+
+/// The offset of `close` after `from`, skipping string literals.
+fn find_close(text: &str, from: usize, close: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            // Bytes, not `str`: `i` may sit inside a multi-byte character here.
+            _ if bytes[i..].starts_with(close.as_bytes()) => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The offset just after the `{% endraw %}` that closes a raw block whose opener ends at `from`.
+fn raw_end(text: &str, from: usize) -> usize {
+    let mut search = from;
+    while let Some(open) = text[search..].find("{%").map(|i| search + i) {
+        let body = text[open + 2..].trim_start_matches(['-', '+']).trim_start();
+        if body.starts_with("endraw") {
+            return text[open..].find("%}").map_or(text.len(), |i| open + i + 2);
+        }
+        search = open + 2;
+    }
+    text.len()
+}
+
+fn first_word(code: &str) -> Option<&str> {
+    let code = code.trim_start();
+    let end = code
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(code.len());
+    (end > 0).then(|| &code[..end])
+}
+
+/// A token of template code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    Ident(&'a str),
+    /// A string literal's content, without quotes and with escapes left as written.
+    Str(&'a str),
+    Number,
+    Punct(char),
+}
+
+/// The tokens of `code`, each with its byte range in `code`.
+pub fn tokens(code: &str) -> Vec<(Range<usize>, Token<'_>)> {
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'"' || c == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != c {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            let end = i.min(bytes.len());
+            i = (i + 1).min(bytes.len());
+            out.push((start..i, Token::Str(&code[start + 1..end])));
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            out.push((start..i, Token::Ident(&code[start..i])));
+        } else if c.is_ascii_digit() {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            // A fraction: `1.5`, but not the attribute dot of `x.0`.
+            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+            }
+            out.push((start..i, Token::Number));
+        } else {
+            // Any other character, one at a time (multi-byte characters whole).
+            let ch = code[i..].chars().next().unwrap_or('?');
+            i += ch.len_utf8();
+            out.push((start..i, Token::Punct(ch)));
+        }
+    }
+    out
+}
+
+/// Statements that open a block closed by `end<name>`.
+const BLOCK_STATEMENTS: [&str; 9] = [
+    "if",
+    "for",
+    "macro",
+    "call",
+    "filter",
+    "with",
+    "block",
+    "autoescape",
+    "set",
+];
+
+/// The block tag of `text` that is opened but never closed (the innermost one), if any: the tag
+/// `{% if %}` of `{% if x %}...` without `{% endif %}`, with the statement's name.
+pub fn unclosed_block(text: &str) -> Option<(Tag, &'static str)> {
+    let mut open: Vec<(Tag, &'static str)> = Vec::new();
+    for tag in tags(text).into_iter().filter(|t| t.block) {
+        let code = &text[tag.body.clone()];
+        let Some(word) = first_word(code) else {
+            continue;
+        };
+        if let Some(name) = word.strip_prefix("end") {
+            if open.last().is_some_and(|(_, opened)| *opened == name) {
+                open.pop();
+            }
+            continue;
+        }
+        let Some(statement) = BLOCK_STATEMENTS.iter().find(|s| **s == word) else {
+            continue;
+        };
+        // `{% set x = 1 %}` is complete; only `{% set x %}...{% endset %}` opens a block.
+        let assigns = tokens(code)
+            .iter()
+            .any(|(_, token)| *token == Token::Punct('='));
+        if *statement == "set" && assigns {
+            continue;
+        }
+        open.push((tag, statement));
+    }
+    open.pop()
 }
 
 fn line_offset(source: &str, line_index: usize) -> usize {
@@ -372,7 +640,71 @@ mod tests {
         let part = Part {
             text: "a {{ x.topic }} {{ 'topic' }}\n{% if topic %}".to_string(),
             first_line: 1,
+            offset: 0,
         };
         assert_eq!(PromptFile::locate_variable(&part, "topic"), Some((2, 7)));
+    }
+}
+
+#[cfg(test)]
+mod scanner_tests {
+    use super::*;
+
+    fn bodies(text: &str) -> Vec<&str> {
+        tags(text).into_iter().map(|t| &text[t.body]).collect()
+    }
+
+    #[test]
+    fn tags_skip_comments_raw_blocks_and_delimiters_in_strings() {
+        let text = "a {# {{ no }} #} {{- x ~ '}}' -}} {% raw %}{{ no }}{% endraw %} {%+ if y %}";
+        // The content of a raw block, up to and including `{% endraw %}`, is text.
+        assert_eq!(bodies(text), [" x ~ '}}' ", " raw ", " if y "]);
+        // An unclosed tag runs to the end; multi-byte text is never split.
+        assert_eq!(bodies("é {{ 'ü }} 😀"), [" 'ü }} 😀"]);
+    }
+
+    #[test]
+    fn tokens_of_code() {
+        let tokens: Vec<Token> = tokens("x.y | join(', ') is not none 1.5")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(
+            tokens,
+            [
+                Token::Ident("x"),
+                Token::Punct('.'),
+                Token::Ident("y"),
+                Token::Punct('|'),
+                Token::Ident("join"),
+                Token::Punct('('),
+                Token::Str(", "),
+                Token::Punct(')'),
+                Token::Ident("is"),
+                Token::Ident("not"),
+                Token::Ident("none"),
+                Token::Number,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_innermost_unclosed_block_is_found() {
+        let text = "{% set a = 1 %}{% if x %}{% for y in z %}{% endfor %}{% set b %}b{% endset %}";
+        let (tag, statement) = unclosed_block(text).unwrap();
+        assert_eq!((&text[tag.span], statement), ("{% if x %}", "if"));
+        assert!(unclosed_block("{% if x %}{% endif %}").is_none());
+    }
+
+    #[test]
+    fn positions_count_from_the_file() {
+        let file = PromptFile::parse(
+            Path::new("p.jinja"),
+            "--- user\n   Hello {{ topic }}\n".to_string(),
+        )
+        .unwrap();
+        let at = find_variable(&file.user.text, "topic").unwrap();
+        // The part's text starts at `Hello`; columns still count the indentation.
+        assert_eq!(file.position(&file.user, at), (2, 13));
     }
 }

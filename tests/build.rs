@@ -321,3 +321,35 @@ impl Rows for Project {
         self
     }
 }
+
+#[test]
+fn issue_8_csv_formula_escape_is_opt_in_and_only_touches_csv() {
+    let project = Project::example().write_rows(30);
+    project.edit(
+        "dataset.toml",
+        "\"Software company\" = 3",
+        "\"=HYPERLINK(\\\"http://x\\\")\" = 300\n\"Software company\" = 3",
+    );
+    project.build_json(&[]);
+    let plain = project.read("out/tickets.csv");
+    assert!(
+        plain.contains("\"=HYPERLINK(\"\"http://x\"\")\""),
+        "{plain}"
+    );
+    assert!(!plain.contains("'=HYPERLINK"));
+
+    project.edit(
+        "dataset.toml",
+        "[output.columns]",
+        "[output]\ncsv_formula_escape = true\n\n[output.columns]",
+    );
+    project.build_json(&[]);
+    let escaped = project.read("out/tickets.csv");
+    assert!(escaped.contains("'=HYPERLINK("), "{escaped}");
+    // The JSONL keeps the data as it is.
+    let rows = read_jsonl(&project.file("out/tickets.jsonl"));
+    assert!(
+        rows.iter()
+            .any(|r| r["business_type"] == "=HYPERLINK(\"http://x\")")
+    );
+}

@@ -3,11 +3,15 @@
 //! One test binary (see `[[test]]` in Cargo.toml), one module per feature; `support` holds the
 //! project builder and helpers shared by all of them.
 
+mod bad_inputs;
 mod build;
 mod cost;
 mod errors;
+mod fuzz;
 mod http;
 mod incremental;
 mod interop;
+mod properties;
+mod reliability;
 mod support;
 mod watch;

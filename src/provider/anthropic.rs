@@ -130,9 +130,10 @@ pub fn parse_reply(body: &Value) -> Result<Reply, ReplyError> {
     }
     let cache_read = count(&usage["cache_read_input_tokens"]);
     let usage = Usage {
+        // Saturating: a server reporting counts near `u64::MAX` must not overflow the sum.
         input_tokens: count(&usage["input_tokens"])
-            + cache_read
-            + count(&usage["cache_creation_input_tokens"]),
+            .saturating_add(cache_read)
+            .saturating_add(count(&usage["cache_creation_input_tokens"])),
         cached_input_tokens: cache_read,
         output_tokens: count(&usage["output_tokens"]),
         reasoning_tokens: 0,

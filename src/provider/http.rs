@@ -34,6 +34,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error body is quoted when it has no message field.
 const QUOTE_LIMIT: usize = 300;
+/// The longest `Retry-After` taken as given: a day. Any deadline is shorter, so a larger value
+/// changes nothing except that it could not be represented (or added to an `Instant`).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Installs rustls' ring crypto provider as the process default, once. reqwest is built with
 /// `rustls-no-provider`, so a client cannot be built before this has run.
@@ -528,17 +531,25 @@ fn quote(bytes: &[u8]) -> String {
     }
 }
 
-/// `Retry-After` as seconds (`120`) or an HTTP date; a date in the past means now.
+/// `Retry-After` as seconds (`120`) or an HTTP date; a date in the past means now. Capped at
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        // Clamped before the conversion: `Duration::from_secs_f64` panics on values a Duration
+        // cannot hold (`1e30`).
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Full-jitter exponential backoff before retry `n` (1-based).
