@@ -104,6 +104,14 @@ pub enum CacheError {
     #[error("cannot write to the cache folder `{path}`: {reason}")]
     NotWritable { path: PathBuf, reason: String },
     #[error(
+        "the cache folder `{path}` has only {free_mb} MB free; ticketbuild needs at least {needed_mb} MB to store responses before it pays for them; free some space or use another folder with `--cache`"
+    )]
+    Full {
+        path: PathBuf,
+        free_mb: u64,
+        needed_mb: u64,
+    },
+    #[error(
         "the cache `{path}` was written with key schema {found}, newer than this ticketbuild's ({KEY_VERSION}); upgrade ticketbuild or use another cache folder"
     )]
     NewerSchema { path: PathBuf, found: u32 },
@@ -178,6 +186,7 @@ impl SledStore {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
+        check_free_space(path)?;
         let db = sled::Config::new()
             .path(path)
             // Durability comes from explicit group commits; the background flush only adds safety.
@@ -225,6 +234,31 @@ impl SledStore {
             reason: e.to_string(),
         }
     }
+}
+
+/// Free space a cache folder must have before a build starts (MB); `TICKETBUILD_CACHE_MIN_FREE_MB`
+/// overrides it. A build that cannot store what it pays for would pay twice, so a nearly full disk
+/// is refused before the first call rather than discovered after it.
+pub const MIN_FREE_MB: u64 = 64;
+
+fn check_free_space(path: &Path) -> Result<(), CacheError> {
+    let needed_mb = std::env::var("TICKETBUILD_CACHE_MIN_FREE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIN_FREE_MB);
+    // A file system that cannot report its free space is not refused for that.
+    let Ok(free) = fs2::available_space(path) else {
+        return Ok(());
+    };
+    let free_mb = free / (1024 * 1024);
+    if free_mb < needed_mb {
+        return Err(CacheError::Full {
+            path: path.to_path_buf(),
+            free_mb,
+            needed_mb,
+        });
+    }
+    Ok(())
 }
 
 fn open_error(path: &Path, error: sled::Error) -> CacheError {

@@ -630,6 +630,7 @@ fn issue_8_random_faults_under_concurrency_never_pay_twice_or_cache_bad_values()
             4 => Fault::Malformed,
             5 => Fault::Empty,
             6 => Fault::Stall(60_000),
+            7 => Fault::Drop,
             _ => Fault::Ok,
         })
         .collect();
@@ -990,4 +991,28 @@ fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes
         &outputs,
         "sk-another-key-1234567890",
     );
+}
+
+/// A cache folder without room for what the build will pay for is refused before any call.
+#[test]
+fn issue_8_a_full_cache_folder_is_refused_before_any_call() {
+    let mock = MockServer::start(MockConfig::default());
+    let p = example_on(&mock, 3, 1, "");
+    // More free space than any disk has: the folder counts as full.
+    let run = Run::from(
+        p.command(&["build"])
+            .env("TICKETBUILD_CACHE_MIN_FREE_MB", "1000000000000")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("MB free; ticketbuild needs at least 1000000000000 MB"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("cache"), "{}", run.stderr);
+    assert_eq!(mock.requests(), 0);
+    assert!(!p.file("out").exists());
 }

@@ -13,7 +13,6 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -93,6 +92,8 @@ pub enum Fault {
     Invalid,
     /// A normal answer after this many milliseconds (on top of the latency).
     Stall(u64),
+    /// The connection is closed without any response, as when a network drops.
+    Drop,
 }
 
 impl Fault {
@@ -310,7 +311,7 @@ enum Api {
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let counters = &state.counters;
     let at = Instant::now();
     let header = |name: &str| {
@@ -430,6 +431,8 @@ async fn handle(
                 None,
                 answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string(),
             ),
+            // Status 0 in the log: no response was sent at all.
+            Fault::Drop => (0, None, String::new()),
         },
     };
     let success = status == 200 && api.is_some() && answers_normally;
@@ -448,6 +451,12 @@ async fn handle(
         at,
         status,
     });
+    if status == 0 {
+        // An error from the service makes hyper close the connection without a response.
+        return Err(std::io::Error::other(
+            "the mock was told to drop this connection",
+        ));
+    }
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
