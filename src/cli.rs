@@ -383,13 +383,7 @@ pub fn print_summary(report: &BuildReport) {
         report.tickets,
         report.wall_ms as f64 / 1000.0
     );
-    let width = report
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_width(report.nodes.iter().map(|n| n.name.as_str()));
     println!(
         "  {:<width$}  {:>9}  {:>9}  {:>8}  {:>7}  {:>10}  {:>10}",
         "node", "reused", "generated", "skipped", "failed", "tokens in", "tokens out"
@@ -485,7 +479,7 @@ fn status(args: StatusArgs) -> Result<Outcome, CliError> {
         ),
         None => println!("`{name}`: {rows} tickets, never built with this cache"),
     }
-    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+    let width = name_width(nodes.iter().map(|n| n.name.as_str()));
     println!(
         "  {:<width$}  {:>10}  {:>11}  {:>7}  why",
         "node", "up to date", "to generate", "skipped"
@@ -1049,13 +1043,7 @@ fn print_costs(report: &BuildReport, config: &Config) {
         "cost of the last build of `{}` (profile {profile})",
         report.dataset
     );
-    let width = report
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_width(report.nodes.iter().map(|n| n.name.as_str()));
     println!(
         "  {:<width$}  {:>16}  {:>16}  {:>16}",
         "node", "spent now", "reused (paid)", "regenerate all"
@@ -1133,13 +1121,7 @@ fn plan(project: ProjectArgs, json: bool) -> Result<Outcome, CliError> {
         plan.tickets,
         crate::cost::prices_taken()
     );
-    let width = plan
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_width(plan.nodes.iter().map(|n| n.name.as_str()));
     println!(
         "  {:<width$}  {:>7}  {:>11}  {:>10}  {:>11}  {:>12}  {:>12}  {:>12}",
         "node", "cached", "to generate", "tokens in", "tokens out", "low", "expected", "high"
@@ -1186,4 +1168,9 @@ fn clone_graph(project: &ProjectArgs) -> Result<Graph, CliError> {
         .load()
         .map(|(_, graph)| graph)
         .map_err(CliError::Input)
+}
+
+/// The width of the node-name column of a table: the longest name, at least "node".
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(4)
 }

@@ -6,7 +6,7 @@
 //! `rows` from 200 to 300 keeps the first 200 tickets as they were. Ticket ids come from a keyed
 //! permutation of the index, so ids are unique within a dataset by construction, with no set of seen
 //! ids held in memory. The invariant: a ticket's sample is a pure function of (seed, index, languages,
-//! tables); changing that function changes every dataset, so it is versioned by [`SAMPLE_CONTEXT`].
+//! tables); changing that function changes every dataset, so it is versioned by `SAMPLE_CONTEXT`.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};

@@ -532,7 +532,7 @@ fn quote(bytes: &[u8]) -> String {
 }
 
 /// `Retry-After` as seconds (`120`) or an HTTP date; a date in the past means now. Capped at
-/// [`MAX_RETRY_AFTER`].
+/// `MAX_RETRY_AFTER`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
