@@ -103,7 +103,7 @@ pub async fn build_project(
 
     // Nothing changed since the last complete build and its files are intact: nothing to do.
     if let Some((_, last)) = sled.last_manifest::<Manifest>()? {
-        if last.inputs_hash == inputs && last.files_intact() {
+        if options.force.is_empty() && last.inputs_hash == inputs && last.files_intact() {
             let mut report = BuildReport::up_to_date(&last, &config);
             report.wall_ms = started.elapsed().as_millis() as u64;
             return Ok(report);

@@ -89,6 +89,8 @@ pub enum MissReason {
     New,
     /// Something is stored but does not decode or names another key; it will be replaced.
     Corrupt(String),
+    /// The user asked to regenerate this node (`--force`), whatever is stored.
+    Forced,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -86,6 +86,9 @@ pub struct CostArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
+    /// Show what `build --force NODE` would regenerate (repeatable).
+    #[arg(long, value_name = "NODE")]
+    pub force: Vec<String>,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
@@ -177,6 +180,9 @@ pub struct BuildArgs {
     /// Only estimate what the build would generate and cost (like `ticketbuild plan`).
     #[arg(long)]
     pub dry_run: bool,
+    /// Regenerate this node for every ticket even where it is cached (repeatable).
+    #[arg(long, value_name = "NODE")]
+    pub force: Vec<String>,
     /// Do not wait for the cache to reach the disk before counting a ticket done (faster, but a
     /// crash can lose paid responses). Meant for measuring what durability costs.
     #[arg(long, hide = true)]
@@ -277,7 +283,12 @@ pub fn open_cache(config: &Config) -> Result<Arc<SledStore>, CliError> {
 }
 
 /// An engine for planning: no provider is ever called, so none needs a key.
-fn planning_engine(config: Config, graph: Graph, store: Arc<SledStore>) -> Arc<Engine> {
+fn planning_engine(
+    config: Config,
+    graph: Graph,
+    store: Arc<SledStore>,
+    force: Vec<String>,
+) -> Arc<Engine> {
     let store: Arc<dyn ArtifactStore> = store;
     let providers = graph
         .nodes
@@ -292,7 +303,10 @@ fn planning_engine(config: Config, graph: Graph, store: Arc<SledStore>) -> Arc<E
         Arc::new(graph),
         store,
         providers,
-        BuildOptions::default(),
+        BuildOptions {
+            force,
+            ..BuildOptions::default()
+        },
     ))
 }
 
@@ -309,7 +323,10 @@ fn build(args: BuildArgs) -> Result<Outcome, CliError> {
     }
     let (mut config, graph) = args.project.load().map_err(CliError::Input)?;
     config.cost.allow_unpriced |= args.allow_unpriced;
-    if let Some(report) = crate::build::up_to_date(&config, &graph) {
+    check_forced(&config, &graph, &args.force)?;
+    if !args.force.is_empty() {
+        // Forced nodes run whatever the last build recorded.
+    } else if let Some(report) = crate::build::up_to_date(&config, &graph) {
         print_report(&report, args.json)?;
         return Ok(Outcome::Success);
     }
@@ -319,6 +336,7 @@ fn build(args: BuildArgs) -> Result<Outcome, CliError> {
         progress: !args.no_progress && !args.json && std::io::stderr().is_terminal(),
         log_artifacts: args.verbose >= 2,
         write_when_cancelled: true,
+        force: args.force.clone(),
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let runtime = runtime()?;
@@ -435,6 +453,7 @@ pub fn print_summary(report: &BuildReport) {
 
 fn status(args: StatusArgs) -> Result<Outcome, CliError> {
     let (config, graph) = args.project.load().map_err(CliError::Input)?;
+    check_forced(&config, &graph, &args.force)?;
     let sled = open_cache(&config)?;
     let previous = sled.last_manifest::<Manifest>().map_err(runtime_error)?;
     let keys = previous.as_ref().map(|(id, manifest)| {
@@ -452,9 +471,16 @@ fn status(args: StatusArgs) -> Result<Outcome, CliError> {
         &sample,
         previous.as_ref().map(|(_, m)| m).zip(keys.as_ref()),
     );
+    builder.force(
+        graph
+            .nodes
+            .iter()
+            .map(|n| args.force.contains(&n.name))
+            .collect(),
+    );
     let name = config.name.clone();
     let rows = config.rows;
-    let engine = planning_engine(config, graph, Arc::clone(&sled));
+    let engine = planning_engine(config, graph, Arc::clone(&sled), args.force.clone());
     runtime()?
         .block_on(engine.plan(|outcome| builder.add(&outcome, &upstream)))
         .map_err(runtime_error)?;
@@ -552,7 +578,7 @@ fn explain(args: ExplainArgs) -> Result<Outcome, CliError> {
     let previous = sled.last_manifest::<Manifest>().map_err(runtime_error)?;
     let names: Vec<String> = graph.nodes.iter().map(|n| n.name.clone()).collect();
     let upstream: Vec<Vec<usize>> = graph.nodes.iter().map(|n| n.upstream.clone()).collect();
-    let engine = planning_engine(config, graph, Arc::clone(&sled));
+    let engine = planning_engine(config, graph, Arc::clone(&sled), Vec::new());
     let runtime = runtime()?;
     let outcome = runtime
         .block_on(engine.plan_ticket(index))
@@ -1099,7 +1125,12 @@ fn plan(project: ProjectArgs, json: bool) -> Result<Outcome, CliError> {
     let sled = open_cache(&config)?;
     let plan = {
         let mut planner = crate::plan::Planner::new(&config, &graph);
-        let engine = planning_engine(config.clone(), clone_graph(&project)?, Arc::clone(&sled));
+        let engine = planning_engine(
+            config.clone(),
+            clone_graph(&project)?,
+            Arc::clone(&sled),
+            Vec::new(),
+        );
         runtime()?
             .block_on(engine.plan(|outcome| planner.add(&outcome)))
             .map_err(runtime_error)?;
@@ -1173,4 +1204,22 @@ fn clone_graph(project: &ProjectArgs) -> Result<Graph, CliError> {
 /// The width of the node-name column of a table: the longest name, at least "node".
 fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     names.map(str::len).max().unwrap_or(0).max(4)
+}
+
+/// Every `--force` name must be a node.
+fn check_forced(config: &Config, graph: &Graph, force: &[String]) -> Result<(), CliError> {
+    for name in force {
+        if graph.node(name).is_none() {
+            let hint = crate::diag::did_you_mean(name, graph.nodes.iter().map(|n| n.name.as_str()))
+                .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+            return Err(CliError::Input(
+                crate::diag::Diagnostic::file(
+                    &config.path,
+                    format!("`--force {name}`: no node is called `{name}`{hint}"),
+                )
+                .into(),
+            ));
+        }
+    }
+    Ok(())
 }

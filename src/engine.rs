@@ -42,6 +42,8 @@ pub struct BuildOptions {
     /// previous files untouched (`watch`, where the last good dataset must stay until a build
     /// finishes).
     pub write_when_cancelled: bool,
+    /// Nodes to regenerate even where the cache has their artifacts (`--force NODE`).
+    pub force: Vec<String>,
 }
 
 impl Default for BuildOptions {
@@ -51,6 +53,7 @@ impl Default for BuildOptions {
             progress: false,
             log_artifacts: false,
             write_when_cancelled: true,
+            force: Vec::new(),
         }
     }
 }
@@ -721,7 +724,12 @@ impl Engine {
                 }
             };
             let key = request.key();
-            let output = match self.store.get(&key)? {
+            let lookup = if self.options.force.contains(&node.name) {
+                Lookup::Miss(MissReason::Forced)
+            } else {
+                self.store.get(&key)?
+            };
+            let output = match lookup {
                 Lookup::Hit(artifact) => {
                     stats[i].reused += 1;
                     match artifact.cost_usd {

@@ -84,6 +84,7 @@ pub struct StatusBuilder<'a> {
     ticket_set: Option<String>,
     nodes: Vec<(NodeStatus, BTreeMap<Cause, u64>)>,
     names: Vec<String>,
+    forced: Vec<bool>,
 }
 
 impl<'a> StatusBuilder<'a> {
@@ -134,7 +135,13 @@ impl<'a> StatusBuilder<'a> {
                 })
                 .collect(),
             names: current.iter().map(|n| n.name.clone()).collect(),
+            forced: vec![false; current.len()],
         }
+    }
+
+    /// Marks the nodes forced with `--force`, in graph order.
+    pub fn force(&mut self, forced: Vec<bool>) {
+        self.forced = forced;
     }
 
     /// Adds one planned ticket. `upstream[i]` lists node i's upstream nodes.
@@ -172,6 +179,9 @@ impl<'a> StatusBuilder<'a> {
         };
         if ticket >= manifest.rows && self.ticket_set.is_none() {
             return Cause::New;
+        }
+        if self.forced.get(node).copied().unwrap_or(false) {
+            return Cause::Forced;
         }
         if let Some(file) = &change.prompt {
             return Cause::PromptChanged(file.clone());

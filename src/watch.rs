@@ -493,6 +493,7 @@ impl Session {
             log_artifacts: false,
             // An edit that stops a build must not replace the last good dataset with part of one.
             write_when_cancelled: false,
+            force: Vec::new(),
         };
         let handle = tokio::spawn(build_project(
             config,

@@ -421,3 +421,28 @@ fn issue_5_second_process_on_one_cache_gets_a_clear_error() {
     );
     assert!(!project.file("out").exists());
 }
+
+#[test]
+fn issue_5_forced_nodes_are_reported_and_regenerated() {
+    let project = example(8);
+    project.build_json(&[]);
+    let run = project.run(&["status", "--json", "--force", "tags"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        causes(&status, "tags"),
+        vec![("forced".into(), String::new(), 8)]
+    );
+    assert!(causes(&status, "topic").is_empty());
+    let summary = project.build_json(&["--force", "tags"]);
+    assert_eq!(stat(&summary, "tags", "generated"), 8);
+    assert_eq!(total(&summary, "generated"), 8, "only the forced node runs");
+    let run = project.run(&["build", "--force", "tagz"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("no node is called `tagz` (did you mean `tags`?)"),
+        "{}",
+        run.stderr
+    );
+}
