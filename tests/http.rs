@@ -539,7 +539,7 @@ fn example_on(mock: &MockServer) -> Project {
         "dataset.toml",
         "[models.default]\nprovider = \"offline\"",
         &format!(
-            "[cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n[models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"",
+            "[models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"",
             mock.base_url()
         ),
     );
@@ -561,9 +561,17 @@ fn issue_3_done_when_the_example_builds_1000_tickets_through_faults_without_payi
     // The prod profile's 128 tickets in flight (instead of 64) keep the test short: the engine
     // waits for tickets in order, so a ticket that is backing off holds up the window behind it.
     let run = Run::from(
-        p.command(&["build", "--json", "--profile", "prod", "--rows", "1000"])
-            .output()
-            .unwrap(),
+        p.command(&[
+            "build",
+            "--json",
+            "--profile",
+            "prod",
+            "--rows",
+            "1000",
+            "--allow-unpriced",
+        ])
+        .output()
+        .unwrap(),
     );
     let s = summary(&run);
     assert_eq!(s["written"], 1000);
@@ -602,9 +610,17 @@ fn issue_3_done_when_the_example_builds_1000_tickets_through_faults_without_payi
     // A second build makes no request at all.
     let before = mock.requests();
     let again = summary(&Run::from(
-        p.command(&["build", "--json", "--profile", "prod", "--rows", "1000"])
-            .output()
-            .unwrap(),
+        p.command(&[
+            "build",
+            "--json",
+            "--profile",
+            "prod",
+            "--rows",
+            "1000",
+            "--allow-unpriced",
+        ])
+        .output()
+        .unwrap(),
     ));
     assert_eq!(total(&again, "generated"), 0);
     assert_eq!(mock.requests(), before);
