@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP macro benchmark: whole builds against the mock LLM server on 127.0.0.1 with a set latency.
 # Prints one table: scenario, tickets, calls, wall s, CPU s (user+sys), peak RSS, calls/s, and the
-# ratio of the ideal wall time (calls / concurrency * latency) to the measured one.
+# ratio of the ideal wall time (calls / concurrency * latency) to the measured one. "durability off"
+# is the same cold build without waiting for group commits, to show what the guarantee costs.
 # Usage: bench/mock.sh [TICKETS] [CONCURRENCY] [LATENCY_MS]   (default 1000 100 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,7 @@ print(f"{name:<28} {tickets:>8} {calls:>7} {wall:>8.2f} {float(user)+float(sys_)
 PY
 }
 run "cold build"
+run "cold, durability off" --no-durable --cache cache-nodurable --output out-nodurable
 run "no-op rebuild"
 sed -i 's/Write the email body/Write the full email body/' prompts/body.jinja
 run "edit the last node's prompt"
