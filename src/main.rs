@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use ticketbuild::cli::{Cli, CliError, Outcome};
 
+/// mimalloc instead of the system allocator: profiles of builds show a quarter of the time in
+/// glibc malloc/free (sled pages, decoded artifacts, rendered prompts).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match ticketbuild::run(cli) {
