@@ -71,6 +71,26 @@ impl OutputKind {
     }
 }
 
+impl OutputKind {
+    /// Like [`OutputKind::parse`], for replies to a request that asked for JSON (a response
+    /// format or a JSON instruction): a `list` must then come as JSON, an array or an object
+    /// holding one. Prose that merely contains commas ("I'm sorry, but I can't, ...") is refused
+    /// instead of being split into "tags".
+    pub fn parse_requested_json(&self, raw: &str) -> Result<NodeOutput, InvalidOutput> {
+        if let OutputKind::List { .. } = self {
+            let body = strip_code_fence(raw.trim());
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+                return Err(if body.is_empty() {
+                    InvalidOutput::Empty
+                } else {
+                    InvalidOutput::NotJson(e.to_string())
+                });
+            }
+        }
+        self.parse(raw)
+    }
+}
+
 /// Why a reply is not a valid output of its node. A failed attempt, never a cached value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidOutput {
@@ -311,6 +331,21 @@ mod tests {
             kind.parse(r#"{"a": ["vpn", "network"], "b": 1}"#),
             Err(InvalidOutput::ListLength { found: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_list_requested_as_json_refuses_prose() {
+        let kind = OutputKind::List { min: 2, max: 8 };
+        let prose = "I'm sorry, but I can't help with that, as it is, well, unclear.";
+        assert!(kind.parse(prose).is_ok(), "plain parsing splits on commas");
+        assert!(matches!(
+            kind.parse_requested_json(prose),
+            Err(InvalidOutput::NotJson(_))
+        ));
+        assert_eq!(
+            kind.parse_requested_json(r#"{"items": ["vpn", "network"]}"#),
+            Ok(NodeOutput::List(vec!["vpn".into(), "network".into()]))
+        );
     }
 
     #[test]

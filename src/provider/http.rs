@@ -441,7 +441,13 @@ impl<A: Adapter> HttpProvider<A> {
             Err(e) => return Attempt::Malformed(format!("the response body is not JSON ({e})")),
         };
         match self.adapter.parse_reply(&json) {
-            Ok(reply) => match request.output.parse(&reply.text) {
+            // Unless the model is told `response_format = "text"`, list and json nodes ask for JSON
+            // (a schema, JSON mode, or Anthropic's instruction), so the reply must be JSON.
+            Ok(reply) => match if request.params.response_format.as_deref() == Some("text") {
+                request.output.parse(&reply.text)
+            } else {
+                request.output.parse_requested_json(&reply.text)
+            } {
                 Ok(output) => Attempt::Done(Response {
                     output,
                     usage: reply.usage,
