@@ -561,8 +561,7 @@ fn explain(args: ExplainArgs) -> Result<Outcome, CliError> {
                         .map(|n| n.name.as_str())
                         .chain(config.columns.iter().map(|c| c.name.as_str()))
                         .collect();
-                    let hint = crate::diag::did_you_mean(field, known.iter().copied())
-                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let hint = crate::diag::suggestion(field, known.iter().copied());
                     return Err(CliError::Input(
                     crate::diag::Diagnostic::file(
                         &config.path,
@@ -1210,8 +1209,7 @@ fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
 fn check_forced(config: &Config, graph: &Graph, force: &[String]) -> Result<(), CliError> {
     for name in force {
         if graph.node(name).is_none() {
-            let hint = crate::diag::did_you_mean(name, graph.nodes.iter().map(|n| n.name.as_str()))
-                .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+            let hint = crate::diag::suggestion(name, graph.nodes.iter().map(|n| n.name.as_str()));
             return Err(CliError::Input(
                 crate::diag::Diagnostic::file(
                     &config.path,

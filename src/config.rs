@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics, did_you_mean, suggestion};
 use crate::language::Language;
 use crate::sampling::ID_SPACE;
 use crate::value::OutputKind;
@@ -1180,8 +1180,7 @@ impl Checker<'_> {
             };
             let model = match &raw.model {
                 Some(model) if !models.contains_key(model.get_ref()) => {
-                    let hint = did_you_mean(model.get_ref(), models.keys().map(String::as_str))
-                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let hint = suggestion(model.get_ref(), models.keys().map(String::as_str));
                     self.error(
                         model.span(),
                         format!("{key}.model"),
@@ -1444,8 +1443,7 @@ fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<
                     Ok(Source::NodeField(owner.to_string(), field.to_string()))
                 }
                 OutputKind::Json { fields } => {
-                    let hint = did_you_mean(field, fields.iter().map(String::as_str))
-                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let hint = suggestion(field, fields.iter().map(String::as_str));
                     let list = fields
                         .iter()
                         .map(|f| format!("`{f}`"))
@@ -1484,8 +1482,7 @@ fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<
             known.extend(fields.iter().map(|f| format!("{}.{f}", node.name)));
         }
     }
-    let hint = did_you_mean(name, known.iter().map(String::as_str))
-        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+    let hint = suggestion(name, known.iter().map(String::as_str));
     Err(format!(
         "`{name}` names no node, node field, table or built-in column{hint}"
     ))

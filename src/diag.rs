@@ -251,6 +251,12 @@ fn floor_char_boundary(source: &str, mut index: usize) -> usize {
     index
 }
 
+/// ` (did you mean `x`?)` when one of `candidates` is a near miss of `name`, or nothing: the
+/// suffix every "unknown name" message ends with.
+pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(name, candidates).map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
+}
+
 /// The closest of `candidates` to `name`, when it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(
     name: &str,

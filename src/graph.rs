@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 
 use crate::config::{BUILTIN_VARIABLES, Config, ModelConfig, NodeConfig};
-use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics, suggestion};
 use crate::offline::{self, TaskOutput};
 use crate::prompt::{
     Part, PromptError, PromptFile, Token, find_variable, tags, tokens, unclosed_block,
@@ -128,8 +128,7 @@ impl Graph {
                     if !known.contains(&variable) {
                         let (line, column) =
                             PromptFile::locate_variable(part, &variable).unwrap_or((1, 1));
-                        let hint = did_you_mean(&variable, known.iter().map(String::as_str))
-                            .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                        let hint = suggestion(&variable, known.iter().map(String::as_str));
                         problems.push(prompt.error_at(
                             part,
                             Some(line),
@@ -423,8 +422,7 @@ fn check_code(
                 if let Some((f, field)) =
                     field.filter(|(_, field)| !fields.iter().any(|x| x == field))
                 {
-                    let hint = did_you_mean(field, fields.iter().map(String::as_str))
-                        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+                    let hint = suggestion(field, fields.iter().map(String::as_str));
                     let list = fields
                         .iter()
                         .map(|f| format!("`{f}`"))

@@ -15,7 +15,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::diag::{Diagnostic, did_you_mean};
+use crate::diag::{Diagnostic, suggestion};
 
 /// Keys the file format accepts only to refuse them with a better message; never suggested.
 const HIDDEN_KEYS: [&str; 1] = ["api_key"];
@@ -144,8 +144,7 @@ fn unknown_key(rest: &str) -> String {
         return format!("unknown key {rest}");
     };
     let expected: Vec<&str> = quoted.filter(|k| !HIDDEN_KEYS.contains(k)).collect();
-    let hint = did_you_mean(name, expected.iter().copied())
-        .map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"));
+    let hint = suggestion(name, expected.iter().copied());
     let list = |keys: &[&str]| {
         keys.iter()
             .map(|k| format!("`{k}`"))
