@@ -62,7 +62,8 @@ impl Diagnostic {
         }
     }
 
-    /// A problem at a 1-based line (and optional 1-based column) of `source`.
+    /// A problem at a 1-based line (and optional 1-based column, counted in characters as an
+    /// editor shows it) of `source`.
     pub fn at_line(
         file: impl Into<PathBuf>,
         source: &str,
@@ -70,11 +71,17 @@ impl Diagnostic {
         column: Option<usize>,
         message: impl Into<String>,
     ) -> Diagnostic {
-        let offset = line_start(source, line_number) + column.unwrap_or(1).saturating_sub(1);
-        let end = source[offset.min(source.len())..]
+        let begin = line_start(source, line_number);
+        let line_end = source[begin..]
             .find('\n')
-            .map_or(source.len(), |n| offset + n);
-        Diagnostic::at(file, source, offset.min(source.len())..end, message)
+            .map_or(source.len(), |n| begin + n);
+        // Columns count characters, so walk them to a byte offset; a column past the end of the
+        // line points at its end.
+        let offset = source[begin..line_end]
+            .char_indices()
+            .nth(column.unwrap_or(1).saturating_sub(1))
+            .map_or(line_end, |(i, _)| begin + i);
+        Diagnostic::at(file, source, offset..line_end, message)
     }
 
     /// A problem with a command-line argument (`--rows`): no file, the flag as the key.
@@ -338,6 +345,18 @@ mod tests {
         let source = "a\nhello {{ x }}\n";
         let d = Diagnostic::at_line("p.jinja", source, 2, Some(10), "unknown variable `x`");
         assert_eq!(d.position, Some((2, 10)));
+    }
+
+    #[test]
+    fn at_line_counts_columns_in_characters() {
+        // Found by tests/fuzz.rs: a column after multi-byte characters used to be taken as a byte
+        // offset and sliced inside a character.
+        let source = "¡𐀀{{ m(topic) }}";
+        let d = Diagnostic::at_line("p.jinja", source, 1, Some(3), "unknown variable `m`");
+        assert_eq!(d.position, Some((1, 3)));
+        assert_eq!(d.snippet.as_ref().map(|s| s.underline.start), Some(2));
+        let past_the_end = Diagnostic::at_line("p.jinja", source, 1, Some(99), "x");
+        assert_eq!(past_the_end.position, Some((1, 17)));
     }
 
     #[test]

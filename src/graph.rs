@@ -126,13 +126,14 @@ impl Graph {
                         continue;
                     }
                     if !known.contains(&variable) {
-                        let (line, column) =
-                            PromptFile::locate_variable(part, &variable).unwrap_or((1, 1));
+                        // Underline the first use; the scanner can miss uses minijinja found
+                        // (inside a macro call, say), and then the part's start stands in.
+                        let span = find_variable(&part.text, &variable)
+                            .map_or(0..0, |at| at..at + variable.len());
                         let hint = suggestion(&variable, known.iter().map(String::as_str));
-                        problems.push(prompt.error_at(
+                        problems.push(prompt.error_at_span(
                             part,
-                            Some(line),
-                            Some(column),
+                            span,
                             format!(
                                 "unknown variable `{variable}`{hint}; templates see the tables, the nodes and {}",
                                 BUILTIN_VARIABLES.map(|b| format!("`{b}`")).join(", ")
@@ -290,8 +291,12 @@ fn when_variables(
     // after it (minijinja 2.24), so that case is refused before it gets there. (In a condition,
     // `}}` can only close two dict literals, which `} }` does as well.)
     let tokens = tokens(when);
-    let double_brace_inside = tokens.windows(3).any(|w| {
-        w[0].1 == Token::Punct('}') && w[1].1 == Token::Punct('}') && w[0].0.end == w[1].0.start
+    // Any character after the `}}`, whitespace included, is "input after it".
+    let double_brace_inside = tokens.windows(2).any(|w| {
+        w[0].1 == Token::Punct('}')
+            && w[1].1 == Token::Punct('}')
+            && w[0].0.end == w[1].0.start
+            && w[1].0.end < when.len()
     });
     if double_brace_inside {
         return Err(minijinja::Error::new(
@@ -711,6 +716,19 @@ prompt = "prompts/subject.jinja"
             [format!(
                 "{key}: `when` does not parse: `}}}}` ends a condition early; write `}} }}` to close two braces"
             )]
+        );
+        // Found by tests/fuzz.rs: `}}` followed by nothing but a space also reached the panic.
+        for when in ["}} ", "language == 'EN' }}\t"] {
+            assert_eq!(
+                problems(subject, &format!("when = \"{when}\"")),
+                [format!(
+                    "{key}: `when` does not parse: `}}}}` ends a condition early; write `}} }}` to close two braces"
+                )]
+            );
+        }
+        assert!(
+            problems(subject, "when = \"{'a': {'b': 1}}\"").is_empty(),
+            "`}}` closing the condition itself is fine"
         );
         assert_eq!(
             problems(subject, "when = \"language == 'EN' %} x\""),

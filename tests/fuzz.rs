@@ -9,8 +9,12 @@
 //! Each target runs 256 cases; `TICKETBUILD_FUZZ_CASES=N` runs N instead:
 //!
 //! ```sh
-//! TICKETBUILD_FUZZ_CASES=20000 cargo test --release --test integration fuzz
+//! TICKETBUILD_FUZZ_CASES=20000 TICKETBUILD_PROPTEST_SEED=random \
+//!     cargo test --release --test integration fuzz
 //! ```
+//!
+//! The seed is fixed unless `TICKETBUILD_PROPTEST_SEED` says otherwise (see
+//! `support::proptest_seed`), so the default run checks the same cases every time.
 //!
 //! A crash found here becomes a named test in the `regressions` module below.
 
@@ -37,6 +41,7 @@ fn fuzz_config() -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,
+        rng_seed: crate::support::proptest_seed(),
         ..ProptestConfig::default()
     }
 }
@@ -1066,5 +1071,21 @@ mod regressions {
             },
         });
         let _ = anthropic::parse_reply(&body);
+    }
+
+    /// A template whose unknown variable followed multi-byte characters on its line: the column
+    /// (counted in characters) was used as a byte offset and sliced inside a character.
+    #[test]
+    fn unknown_variable_after_multibyte_characters_does_not_panic() {
+        compile_and_render("¡𐀀{{ m(topic) }}", None, "");
+        compile_and_render("򟨥򚾇{{ undefined_thing }}@1&b6{{ 'a' * 3 }}", None, "");
+    }
+
+    /// A `when` of `}} `: minijinja's expression lexer panics on anything after `}}`, whitespace
+    /// included, and the guard in front of it only looked for a further token.
+    #[test]
+    fn when_with_double_brace_then_whitespace_does_not_panic() {
+        compile_and_render("{{ ", Some("}} "), "");
+        compile_and_render("{{ topic }}", Some("language == 'EN' }}\n"), "");
     }
 }

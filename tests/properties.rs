@@ -23,6 +23,7 @@ fn cases(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,
+        rng_seed: crate::support::proptest_seed(),
         ..ProptestConfig::default()
     }
 }
