@@ -124,7 +124,7 @@ fn cache_put(bencher: divan::Bencher) {
     let mut i = 0u64;
     bencher.bench_local(|| {
         i += 1;
-        store.put(&artifact(i)).unwrap();
+        store.put(i, &artifact(i)).unwrap();
     });
 }
 
@@ -133,12 +133,12 @@ fn cache_get(bencher: divan::Bencher) {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     for i in 0..10_000 {
-        store.put(&artifact(i)).unwrap();
+        store.put(i, &artifact(i)).unwrap();
     }
     let mut i = 0u64;
     bencher.bench_local(|| {
         i = (i + 7919) % 10_000;
-        store.get(&artifact(i).key).unwrap()
+        store.get(i, &artifact(i).key).unwrap()
     });
 }
 

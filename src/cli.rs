@@ -592,7 +592,7 @@ fn explain(args: ExplainArgs) -> Result<Outcome, CliError> {
         let name = &names[node];
         match &outcome.states[node] {
             NodeState::Done(_, key) => {
-                let artifact = match sled.get(key).map_err(runtime_error)? {
+                let artifact = match sled.get(sample.index, key).map_err(runtime_error)? {
                     crate::cache::Lookup::Hit(artifact) => artifact,
                     crate::cache::Lookup::Miss(_) => continue,
                 };
@@ -741,7 +741,7 @@ fn explain_previous(
         println!("  the last build did not build this field for this ticket");
         return Ok(());
     };
-    let crate::cache::Lookup::Hit(old) = sled.get(&old_key).map_err(runtime_error)? else {
+    let crate::cache::Lookup::Hit(old) = sled.get(index, &old_key).map_err(runtime_error)? else {
         println!("  the last build used key {old_key}, which is no longer in the cache");
         return Ok(());
     };
@@ -868,13 +868,15 @@ fn cache_stats(args: CacheArgs) -> Result<Outcome, CliError> {
     let mut reached = 0u64;
     let mut bytes = 0u64;
     for entry in sled.entries() {
-        let (key, value) = entry.map_err(runtime_error)?;
+        let entry = entry.map_err(runtime_error)?;
         entries += 1;
-        bytes += value.len() as u64;
-        if reachable.contains(&key) {
+        bytes += entry.value.len() as u64;
+        if reachable.contains(&entry.key) {
             reached += 1;
         }
-        if let crate::cache::Lookup::Hit(artifact) = SledStore::decode_entry(&key, &value) {
+        if let crate::cache::Lookup::Hit(artifact) =
+            SledStore::decode_entry(&entry.key, &entry.value)
+        {
             *per_node.entry(artifact.node).or_default() += 1;
             *per_model
                 .entry(format!(
@@ -914,10 +916,10 @@ fn cache_gc(args: GcArgs) -> Result<Outcome, CliError> {
     let mut doomed = Vec::new();
     let mut freed = 0u64;
     for entry in sled.entries() {
-        let (key, value) = entry.map_err(runtime_error)?;
-        if !reachable.contains(&key) {
-            freed += value.len() as u64;
-            doomed.push(key);
+        let entry = entry.map_err(runtime_error)?;
+        if !reachable.contains(&entry.key) {
+            freed += entry.value.len() as u64;
+            doomed.push(entry.slot);
         }
     }
     let old_manifests: Vec<u64> = sled
@@ -934,8 +936,8 @@ fn cache_gc(args: GcArgs) -> Result<Outcome, CliError> {
         "deleted"
     };
     if !args.dry_run {
-        for key in &doomed {
-            sled.remove(key).map_err(runtime_error)?;
+        for slot in &doomed {
+            sled.remove(slot).map_err(runtime_error)?;
         }
         for id in &old_manifests {
             sled.remove_manifest(*id).map_err(runtime_error)?;
@@ -959,15 +961,21 @@ fn cache_verify(args: CacheArgs) -> Result<Outcome, CliError> {
     let mut checked = 0u64;
     let mut bad = Vec::new();
     for entry in sled.entries() {
-        let (key, value) = entry.map_err(runtime_error)?;
+        let entry = entry.map_err(runtime_error)?;
         checked += 1;
-        if let crate::cache::Lookup::Miss(reason) = SledStore::decode_entry(&key, &value) {
-            bad.push((key, value, reason));
+        if let crate::cache::Lookup::Miss(reason) =
+            SledStore::decode_entry(&entry.key, &entry.value)
+        {
+            bad.push((entry, reason));
         }
     }
-    for (key, value, reason) in &bad {
-        println!("bad entry {}: {reason:?}; moved to quarantine", key.short());
-        sled.quarantine(key, value).map_err(runtime_error)?;
+    for (entry, reason) in &bad {
+        println!(
+            "bad entry {}: {reason:?}; moved to quarantine",
+            entry.key.short()
+        );
+        sled.quarantine(&entry.slot, &entry.value)
+            .map_err(runtime_error)?;
     }
     sled.flush().map_err(runtime_error)?;
     println!("verified {checked} entries: {} bad", bad.len());

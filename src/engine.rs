@@ -727,7 +727,7 @@ impl Engine {
             let lookup = if self.options.force.contains(&node.name) {
                 Lookup::Miss(MissReason::Forced)
             } else {
-                self.store.get(&key)?
+                self.store.get(index, &key)?
             };
             let output = match lookup {
                 Lookup::Hit(artifact) => {
@@ -764,7 +764,7 @@ impl Engine {
                         })
                         .collect();
                     match self
-                        .generate(i, node, &request, key, upstream, &ticket_id)
+                        .generate(i, node, &request, key, upstream, &sample)
                         .await
                     {
                         Ok(artifact) => {
@@ -880,8 +880,9 @@ impl Engine {
         request: &Request,
         key: ArtifactKey,
         upstream: Vec<(String, ArtifactKey)>,
-        ticket_id: &str,
+        sample: &TicketSample,
     ) -> Result<Artifact, GenerateError> {
+        let ticket_id = sample.ticket_id.to_string();
         let price = self.prices[index].clone();
         // Reserve the call's worst case before issuing it, so calls in flight can never take the
         // build past its budget together.
@@ -922,7 +923,7 @@ impl Engine {
             self.ledger.settle(reservation, cost_usd.unwrap_or(0.0));
         }
         if let Some(cost) = cost_usd {
-            self.check_per_call(node, ticket_id, cost);
+            self.check_per_call(node, &ticket_id, cost);
         }
         let artifact = Artifact {
             key,
@@ -941,7 +942,9 @@ impl Engine {
             upstream,
             request: request.record(),
         };
-        self.store.put(&artifact).map_err(GenerateError::Cache)?;
+        self.store
+            .put(sample.index, &artifact)
+            .map_err(GenerateError::Cache)?;
         Ok(artifact)
     }
 }

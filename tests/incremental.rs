@@ -306,10 +306,19 @@ fn issue_5_verify_finds_and_quarantines_a_corrupted_entry() {
         .unwrap()
         .trim()
         .to_string();
+    // "ticket 123… (index 0, language …)": the artifact is filed under its ticket's index.
+    let index: u64 = explain
+        .stdout
+        .split("(index ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
     {
         let store = ticketbuild::cache::SledStore::open(&project.file("cache")).unwrap();
         let key = ticketbuild::key::ArtifactKey::from_hex(&key).unwrap();
-        store.put_raw(&key, b"\x00garbage").unwrap();
+        store.put_raw(index, &key, b"\x00garbage").unwrap();
         ticketbuild::cache::ArtifactStore::flush(&store).unwrap();
     }
     let run = project.run(&["cache", "verify"]);
