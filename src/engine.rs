@@ -4,8 +4,8 @@
 //! the graph in dependency order, renders each node's request, derives its key, reuses the cached
 //! artifact or calls the provider and stores the result, then hands the finished ticket, in ticket
 //! order, to the output writer. It uses providers, the cache and the graph; it knows nothing of the
-//! CLI. The invariants: a ticket counts as done only after every artifact it generated is durable; an
-//! invalid or failed response is never stored; and memory does not grow with rows (at most
+//! CLI. The invariants: a ticket counts as done only after every artifact it generated is durable (a
+//! paid answer, before anything uses it); an invalid or failed response is never stored; and memory does not grow with rows (at most
 //! `concurrency` tickets are in flight, and rows leave for the writer as soon as they are next in
 //! order).
 
@@ -649,6 +649,8 @@ impl Engine {
         let mut generated = Vec::new();
         let mut lineage: Vec<Option<LineageEntry>> = vec![None; graph.nodes.len()];
         let mut pending_prompts: Vec<Option<String>> = vec![None; graph.nodes.len()];
+        // Reproducible answers put but not yet known durable; one wait covers them all.
+        let mut awaiting_commit = false;
         let fail = |node: &Node, reason: String| Failure {
             ticket_id: ticket_id.clone(),
             index,
@@ -771,8 +773,14 @@ impl Engine {
                             // A paid response is durable before anything uses it: before its text
                             // goes into a downstream prompt (a kill then would lose an answer
                             // already acted on) and before the ticket counts as done. Group commits
-                            // make this one shared flush for many answers, not one each.
-                            self.commit.durable().await?;
+                            // make this one shared flush for many answers, not one each. A
+                            // reproducible answer (the offline model) only has to be durable
+                            // before the ticket counts as done: lost, it would come back the same.
+                            if self.providers[i].reproducible() {
+                                awaiting_commit = true;
+                            } else {
+                                self.commit.durable().await?;
+                            }
                             stats[i].generated += 1;
                             stats[i].input_tokens += artifact.usage.input_tokens;
                             stats[i].output_tokens += artifact.usage.output_tokens;
@@ -806,6 +814,9 @@ impl Engine {
             template.insert(node.name.clone(), output.to_template_value());
             json.insert(node.name.clone(), output.to_json());
             states.push(NodeState::Done(output, key));
+        }
+        if awaiting_commit {
+            self.commit.durable().await?;
         }
         Ok(TicketOutcome {
             sample,

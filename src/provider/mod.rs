@@ -164,6 +164,13 @@ pub type CallFuture<'a> =
 /// that a returned error is final for this build.
 pub trait Provider: Send + Sync {
     fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a>;
+
+    /// True when an answer costs nothing and the same request always gets the same answer, byte
+    /// for byte (the offline model). Such an answer may be used before it is durable: were it
+    /// lost in a crash, computing it again gives the same text, so nothing downstream is wasted.
+    fn reproducible(&self) -> bool {
+        false
+    }
 }
 
 /// Whether this build can speak HTTP to remote providers.

@@ -71,4 +71,8 @@ impl Provider for OfflineProvider {
             OfflineProvider::answer(request)
         })
     }
+
+    fn reproducible(&self) -> bool {
+        true
+    }
 }
