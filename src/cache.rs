@@ -131,6 +131,16 @@ pub enum CacheError {
 /// front to back (see [`SledStore`]).
 pub trait ArtifactStore: Send + Sync {
     fn get(&self, ticket: u64, key: &ArtifactKey) -> Result<Lookup, CacheError>;
+    /// What is stored for ticket `ticket`, read in one go: a build looks up every node of a
+    /// ticket, and a store that files by ticket keeps them side by side. A store that cannot list
+    /// a ticket's artifacts returns an empty, incomplete set, and lookups fall back to `get`.
+    fn ticket_artifacts(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
+        Ok(TicketArtifacts {
+            ticket,
+            entries: Vec::new(),
+            complete: false,
+        })
+    }
     /// Stores a valid artifact of ticket `ticket`. Not durable until [`ArtifactStore::flush`]
     /// returns.
     fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError>;
@@ -158,6 +168,26 @@ fn decode(key: &ArtifactKey, bytes: &[u8]) -> Lookup {
             artifact.key.short()
         ))),
         Err(e) => Lookup::Miss(MissReason::Corrupt(e.to_string())),
+    }
+}
+
+/// The stored artifacts of one ticket (see [`ArtifactStore::ticket_artifacts`]), still encoded: only
+/// the ones a lookup asks for are decoded.
+pub struct TicketArtifacts {
+    ticket: u64,
+    entries: Vec<(ArtifactKey, sled::IVec)>,
+    /// Every artifact of the ticket is listed; a key not among them is not stored.
+    complete: bool,
+}
+
+impl TicketArtifacts {
+    /// Looks `key` up among the ticket's artifacts, asking `store` only when the set is incomplete.
+    pub fn get(&self, store: &dyn ArtifactStore, key: &ArtifactKey) -> Result<Lookup, CacheError> {
+        match self.entries.iter().find(|(k, _)| k == key) {
+            Some((_, bytes)) => Ok(decode(key, bytes)),
+            None if self.complete => Ok(Lookup::Miss(MissReason::New)),
+            None => store.get(self.ticket, key),
+        }
     }
 }
 
@@ -354,6 +384,22 @@ impl ArtifactStore for SledStore {
             Some(bytes) => Ok(decode(key, &bytes)),
             None => Ok(Lookup::Miss(MissReason::New)),
         }
+    }
+
+    fn ticket_artifacts(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
+        let mut entries = Vec::new();
+        for entry in self.artifacts.scan_prefix(ticket.to_be_bytes()) {
+            let (slot, bytes) = entry.map_err(|e| self.io(e))?;
+            if let Some(key) = key_of_slot(&slot) {
+                entries.push((key, bytes));
+            }
+        }
+        Ok(TicketArtifacts {
+            ticket,
+            entries,
+            // A cache from before slots may hold the ticket's artifacts under bare keys.
+            complete: !self.legacy_entries,
+        })
     }
 
     fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError> {
@@ -857,6 +903,16 @@ mod tests {
             store.get(5, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Miss(MissReason::New)
         ));
+        // A ticket's artifacts come in one read, and only they.
+        let ticket = store.ticket_artifacts(1).unwrap();
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([2; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Miss(MissReason::New)
+        ));
     }
 
     #[test]
@@ -874,6 +930,11 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert!(matches!(
             store.get(4, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        let ticket = store.ticket_artifacts(4).unwrap();
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Hit(_)
         ));
         store.put(4, &artifact(2)).unwrap();

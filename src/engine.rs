@@ -651,6 +651,8 @@ impl Engine {
         let mut pending_prompts: Vec<Option<String>> = vec![None; graph.nodes.len()];
         // Reproducible answers put but not yet known durable; one wait covers them all.
         let mut awaiting_commit = false;
+        // Every node's lookup is answered from one read of the ticket's stored artifacts.
+        let stored = self.store.ticket_artifacts(index)?;
         let fail = |node: &Node, reason: String| Failure {
             ticket_id: ticket_id.clone(),
             index,
@@ -729,7 +731,7 @@ impl Engine {
             let lookup = if self.options.force.contains(&node.name) {
                 Lookup::Miss(MissReason::Forced)
             } else {
-                self.store.get(index, &key)?
+                stored.get(self.store.as_ref(), &key)?
             };
             let output = match lookup {
                 Lookup::Hit(artifact) => {
