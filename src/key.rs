@@ -184,39 +184,56 @@ impl Encoder {
 
 /// JSON text with object keys sorted at every level, whatever map order serde_json was built with.
 pub fn canonical_json_map(map: &BTreeMap<String, serde_json::Value>) -> String {
-    let mut out = String::new();
-    out.push('{');
-    for (i, (k, v)) in map.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::Value::String(k.clone()).to_string());
-        out.push(':');
-        write_canonical(v, &mut out);
-    }
-    out.push('}');
-    out
+    let mut out = Vec::with_capacity(256);
+    write_object(map.iter(), &mut out);
+    // Invariant: serde_json writes UTF-8, and so do the brackets and commas around it.
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-fn write_canonical(value: &serde_json::Value, out: &mut String) {
+/// Writes the entries (already in key order) as a JSON object. Written straight into `out`, with
+/// no copy of the values: this runs for every request of every build.
+fn write_object<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a serde_json::Value)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_scalar(k, out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+    out.push(b'}');
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     match value {
         serde_json::Value::Object(map) => {
-            let sorted: BTreeMap<String, serde_json::Value> =
-                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            out.push_str(&canonical_json_map(&sorted));
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            write_object(entries.into_iter(), out);
         }
         serde_json::Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_scalar(other, out),
     }
+}
+
+/// A string, number, boolean or null, exactly as serde_json's compact writer (and so `to_string`)
+/// writes it.
+fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Invariant: writing to a Vec cannot fail, and these values have no map keys to reject.
+    serde_json::to_writer(&mut *out, value).expect("a JSON scalar always serializes");
 }
 
 #[cfg(test)]
@@ -451,6 +468,24 @@ mod tests {
         let ma = BTreeMap::from([("k".to_string(), a)]);
         let mb = BTreeMap::from([("k".to_string(), b)]);
         assert_eq!(canonical_json_map(&ma), canonical_json_map(&mb));
+    }
+
+    #[test]
+    fn canonical_json_bytes_are_pinned() {
+        // These bytes are key material: a change here changes every key of every cache.
+        let value: serde_json::Value = serde_json::from_str(
+            r#"{"z": [1, 2.5, -3, true, null, "é\"\n\u0001"], "a": {"y": {}, "x": []}, "ü": 1e3}"#,
+        )
+        .unwrap();
+        let map = BTreeMap::from([("k\"ey".to_string(), value), ("a".to_string(), 7.into())]);
+        assert_eq!(
+            canonical_json_map(&map),
+            r#"{"a":7,"k\"ey":{"a":{"x":[],"y":{}},"z":[1,2.5,-3,true,null,"é\"\n\u0001"],"ü":1000.0}}"#
+        );
+        assert_eq!(
+            input(&owned()).key().to_hex(),
+            "81118b4d3099036c0769657ff23072f2cce191035d9272b076fb4dda91bd7340"
+        );
     }
 
     #[test]
