@@ -10,7 +10,7 @@ tickets=${1:-1000}
 concurrency=${2:-100}
 latency=${3:-100}
 cargo build --release --locked --example mock-llm --bin ticketbuild >/dev/null 2>&1
-bin=$PWD/target/release/ticketbuild
+bin=${TICKETBUILD_BIN:-$PWD/target/release/ticketbuild}   # TICKETBUILD_BIN: compare another build
 mock=$PWD/target/release/examples/mock-llm
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$mock" --latency-ms "$latency" --port "$port" > /dev/null 2>&1 &
