@@ -75,11 +75,67 @@ pub struct RecordedRequest {
     pub sample_seed: u64,
 }
 
-/// The outcome of a lookup.
+/// What a build reads of a stored artifact: all of it but the recorded request, which only
+/// `explain` shows. Its fields are the leading fields of [`Artifact`], in the same order, so it
+/// decodes from an artifact's bytes and stops before the request (the bulk of the bytes: the
+/// rendered prompts) instead of allocating it for every ticket of every rebuild.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ArtifactSummary {
+    pub key: ArtifactKey,
+    pub node: String,
+    pub output: NodeOutput,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub computed_cost_usd: Option<f64>,
+    pub price: Option<crate::cost::PriceEntry>,
+    pub served_model: String,
+    pub created_unix_ms: u64,
+    pub latency_ms: u64,
+    pub upstream: Vec<(String, ArtifactKey)>,
+}
+
+impl Artifact {
+    /// The artifact without its recorded request.
+    pub fn into_summary(self) -> ArtifactSummary {
+        ArtifactSummary {
+            key: self.key,
+            node: self.node,
+            output: self.output,
+            usage: self.usage,
+            cost_usd: self.cost_usd,
+            computed_cost_usd: self.computed_cost_usd,
+            price: self.price,
+            served_model: self.served_model,
+            created_unix_ms: self.created_unix_ms,
+            latency_ms: self.latency_ms,
+            upstream: self.upstream,
+        }
+    }
+}
+
+/// A stored record that names the key it was stored under (checked on every read).
+trait Keyed: serde::de::DeserializeOwned {
+    fn stored_key(&self) -> &ArtifactKey;
+}
+
+impl Keyed for Artifact {
+    fn stored_key(&self) -> &ArtifactKey {
+        &self.key
+    }
+}
+
+impl Keyed for ArtifactSummary {
+    fn stored_key(&self) -> &ArtifactKey {
+        &self.key
+    }
+}
+
+/// The outcome of a lookup: a whole [`Artifact`], or an [`ArtifactSummary`] where a build only
+/// needs that.
 #[derive(Debug)]
-pub enum Lookup {
+pub enum Lookup<T = Artifact> {
     /// Boxed: an artifact is large next to a miss reason.
-    Hit(Box<Artifact>),
+    Hit(Box<T>),
     Miss(MissReason),
 }
 
@@ -160,12 +216,13 @@ fn encode(artifact: &Artifact) -> Vec<u8> {
         .expect("an artifact is always encodable")
 }
 
-fn decode(key: &ArtifactKey, bytes: &[u8]) -> Lookup {
-    match bincode::serde::decode_from_slice::<Artifact, _>(bytes, bincode::config::standard()) {
-        Ok((artifact, _)) if artifact.key == *key => Lookup::Hit(Box::new(artifact)),
-        Ok((artifact, _)) => Lookup::Miss(MissReason::Corrupt(format!(
+fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {
+    // A summary reads a prefix of the bytes; bincode leaves the rest (the request) untouched.
+    match bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard()) {
+        Ok((record, _)) if record.stored_key() == key => Lookup::Hit(Box::new(record)),
+        Ok((record, _)) => Lookup::Miss(MissReason::Corrupt(format!(
             "entry records key {}",
-            artifact.key.short()
+            record.stored_key().short()
         ))),
         Err(e) => Lookup::Miss(MissReason::Corrupt(e.to_string())),
     }
@@ -182,11 +239,18 @@ pub struct TicketArtifacts {
 
 impl TicketArtifacts {
     /// Looks `key` up among the ticket's artifacts, asking `store` only when the set is incomplete.
-    pub fn get(&self, store: &dyn ArtifactStore, key: &ArtifactKey) -> Result<Lookup, CacheError> {
+    pub fn get(
+        &self,
+        store: &dyn ArtifactStore,
+        key: &ArtifactKey,
+    ) -> Result<Lookup<ArtifactSummary>, CacheError> {
         match self.entries.iter().find(|(k, _)| k == key) {
             Some((_, bytes)) => Ok(decode(key, bytes)),
             None if self.complete => Ok(Lookup::Miss(MissReason::New)),
-            None => store.get(self.ticket, key),
+            None => Ok(match store.get(self.ticket, key)? {
+                Lookup::Hit(artifact) => Lookup::Hit(Box::new(artifact.into_summary())),
+                Lookup::Miss(reason) => Lookup::Miss(reason),
+            }),
         }
     }
 }
@@ -886,6 +950,22 @@ mod tests {
             other => panic!("expected a hit, got {other:?}"),
         }
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_summary_decodes_from_an_artifacts_bytes() {
+        let mut full = artifact(1);
+        full.request.user = "a long rendered prompt".repeat(50);
+        let bytes = encode(&full);
+        match decode::<ArtifactSummary>(&full.key, &bytes) {
+            Lookup::Hit(summary) => assert_eq!(*summary, full.clone().into_summary()),
+            Lookup::Miss(reason) => panic!("expected a hit, got {reason:?}"),
+        }
+        // The key check holds for summaries too.
+        assert!(matches!(
+            decode::<ArtifactSummary>(&ArtifactKey([2; 32]), &bytes),
+            Lookup::Miss(MissReason::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{
-    Artifact, ArtifactStore, CacheError, GroupCommit, KeyRecorder, Lookup, MissReason,
+    Artifact, ArtifactStore, ArtifactSummary, CacheError, GroupCommit, KeyRecorder, Lookup,
+    MissReason,
 };
 use crate::config::Config;
 use crate::cost::{Ledger, PriceEntry, Refusal};
@@ -246,7 +247,7 @@ pub struct LineageEntry {
 }
 
 impl LineageEntry {
-    fn of(artifact: &Artifact, generated: bool) -> LineageEntry {
+    fn of(artifact: &ArtifactSummary, generated: bool) -> LineageEntry {
         LineageEntry {
             key: artifact.key,
             served_model: artifact.served_model.clone(),
@@ -894,7 +895,7 @@ impl Engine {
         key: ArtifactKey,
         upstream: Vec<(String, ArtifactKey)>,
         sample: &TicketSample,
-    ) -> Result<Artifact, GenerateError> {
+    ) -> Result<ArtifactSummary, GenerateError> {
         let ticket_id = sample.ticket_id.to_string();
         let price = self.prices[index].clone();
         // Reserve the call's worst case before issuing it, so calls in flight can never take the
@@ -958,7 +959,7 @@ impl Engine {
         self.store
             .put(sample.index, &artifact)
             .map_err(GenerateError::Cache)?;
-        Ok(artifact)
+        Ok(artifact.into_summary())
     }
 }
 
