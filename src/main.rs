@@ -6,7 +6,8 @@ use clap::Parser;
 use ticketbuild::cli::{Cli, CliError, Outcome};
 
 /// mimalloc instead of the system allocator: profiles of builds show a quarter of the time in
-/// glibc malloc/free (sled pages, decoded artifacts, rendered prompts).
+/// glibc malloc/free (sled pages, decoded artifacts, rendered prompts). Its v2 (the `v2` feature in
+/// Cargo.toml): v3 holds freed memory for a second, which costs peak memory and was not faster.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
