@@ -194,6 +194,7 @@ pub trait ArtifactStore: Send + Sync {
         Ok(TicketArtifacts {
             ticket,
             entries: Vec::new(),
+            generated: Vec::new(),
             complete: false,
         })
     }
@@ -233,6 +234,9 @@ fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {
 pub struct TicketArtifacts {
     ticket: u64,
     entries: Vec<(ArtifactKey, sled::IVec)>,
+    /// Artifacts generated for the ticket since the read: two nodes that send the same request
+    /// share one artifact, and the second must find the first's answer, not pay for it again.
+    generated: Vec<ArtifactSummary>,
     /// Every artifact of the ticket is listed; a key not among them is not stored.
     complete: bool,
 }
@@ -244,6 +248,9 @@ impl TicketArtifacts {
         store: &dyn ArtifactStore,
         key: &ArtifactKey,
     ) -> Result<Lookup<ArtifactSummary>, CacheError> {
+        if let Some(summary) = self.generated.iter().find(|s| s.key == *key) {
+            return Ok(Lookup::Hit(Box::new(summary.clone())));
+        }
         match self.entries.iter().find(|(k, _)| k == key) {
             Some((_, bytes)) => Ok(decode(key, bytes)),
             None if self.complete => Ok(Lookup::Miss(MissReason::New)),
@@ -252,6 +259,11 @@ impl TicketArtifacts {
                 Lookup::Miss(reason) => Lookup::Miss(reason),
             }),
         }
+    }
+
+    /// Records an artifact just generated (and put) for this ticket, so later lookups see it.
+    pub fn add_generated(&mut self, summary: ArtifactSummary) {
+        self.generated.push(summary);
     }
 }
 
@@ -461,6 +473,7 @@ impl ArtifactStore for SledStore {
         Ok(TicketArtifacts {
             ticket,
             entries,
+            generated: Vec::new(),
             // A cache from before slots may hold the ticket's artifacts under bare keys.
             complete: !self.legacy_entries,
         })
@@ -989,9 +1002,16 @@ mod tests {
             ticket.get(&store, &ArtifactKey([2; 32])).unwrap(),
             Lookup::Hit(_)
         ));
+        let mut ticket = ticket;
         assert!(matches!(
             ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Miss(MissReason::New)
+        ));
+        // What the ticket generates after the read is found too (two nodes, one request).
+        ticket.add_generated(artifact(1).into_summary());
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
         ));
     }
 

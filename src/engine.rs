@@ -5,9 +5,9 @@
 //! artifact or calls the provider and stores the result, then hands the finished ticket, in ticket
 //! order, to the output writer. It uses providers, the cache and the graph; it knows nothing of the
 //! CLI. The invariants: a ticket counts as done only after every artifact it generated is durable (a
-//! paid answer, before anything uses it); an invalid or failed response is never stored; and memory does not grow with rows (at most
-//! `concurrency` tickets are in flight, and rows leave for the writer as soon as they are next in
-//! order).
+//! paid answer, before anything uses it); an invalid or failed response is never stored; and memory
+//! does not grow with rows (at most `concurrency` tickets are in flight, and rows leave for the
+//! writer as soon as they are next in order).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -653,7 +653,7 @@ impl Engine {
         // Reproducible answers put but not yet known durable; one wait covers them all.
         let mut awaiting_commit = false;
         // Every node's lookup is answered from one read of the ticket's stored artifacts.
-        let stored = self.store.ticket_artifacts(index)?;
+        let mut stored = self.store.ticket_artifacts(index)?;
         let fail = |node: &Node, reason: String| Failure {
             ticket_id: ticket_id.clone(),
             index,
@@ -796,7 +796,9 @@ impl Engine {
                             }
                             generated.push((i, key));
                             lineage[i] = Some(LineageEntry::of(&artifact, true));
-                            artifact.output
+                            let output = artifact.output.clone();
+                            stored.add_generated(artifact);
+                            output
                         }
                         Err(GenerateError::Cache(e)) => return Err(e.into()),
                         Err(GenerateError::Refused(refusal)) => {

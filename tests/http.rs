@@ -193,6 +193,25 @@ fn issue_3_usage_and_cost_are_read_from_each_response() {
     assert!((cost - 6.0 * 0.0125).abs() < 1e-9, "{cost}");
 }
 
+/// Two nodes that send the same request share one artifact (the key is the request): the second
+/// finds the answer the first just paid for, in the same ticket, and pays nothing.
+#[test]
+fn issue_3_two_nodes_with_the_same_request_pay_once() {
+    let mock = MockServer::start(MockConfig::default());
+    let again = SUBJECT.replace("[nodes.subject]", "[nodes.subject_again]");
+    let p = project(&mock, "", &format!("{SUBJECT}\n{again}"));
+    let s = summary(&build(&p, &["--rows", "3"]));
+    assert_eq!(mock.requests(), 3, "one call per ticket, not one per node");
+    assert_eq!(
+        stat(&s, "subject", "generated") + stat(&s, "subject_again", "generated"),
+        3
+    );
+    assert_eq!(
+        stat(&s, "subject", "reused") + stat(&s, "subject_again", "reused"),
+        3
+    );
+}
+
 #[test]
 fn issue_3_a_429_waits_for_retry_after() {
     let mock = MockServer::start(MockConfig {
