@@ -4,8 +4,8 @@
 //! in-memory double for tests), what a stored artifact records ([`Artifact`]), and *when* a stored
 //! artifact is durable ([`GroupCommit`]). It does not decide keys (`key`) or when to call a model
 //! (`engine`). The invariants: only valid outputs are ever put (failures are never values); a put is
-//! not reported done until a flush that started after it has finished; and a cache written with a newer
-//! key schema is refused rather than misread.
+//! not reported done until a flush that started after it has finished; and a cache written by a
+//! newer ticketbuild (a higher [`CACHE_SCHEMA`]) is refused rather than misread.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::{ArtifactKey, KEY_VERSION};
+use crate::key::ArtifactKey;
 use crate::value::NodeOutput;
 
 /// Token counts of one response, normalised across providers.
@@ -170,7 +170,7 @@ pub enum CacheError {
         needed_mb: u64,
     },
     #[error(
-        "the cache `{path}` was written with key schema {found}, newer than this ticketbuild's ({KEY_VERSION}); upgrade ticketbuild or use another cache folder"
+        "the cache `{path}` was written by a newer ticketbuild (cache schema {found}; this one reads up to {CACHE_SCHEMA}); upgrade ticketbuild or use another cache folder"
     )]
     NewerSchema { path: PathBuf, found: u32 },
     #[error("cache I/O error in `{path}`: {reason}")]
@@ -316,6 +316,12 @@ const MANIFEST_KEYS_TREE: &str = "manifest_keys";
 const PIN_TREE: &str = "pins";
 const QUARANTINE_TREE: &str = "quarantine";
 const SCHEMA_KEY: &str = "key_schema";
+/// The cache schema this ticketbuild writes, under [`SCHEMA_KEY`]: 1, artifacts under bare keys;
+/// 2, artifacts filed by ticket (slots). A ticketbuild refuses a cache with a schema above its own,
+/// so an older one never misses, and pays again for, what a newer one stored. Opening an older
+/// cache raises its schema (its entries stay readable: see `legacy_entries`). Raise it with
+/// `key::KEY_VERSION` too, and with any change to how artifacts are filed or encoded.
+pub const CACHE_SCHEMA: u32 = 2;
 const NEXT_MANIFEST_KEY: &str = "next_manifest";
 /// How artifacts are filed: absent or 1, bare keys; 2, slots (ticket index, then key).
 const LAYOUT_KEY: &str = "artifact_layout";
@@ -361,15 +367,19 @@ impl SledStore {
                     .try_into()
                     .map(u32::from_le_bytes)
                     .unwrap_or(u32::MAX);
-                if found > KEY_VERSION {
+                if found > CACHE_SCHEMA {
                     return Err(CacheError::NewerSchema {
                         path: path.to_path_buf(),
                         found,
                     });
                 }
+                if found < CACHE_SCHEMA {
+                    meta.insert(SCHEMA_KEY, &CACHE_SCHEMA.to_le_bytes())
+                        .map_err(io)?;
+                }
             }
             None => {
-                meta.insert(SCHEMA_KEY, &KEY_VERSION.to_le_bytes())
+                meta.insert(SCHEMA_KEY, &CACHE_SCHEMA.to_le_bytes())
                     .map_err(io)?;
             }
         }
@@ -1032,6 +1042,10 @@ mod tests {
             store.get(4, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Hit(_)
         ));
+        // Its schema is raised, so an older ticketbuild now refuses it instead of missing the
+        // entries filed by ticket and paying for them again.
+        let schema = store.tree(META_TREE).unwrap().get(SCHEMA_KEY).unwrap();
+        assert_eq!(schema.as_deref(), Some(&CACHE_SCHEMA.to_le_bytes()[..]));
         let ticket = store.ticket_artifacts(4).unwrap();
         assert!(matches!(
             ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
@@ -1067,7 +1081,7 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let meta = db.open_tree(META_TREE).unwrap();
-            meta.insert(SCHEMA_KEY, &(KEY_VERSION + 1).to_le_bytes())
+            meta.insert(SCHEMA_KEY, &(CACHE_SCHEMA + 1).to_le_bytes())
                 .unwrap();
             db.flush().unwrap();
         }
