@@ -316,7 +316,7 @@ const MANIFEST_KEYS_TREE: &str = "manifest_keys";
 const PIN_TREE: &str = "pins";
 const QUARANTINE_TREE: &str = "quarantine";
 const SCHEMA_KEY: &str = "key_schema";
-/// The cache schema this ticketbuild writes, under [`SCHEMA_KEY`]: 1, artifacts under bare keys;
+/// The cache schema this ticketbuild writes (under `key_schema` in the meta tree): 1, bare keys;
 /// 2, artifacts filed by ticket (slots). A ticketbuild refuses a cache with a schema above its own,
 /// so an older one never misses, and pays again for, what a newer one stored. Opening an older
 /// cache raises its schema (its entries stay readable: see `legacy_entries`). Raise it with
