@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ticketbuild::cache::{Artifact, ArtifactStore, RecordedRequest, SledStore, Usage};
+use ticketbuild::cache::{Artifact, ArtifactStore, RecordedRequest, SledStore};
 use ticketbuild::config::{Config, Overrides, Params};
+use ticketbuild::cost::Usage;
 use ticketbuild::engine::{BuildOptions, Engine};
 use ticketbuild::graph::Graph;
 use ticketbuild::key::{ArtifactKey, KeyInput};

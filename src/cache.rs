@@ -15,22 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::{PriceEntry, Usage};
 use crate::key::ArtifactKey;
 use crate::value::NodeOutput;
-
-/// Token counts of one response, normalised across providers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// All input tokens, cached ones included.
-    pub input_tokens: u64,
-    /// The part of `input_tokens` served from the provider's prompt cache.
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
-    /// The part of `output_tokens` spent on hidden reasoning.
-    pub reasoning_tokens: u64,
-    /// True when the counts are estimates (the offline model), not reported by a provider.
-    pub estimated: bool,
-}
 
 /// One stored response and what is known about how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +34,7 @@ pub struct Artifact {
     /// The cost computed from usage and `price`, kept beside a provider-reported one.
     pub computed_cost_usd: Option<f64>,
     /// The price (USD per million tokens) the cost was computed with, and its source.
-    pub price: Option<crate::cost::PriceEntry>,
+    pub price: Option<PriceEntry>,
     /// The model that answered, as the provider named it (may be a dated snapshot).
     pub served_model: String,
     /// Milliseconds since the Unix epoch when the response arrived. Trace only.
@@ -87,7 +74,7 @@ pub struct ArtifactSummary {
     pub usage: Usage,
     pub cost_usd: Option<f64>,
     pub computed_cost_usd: Option<f64>,
-    pub price: Option<crate::cost::PriceEntry>,
+    pub price: Option<PriceEntry>,
     pub served_model: String,
     pub created_unix_ms: u64,
     pub latency_ms: u64,

@@ -17,7 +17,7 @@ use toml::Spanned;
 
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean, suggestion};
 use crate::language::Language;
-use crate::sampling::ID_SPACE;
+use crate::sampling::{ID_SPACE, Table};
 use crate::value::OutputKind;
 
 mod toml_errors;
@@ -122,13 +122,6 @@ impl Format {
             Format::Jsonl => "jsonl",
         }
     }
-}
-
-/// A weighted table of categories; one is drawn per ticket and becomes a column and a template variable.
-#[derive(Debug, Clone)]
-pub struct Table {
-    pub name: String,
-    pub categories: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -975,13 +968,6 @@ impl Checker<'_> {
             return None;
         }
         let provider_name = provider.get_ref().clone();
-        if provider_name != "offline" && !crate::provider::http_available() {
-            self.error(
-                provider.span(),
-                format!("{key}.provider"),
-                format!("provider `{provider_name}` is not available in this build; use `offline`"),
-            );
-        }
         let is_http = |url: &Spanned<String>| {
             ["http://", "https://"]
                 .iter()

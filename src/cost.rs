@@ -13,9 +13,21 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Usage;
-
 const BUILT_IN: &str = include_str!("../data/prices.toml");
+
+/// Token counts of one response, normalised across providers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// All input tokens, cached ones included.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    /// The part of `output_tokens` spent on hidden reasoning.
+    pub reasoning_tokens: u64,
+    /// True when the counts are estimates (the offline model), not reported by a provider.
+    pub estimated: bool,
+}
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

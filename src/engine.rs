@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::cost::{Ledger, PriceEntry, Refusal};
 use crate::graph::{Graph, Node};
 use crate::key::ArtifactKey;
-use crate::output::{DatasetWriter, OutputError, TicketRecord};
+use crate::output::{DatasetWriter, Failure, LineageEntry, OutputError, TicketRecord};
 use crate::provider::{self, OfflineInputs, Provider, ProviderError, Request, Secrets};
 use crate::sampling::{Sampler, TicketSample};
 use crate::value::NodeOutput;
@@ -90,15 +90,6 @@ pub struct NodeSummary {
     pub name: String,
     #[serde(flatten)]
     pub stats: NodeStats,
-}
-
-/// One ticket that could not be completed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Failure {
-    pub ticket_id: String,
-    pub index: u64,
-    pub node: String,
-    pub reason: String,
 }
 
 /// The outcome of a build.
@@ -231,33 +222,6 @@ pub struct TicketOutcome {
     pub lineage: Vec<Option<LineageEntry>>,
     /// Planning only: the rendered request text (system and user) of each missing node.
     pub pending_prompts: Vec<Option<String>>,
-}
-
-/// One row of the lineage file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LineageEntry {
-    pub key: ArtifactKey,
-    pub served_model: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: Option<f64>,
-    /// True when this build called the model, false when the artifact came from the cache.
-    pub generated: bool,
-    pub created_unix_ms: u64,
-}
-
-impl LineageEntry {
-    fn of(artifact: &ArtifactSummary, generated: bool) -> LineageEntry {
-        LineageEntry {
-            key: artifact.key,
-            served_model: artifact.served_model.clone(),
-            input_tokens: artifact.usage.input_tokens,
-            output_tokens: artifact.usage.output_tokens,
-            cost_usd: artifact.cost_usd,
-            generated,
-            created_unix_ms: artifact.created_unix_ms,
-        }
-    }
 }
 
 /// Shared, read-only state of one build.

@@ -19,9 +19,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+use crate::cache::ArtifactSummary;
 use crate::config::{Config, Format, Source};
-use crate::engine::{Failure, LineageEntry};
 use crate::graph::Graph;
+use crate::key::ArtifactKey;
 use crate::sampling::TicketSample;
 use crate::value::{NodeOutput, OutputKind};
 
@@ -34,6 +35,42 @@ pub enum OutputError {
     Folder { path: PathBuf, reason: String },
     #[error("cannot write `{path}`: {reason}")]
     Write { path: PathBuf, reason: String },
+}
+
+/// One ticket that could not be completed.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Failure {
+    pub ticket_id: String,
+    pub index: u64,
+    pub node: String,
+    pub reason: String,
+}
+
+/// One row of the lineage file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageEntry {
+    pub key: ArtifactKey,
+    pub served_model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
+    /// True when this build called the model, false when the artifact came from the cache.
+    pub generated: bool,
+    pub created_unix_ms: u64,
+}
+
+impl LineageEntry {
+    pub fn of(artifact: &ArtifactSummary, generated: bool) -> LineageEntry {
+        LineageEntry {
+            key: artifact.key,
+            served_model: artifact.served_model.clone(),
+            input_tokens: artifact.usage.input_tokens,
+            output_tokens: artifact.usage.output_tokens,
+            cost_usd: artifact.cost_usd,
+            generated,
+            created_unix_ms: artifact.created_unix_ms,
+        }
+    }
 }
 
 /// A finished ticket: its sample and each node's output (`None` when skipped), in graph order.

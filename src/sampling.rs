@@ -11,7 +11,6 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::Table;
 use crate::language::Language;
 
 /// Domain separation for the per-ticket random stream. Bump the version to change the sampler.
@@ -22,6 +21,13 @@ const ID_CONTEXT: &str = "ticketbuild 2026-11-25 ticket id permutation v1";
 pub const ID_MIN: u64 = 100_000_000_000;
 /// Number of distinct 12-13 digit ids: 10^11 .. 10^13.
 pub const ID_SPACE: u64 = 10_000_000_000_000 - ID_MIN;
+
+/// A weighted table of categories; one is drawn per ticket and becomes a column and a template variable.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub categories: Vec<(String, f64)>,
+}
 
 /// Everything drawn for one ticket.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,6 +3,7 @@
 //! One test binary (see `[[test]]` in Cargo.toml), one module per feature; `support` holds the
 //! project builder and helpers shared by all of them.
 
+mod architecture;
 mod bad_inputs;
 mod build;
 mod cost;

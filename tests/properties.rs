@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Value, json};
-use ticketbuild::config::{Config, Overrides, Params, Table};
+use ticketbuild::config::{Config, Overrides, Params};
 use ticketbuild::graph::Graph;
 use ticketbuild::key::{ArtifactKey, KeyInput};
 use ticketbuild::language::Language;
 use ticketbuild::sampling::Sampler;
+use ticketbuild::sampling::Table;
 use ticketbuild::value::{NodeOutput, OutputKind};
 
 use crate::support::Project;

@@ -335,7 +335,7 @@ pub(crate) fn fingerprint() -> &'static str {
         let mut hasher = blake3::Hasher::new();
         for text in std::iter::once(PHRASES_TOML)
             .chain(TOPIC_FILES.iter().map(|(_, text)| *text))
-            .chain(std::iter::once(super::world::CONTEXT))
+            .chain(std::iter::once(super::CONTEXT))
         {
             hasher.update(&(text.len() as u64).to_le_bytes());
             hasher.update(text.as_bytes());

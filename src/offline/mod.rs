@@ -37,6 +37,10 @@ use bank::{Bank, Lang, Topic, bank};
 use compose::Ticket;
 use world::Stream;
 
+/// The blake3 key-derivation context of the offline model's random streams and of the bank's
+/// fingerprint; changing it changes every offline output.
+const CONTEXT: &str = "ticketbuild offline v1";
+
 /// What a task needs from the node's template context.
 #[derive(Debug)]
 pub struct TaskSpec {

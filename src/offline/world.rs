@@ -14,9 +14,6 @@ use rand_core::{RngCore, SeedableRng};
 
 use super::bank::{Lang, Names, Phrases, Topic};
 
-/// The blake3 key-derivation context; changing it changes every offline output.
-pub(crate) const CONTEXT: &str = "ticketbuild offline v1";
-
 /// An independent random stream for one purpose of one sample.
 pub(crate) struct Stream(ChaCha8Rng);
 
@@ -24,7 +21,7 @@ impl Stream {
     /// The stream for `labels` under `sample_seed`. Labels are length-prefixed, so `["ab", "c"]`
     /// and `["a", "bc"]` are different streams.
     pub(crate) fn new(sample_seed: u64, labels: &[&str]) -> Stream {
-        let mut hasher = blake3::Hasher::new_derive_key(CONTEXT);
+        let mut hasher = blake3::Hasher::new_derive_key(super::CONTEXT);
         hasher.update(&sample_seed.to_le_bytes());
         for label in labels {
             hasher.update(&(label.len() as u64).to_le_bytes());

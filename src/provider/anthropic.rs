@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::Request;
 use super::http::{Adapter, Reply, ReplyError, Secret, count};
-use crate::cache::Usage;
+use crate::cost::Usage;
 use crate::value::OutputKind;
 
 /// `max_tokens` when the model sets none. Part of the wire format of provider `anthropic`; see the

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::limits::Limiter;
 use super::{CallFuture, Provider, ProviderError, Request, Response, estimate_tokens};
-use crate::cache::Usage;
 use crate::config::{ModelConfig, ModelLimits};
+use crate::cost::Usage;
 use crate::value::InvalidOutput;
 
 /// The header that names the artifact a request is for.

@@ -21,8 +21,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::cache::{RecordedRequest, Usage};
+use crate::cache::RecordedRequest;
 use crate::config::{ModelConfig, Params};
+use crate::cost::Usage;
 use crate::key::{ArtifactKey, KeyInput, canonical_json_map};
 use crate::value::{InvalidOutput, NodeOutput, OutputKind};
 
@@ -171,11 +172,6 @@ pub trait Provider: Send + Sync {
     fn reproducible(&self) -> bool {
         false
     }
-}
-
-/// Whether this build can speak HTTP to remote providers.
-pub fn http_available() -> bool {
-    true
 }
 
 /// Where API keys come from: the process environment, then an optional `.env` file next to

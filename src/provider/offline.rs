@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use super::{CallFuture, Provider, ProviderError, Request, Response, estimate_tokens};
-use crate::cache::Usage;
 use crate::config::OFFLINE_MODEL;
+use crate::cost::Usage;
 use crate::offline::{self, OfflineOutput, OfflineRequest};
 use crate::value::NodeOutput;
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::Request;
 use super::http::{Adapter, Reply, ReplyError, Secret, count};
-use crate::cache::Usage;
+use crate::cost::Usage;
 use crate::value::OutputKind;
 
 /// Estimated output tokens when the request sets no `max_tokens`, for rate-limit estimates only.
