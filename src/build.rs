@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::cache::{ArtifactStore, SledStore};
+use crate::cache::{ArtifactStore, Cache};
 use crate::config::Config;
 use crate::engine::{BuildError, BuildOptions, BuildReport, Engine};
 use crate::graph::Graph;
@@ -28,7 +28,7 @@ pub fn up_to_date(config: &Config, graph: &Graph) -> Option<BuildReport> {
     let started = Instant::now();
     let text = std::fs::read(config.cache_dir.join(LAST_BUILD_FILE)).ok()?;
     let last: Manifest = serde_json::from_slice(&text).ok()?;
-    if last.inputs_hash != manifest::inputs_hash(config, graph, &[]) || !last.files_intact() {
+    if last.inputs_hash != manifest::inputs_hash(config, graph) || !last.files_intact() {
         return None;
     }
     let mut report = BuildReport::up_to_date(&last, config);
@@ -72,7 +72,7 @@ pub fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
     let mut unpriced: Vec<String> = Vec::new();
     for node in &graph.nodes {
         let model = &node.model;
-        if crate::cost::price_for(&model.provider, &model.model, &config.cost.prices).is_none() {
+        if model.price(&config.cost.prices).is_none() {
             let entry = format!(
                 "model `{}` ({}/{})",
                 model.name, model.provider, model.model
@@ -89,20 +89,20 @@ pub fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
     }
 }
 
-/// Builds `config` into its output folder using the cache `sled`. Setting `cancel` stops new
+/// Builds `config` into its output folder using `cache`. Setting `cancel` stops new
 /// tickets from starting; tickets in flight finish and land in the cache.
 pub async fn build_project(
     config: Config,
     graph: Graph,
-    sled: Arc<SledStore>,
+    cache: Arc<dyn Cache>,
     options: BuildOptions,
     cancel: Option<Arc<AtomicBool>>,
 ) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
-    let inputs = manifest::inputs_hash(&config, &graph, &[]);
+    let inputs = manifest::inputs_hash(&config, &graph);
 
     // Nothing changed since the last complete build and its files are intact: nothing to do.
-    if let Some((_, last)) = sled.last_manifest::<Manifest>()? {
+    if let Some((_, last)) = Manifest::last(cache.as_ref())? {
         if options.force.is_empty() && last.inputs_hash == inputs && last.files_intact() {
             let mut report = BuildReport::up_to_date(&last, &config);
             report.wall_ms = started.elapsed().as_millis() as u64;
@@ -111,7 +111,7 @@ pub async fn build_project(
     }
 
     check_prices(&config, &graph)?;
-    let store: Arc<dyn ArtifactStore> = sled.clone();
+    let store: Arc<dyn ArtifactStore> = cache.clone();
     let secrets = Secrets::load(&config.root)?;
     let config = Arc::new(config);
     let graph = Arc::new(graph);
@@ -126,9 +126,9 @@ pub async fn build_project(
         engine.use_cancel_flag(cancel);
     }
     let engine = Arc::new(engine);
-    let manifest_id = sled.next_manifest_id()?;
-    let recorder = sled.key_recorder(manifest_id, graph.nodes.len())?;
-    let report = Arc::clone(&engine).build(Some(Box::new(recorder))).await?;
+    let manifest_id = cache.next_manifest_id()?;
+    let recorder = cache.key_recorder(manifest_id, graph.nodes.len())?;
+    let report = Arc::clone(&engine).build(Some(recorder)).await?;
     write_last_report(&config, &report);
     if report.failed == 0 && !report.interrupted {
         let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
@@ -144,7 +144,7 @@ pub async fn build_project(
                 )
             })
             .collect();
-        sled.put_manifest(manifest_id, &manifest)?;
+        cache.put_manifest(manifest_id, &manifest.encode())?;
         write_last_build(&config, &manifest);
     }
     Ok(report)

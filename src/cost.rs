@@ -103,15 +103,13 @@ pub fn prices_taken() -> &'static str {
 }
 
 /// The price of `model` at `provider`: dataset.toml's override first, then the built-in table
-/// ("provider/model", then the model name alone). `None` when nothing is known.
+/// ("provider/model", then the model name alone). `None` when nothing is known. (The offline
+/// model is free: `config::ModelConfig::price` says so before asking here.)
 pub fn price_for(
     provider: &str,
     model: &str,
     overrides: &BTreeMap<String, Price>,
 ) -> Option<PriceEntry> {
-    if provider == "offline" {
-        return Some(PriceEntry::free());
-    }
     if let Some(price) = overrides
         .get(model)
         .or_else(|| overrides.get(&format!("{provider}/{model}")))
@@ -367,13 +365,6 @@ mod tests {
         let entry = price_for("openai", "gpt-4o-mini", &overrides).unwrap();
         assert_eq!(entry.source, "dataset.toml");
         assert!(price_for("openai-compatible", "my-local-model", &BTreeMap::new()).is_none());
-        assert_eq!(
-            price_for("offline", "x", &BTreeMap::new())
-                .unwrap()
-                .price
-                .output,
-            0.0
-        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 pub mod build;
 pub mod cache;
-pub mod cli;
+mod cli;
 pub mod config;
 pub mod cost;
 pub mod diag;
@@ -30,7 +30,8 @@ pub mod prompt;
 pub mod provider;
 pub mod sampling;
 pub mod status;
+pub mod tokens;
 pub mod value;
 pub mod watch;
 
-pub use cli::run;
+pub use cli::{Cli, CliError, Outcome, run};

@@ -4,8 +4,8 @@
 //! (dataset.toml, prompts, profile, overrides, key schema), each node's fingerprint, the artifact key
 //! of every (ticket, node) and the output files. It is what makes a no-op build instant (same inputs,
 //! intact files: nothing to do), what `status` compares against to say *why* something would re-run,
-//! and the roots `cache gc` keeps. Storage is `cache::SledStore`'s manifest trees; deciding what to
-//! rebuild is the engine's. The invariant: a manifest describes a build that finished writing its
+//! and the roots `cache gc` keeps. Storage is the cache's [`ManifestStore`], which keeps a manifest as
+//! the bytes encoded here; deciding what to rebuild is the engine's. The invariant: a manifest describes a build that finished writing its
 //! files; a build that failed or was interrupted records none, so the next build never skips work.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheError, ManifestStore};
 use crate::config::Config;
 use crate::graph::Graph;
 use crate::key::{ArtifactKey, KEY_VERSION};
@@ -95,6 +96,29 @@ impl Manifest {
         }
     }
 
+    /// The bytes the cache stores.
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: a manifest holds only strings, numbers, paths and vectors, which bincode
+        // always encodes.
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .expect("a manifest is always encodable")
+    }
+
+    /// A manifest from the bytes the cache stores; `None` when they do not decode.
+    pub fn decode(bytes: &[u8]) -> Option<Manifest> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .ok()
+            .map(|(manifest, _)| manifest)
+    }
+
+    /// The newest manifest in `store`, with its id; `None` when there is none or it does not
+    /// decode (a cache that compares as "never built" is safe: the next build skips nothing).
+    pub fn last(store: &dyn ManifestStore) -> Result<Option<(u64, Manifest)>, CacheError> {
+        Ok(store
+            .last_manifest()?
+            .and_then(|(id, bytes)| Manifest::decode(&bytes).map(|m| (id, m))))
+    }
+
     /// Whether every recorded output file is still exactly as written.
     pub fn files_intact(&self) -> bool {
         !self.files.is_empty()
@@ -130,7 +154,7 @@ pub fn fingerprints(graph: &Graph) -> Vec<NodeFingerprint> {
             name: node.name.clone(),
             prompt: node.prompt_display.display().to_string(),
             template_hash: node.template_hash.clone(),
-            provider: node.model.provider.clone(),
+            provider: node.model.provider.name().to_string(),
             model: node.model.model.clone(),
             base_url: node.model.base_url.clone(),
             params_json: params_json(&node.model.params),
@@ -160,7 +184,7 @@ pub fn sample_hash(config: &Config) -> String {
 }
 
 /// Hash of everything a build reads. Equal hashes and intact files mean there is nothing to do.
-pub fn inputs_hash(config: &Config, graph: &Graph, extra: &[&str]) -> String {
+pub fn inputs_hash(config: &Config, graph: &Graph) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("ticketbuild 2026-11-25 build inputs v1");
     let mut field = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
@@ -175,9 +199,6 @@ pub fn inputs_hash(config: &Config, graph: &Graph, extra: &[&str]) -> String {
     for node in &graph.nodes {
         field(node.name.as_bytes());
         field(node.template_hash.as_bytes());
-    }
-    for value in extra {
-        field(value.as_bytes());
     }
     hasher.finalize().to_hex().to_string()
 }

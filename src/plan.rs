@@ -9,57 +9,31 @@
 //! reads as cheaper than it can be: unknown prices stay unknown, and a node whose prompt depends on
 //! outputs not generated yet is flagged and estimated from its upstream nodes' expected outputs.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::cache::ArtifactStore;
 use crate::config::Config;
 use crate::cost::PriceEntry;
-use crate::engine::{NodeState, TicketOutcome, WORST_CASE_OUTPUT_TOKENS};
+use crate::engine::{BuildError, Engine, NodeState, TicketOutcome, WORST_CASE_OUTPUT_TOKENS};
 use crate::graph::Graph;
 
 /// Output tokens assumed for an offline node with no cached outputs yet.
 const OFFLINE_OUTPUT_TOKENS: u64 = 120;
 
-/// Tokens in `text` for `model`: exact for OpenAI-family models, estimated otherwise.
-pub fn count_tokens(provider: &str, model: &str, text: &str) -> u64 {
-    let name = model.strip_prefix("openai/").unwrap_or(model);
-    let family = provider == "openai" || model.starts_with("openai/");
-    if family {
-        match tiktoken_rs::tokenizer::get_tokenizer(name) {
-            Some(
-                tiktoken_rs::tokenizer::Tokenizer::O200kBase
-                | tiktoken_rs::tokenizer::Tokenizer::O200kHarmony,
-            ) => {
-                return tiktoken_rs::o200k_base_singleton()
-                    .encode_ordinary(text)
-                    .len() as u64;
-            }
-            Some(tiktoken_rs::tokenizer::Tokenizer::Cl100kBase) => {
-                return tiktoken_rs::cl100k_base_singleton()
-                    .encode_ordinary(text)
-                    .len() as u64;
-            }
-            _ => {}
-        }
-    }
-    crate::provider::estimate_tokens(text.len())
-}
-
-/// Whether `count_tokens` is exact for this model.
-pub fn tokenizer_name(provider: &str, model: &str) -> &'static str {
-    let name = model.strip_prefix("openai/").unwrap_or(model);
-    if provider == "openai" || model.starts_with("openai/") {
-        match tiktoken_rs::tokenizer::get_tokenizer(name) {
-            Some(
-                tiktoken_rs::tokenizer::Tokenizer::O200kBase
-                | tiktoken_rs::tokenizer::Tokenizer::O200kHarmony,
-            ) => {
-                return "o200k_base";
-            }
-            Some(tiktoken_rs::tokenizer::Tokenizer::Cl100kBase) => return "cl100k_base",
-            _ => {}
-        }
-    }
-    "approx (chars/4)"
+/// Plans every ticket of the project (calling no model) and estimates what a build would cost.
+pub async fn of_project(
+    config: Arc<Config>,
+    graph: Arc<Graph>,
+    store: Arc<dyn ArtifactStore>,
+) -> Result<Plan, BuildError> {
+    let mut planner = Planner::new(&config, &graph);
+    let engine = Engine::for_planning(Arc::clone(&config), Arc::clone(&graph), store, Vec::new());
+    Arc::new(engine)
+        .plan(|outcome| planner.add(&outcome))
+        .await?;
+    Ok(planner.finish())
 }
 
 /// One node's estimate.
@@ -141,7 +115,8 @@ impl<'a> Planner<'a> {
                 NodeState::Missing(_) => {
                     acc.missing += 1;
                     if let Some(text) = &outcome.pending_prompts[i] {
-                        acc.missing_input += count_tokens(&model.provider, &model.model, text);
+                        acc.missing_input +=
+                            crate::tokens::count(model.provider, &model.model, &[text]);
                     }
                 }
                 NodeState::Blocked => {
@@ -163,7 +138,7 @@ impl<'a> Planner<'a> {
             let model = &node.model;
             let max_tokens = model.params.max_tokens.unwrap_or(WORST_CASE_OUTPUT_TOKENS);
             let (low, expected, high, basis) =
-                if acc.cached_output.is_empty() && model.provider == "offline" {
+                if acc.cached_output.is_empty() && model.provider.is_offline() {
                     // The offline model writes a sentence or a short email; it is free either way.
                     (
                         OFFLINE_OUTPUT_TOKENS,
@@ -198,7 +173,7 @@ impl<'a> Planner<'a> {
             } else {
                 let template = std::fs::read_to_string(self.config.resolve(&node.config.prompt))
                     .unwrap_or_default();
-                count_tokens(&model.provider, &model.model, &template)
+                crate::tokens::count(model.provider, &model.model, &[&template])
                     + node
                         .upstream
                         .iter()
@@ -207,8 +182,7 @@ impl<'a> Planner<'a> {
             };
             let to_generate = acc.missing + acc.blocked;
             let input_tokens = acc.missing_input + acc.blocked * typical_input;
-            let price: Option<PriceEntry> =
-                crate::cost::price_for(&model.provider, &model.model, &self.config.cost.prices);
+            let price: Option<PriceEntry> = model.price(&self.config.cost.prices);
             let cost = |output: u64| {
                 price.as_ref().map(|p| {
                     (input_tokens as f64 * p.price.input
@@ -219,7 +193,7 @@ impl<'a> Planner<'a> {
             nodes.push(NodePlan {
                 name: node.name.clone(),
                 model: format!("{}/{}", model.provider, model.model),
-                tokenizer: tokenizer_name(&model.provider, &model.model),
+                tokenizer: crate::tokens::tokenizer_name(model.provider, &model.model),
                 cached: acc.cached,
                 to_generate,
                 skipped: acc.skipped,

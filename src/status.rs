@@ -9,13 +9,71 @@
 //! (fingerprints and keys), never guessed from timestamps.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cache::RecordedRequest;
-use crate::engine::{NodeState, TicketOutcome};
+use crate::cache::{Cache, RecordedRequest};
+use crate::config::Config;
+use crate::engine::{BuildError, Engine, NodeState, TicketOutcome};
+use crate::graph::Graph;
 use crate::key::ArtifactKey;
-use crate::manifest::{Manifest, ManifestKeys, NodeFingerprint};
+use crate::manifest::{self, Manifest, ManifestKeys, NodeFingerprint};
+
+/// What `ticketbuild status` shows: per node, what is up to date and what a build would
+/// generate, and why.
+#[derive(Debug, Serialize)]
+pub struct ProjectStatus {
+    /// When the build compared with (the last complete one) ran; `None` when there was none.
+    pub compared_with_build_at_unix_ms: Option<u64>,
+    pub dataset: String,
+    pub nodes: Vec<NodeStatus>,
+    pub tickets: u64,
+}
+
+/// Plans every ticket of `config` (calling no model) and compares with the last build recorded
+/// in `cache`. `force` names nodes to count as forced, as `build --force` would.
+pub async fn of_project(
+    config: Config,
+    graph: Graph,
+    cache: Arc<dyn Cache>,
+    force: &[String],
+) -> Result<ProjectStatus, BuildError> {
+    let previous = Manifest::last(cache.as_ref())?;
+    let keys = previous.as_ref().map(|(id, manifest)| {
+        collect_keys(manifest.nodes.len(), manifest.rows, |each| {
+            // A manifest whose keys cannot be read compares as "never built", which is safe.
+            let _ = cache.manifest_keys(*id, each);
+        })
+    });
+    let current = manifest::fingerprints(&graph);
+    let sample = manifest::sample_hash(&config);
+    let upstream: Vec<Vec<usize>> = graph.nodes.iter().map(|n| n.upstream.clone()).collect();
+    let mut builder = StatusBuilder::new(
+        &current,
+        config.seed,
+        &sample,
+        previous.as_ref().map(|(_, m)| m).zip(keys.as_ref()),
+    );
+    builder.force(
+        graph
+            .nodes
+            .iter()
+            .map(|n| force.contains(&n.name))
+            .collect(),
+    );
+    let (dataset, tickets) = (config.name.clone(), config.rows);
+    let engine = Engine::for_planning(Arc::new(config), Arc::new(graph), cache, force.to_vec());
+    Arc::new(engine)
+        .plan(|outcome| builder.add(&outcome, &upstream))
+        .await?;
+    Ok(ProjectStatus {
+        compared_with_build_at_unix_ms: previous.as_ref().map(|(_, m)| m.created_unix_ms),
+        dataset,
+        nodes: builder.finish(),
+        tickets,
+    })
+}
 
 /// Why an artifact would be generated.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -376,10 +434,10 @@ pub fn request_diff(old: &RecordedRequest, now: &RecordedRequest) -> Vec<String>
 }
 
 /// Loads every key of a manifest into memory (for `status`, not for builds).
-pub fn collect_keys(
+fn collect_keys(
     nodes: usize,
     rows: u64,
-    mut chunks: impl FnMut(&mut dyn FnMut(u64, &[Option<ArtifactKey>], usize)),
+    chunks: impl FnOnce(&mut dyn FnMut(u64, &[Option<ArtifactKey>], usize)),
 ) -> ManifestKeys {
     let mut keys = vec![None; rows as usize * nodes];
     chunks(&mut |first, chunk, chunk_nodes| {

@@ -425,7 +425,7 @@ fn parse(text: &str) -> Config {
 fn model_key(config: &Config) -> ArtifactKey {
     let model = &config.models["default"];
     KeyInput {
-        provider: &model.provider,
+        provider: model.provider.name(),
         base_url: model.base_url.as_deref(),
         model: &model.model,
         params: &model.params,

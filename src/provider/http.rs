@@ -18,7 +18,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
 use super::limits::Limiter;
-use super::{CallFuture, Provider, ProviderError, Request, Response, estimate_tokens};
+use super::{CallFuture, Provider, ProviderError, Request, Response};
 use crate::config::{ModelConfig, ModelLimits};
 use crate::cost::Usage;
 use crate::value::InvalidOutput;
@@ -116,7 +116,7 @@ pub struct Settings {
 impl Settings {
     pub fn new(model: &ModelConfig, secret: Option<Secret>) -> Settings {
         Settings {
-            provider: model.provider.clone(),
+            provider: model.provider.name().to_string(),
             model: model.model.clone(),
             limits: model.limits.clone(),
             secret,
@@ -279,8 +279,8 @@ impl<A: Adapter> HttpProvider<A> {
         let key = request.key().to_hex();
         let body = serde_json::to_vec(&self.adapter.body(request))
             .map_err(|e| ProviderError::Fatal(format!("cannot encode the request body: {e}")))?;
-        let tokens =
-            estimate_tokens(request.prompt_chars()) + self.adapter.max_output_tokens(request);
+        let tokens = crate::tokens::estimate(request.prompt_chars())
+            + self.adapter.max_output_tokens(request);
         let limits = &self.settings.limits;
         let deadline = Duration::from_secs(limits.deadline_secs);
         let per_attempt = Duration::from_secs(limits.timeout_secs);

@@ -232,44 +232,30 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-/// The API root a provider is reached at when the model sets no `base_url`, and the environment
-/// variable its key is read from when the model sets no `api_key_env` (`None`: no key needed).
-pub fn provider_defaults(provider: &str) -> Option<(&'static str, Option<&'static str>)> {
-    match provider {
-        "openai" => Some(("https://api.openai.com/v1", Some("OPENAI_API_KEY"))),
-        "openrouter" => Some(("https://openrouter.ai/api/v1", Some("OPENROUTER_API_KEY"))),
-        "together" => Some(("https://api.together.xyz/v1", Some("TOGETHER_API_KEY"))),
-        "anthropic" => Some(("https://api.anthropic.com/v1", Some("ANTHROPIC_API_KEY"))),
-        "ollama" => Some(("http://localhost:11434/v1", None)),
-        // No default root: `config` requires `base_url` for it.
-        "openai-compatible" => Some(("", None)),
-        _ => None,
-    }
-}
-
 /// Builds the adapter for a model. Fails before any call when a needed key is missing, naming the
 /// environment variable (never a value).
 pub fn for_model(
     model: &ModelConfig,
     secrets: &Secrets,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
-    if model.provider == "offline" {
+    if model.provider.is_offline() {
         return Ok(Arc::new(offline::OfflineProvider::new(model.latency_ms)));
     }
-    let Some((default_root, default_env)) = provider_defaults(&model.provider) else {
-        return Err(ProviderError::Fatal(format!(
-            "unknown provider `{}`",
-            model.provider
-        )));
-    };
-    let root = model.base_url.as_deref().unwrap_or(default_root);
-    if root.is_empty() {
+    // `config` requires `base_url` where a provider has no default root.
+    let Some(root) = model
+        .base_url
+        .as_deref()
+        .or(model.provider.default_base_url())
+    else {
         return Err(ProviderError::Fatal(format!(
             "provider `{}` needs `base_url`",
             model.provider
         )));
-    }
-    let env = model.api_key_env.as_deref().or(default_env);
+    };
+    let env = model
+        .api_key_env
+        .as_deref()
+        .or(model.provider.default_key_env());
     let secret = match env {
         None => None,
         Some(name) => match secrets.get(name) {
@@ -283,21 +269,16 @@ pub fn for_model(
     };
     http::install_crypto_provider();
     let settings = http::Settings::new(model, secret);
-    let provider: Arc<dyn Provider> = if model.provider == "anthropic" {
+    let provider: Arc<dyn Provider> = if model.provider.speaks_messages_api() {
         Arc::new(http::HttpProvider::new(
             anthropic::Anthropic::new(root),
             settings,
         )?)
     } else {
         Arc::new(http::HttpProvider::new(
-            openai::OpenAi::new(&model.provider, root),
+            openai::OpenAi::new(model.provider, root),
             settings,
         )?)
     };
     Ok(provider)
-}
-
-/// Rough token count for text without a tokenizer: about four characters per token.
-pub fn estimate_tokens(chars: usize) -> u64 {
-    chars.div_ceil(4) as u64
 }

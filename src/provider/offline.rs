@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{CallFuture, Provider, ProviderError, Request, Response, estimate_tokens};
+use super::{CallFuture, Provider, ProviderError, Request, Response};
 use crate::config::OFFLINE_MODEL;
 use crate::cost::Usage;
 use crate::offline::{self, OfflineOutput, OfflineRequest};
@@ -43,9 +43,9 @@ impl OfflineProvider {
         }
         .validated(&request.output)?;
         let usage = Usage {
-            input_tokens: estimate_tokens(request.prompt_chars()),
+            input_tokens: crate::tokens::estimate(request.prompt_chars()),
             cached_input_tokens: 0,
-            output_tokens: estimate_tokens(output.char_len()),
+            output_tokens: crate::tokens::estimate(output.char_len()),
             reasoning_tokens: 0,
             estimated: true,
         };

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::Request;
 use super::http::{Adapter, Reply, ReplyError, Secret, count};
+use crate::config::ProviderKind;
 use crate::cost::Usage;
 use crate::value::OutputKind;
 
@@ -20,22 +21,22 @@ use crate::value::OutputKind;
 const UNSET_MAX_TOKENS_ESTIMATE: u64 = 1024;
 
 pub struct OpenAi {
-    provider: String,
+    provider: ProviderKind,
     endpoint: String,
 }
 
 impl OpenAi {
     /// `root` is the API root (`https://api.openai.com/v1`); requests go to `{root}/chat/completions`.
-    pub fn new(provider: &str, root: &str) -> OpenAi {
+    pub fn new(provider: ProviderKind, root: &str) -> OpenAi {
         OpenAi {
-            provider: provider.to_string(),
+            provider,
             endpoint: format!("{}/chat/completions", root.trim_end_matches('/')),
         }
     }
 }
 
 /// The request body for `provider`.
-pub fn body(provider: &str, request: &Request) -> Value {
+pub fn body(provider: ProviderKind, request: &Request) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
     let mut messages = Vec::new();
@@ -52,7 +53,7 @@ pub fn body(provider: &str, request: &Request) -> Value {
         body.insert("top_p".into(), json!(t));
     }
     if let Some(m) = p.max_tokens {
-        let field = if provider == "openai" {
+        let field = if provider == ProviderKind::OpenAi {
             "max_completion_tokens"
         } else {
             "max_tokens"
@@ -175,7 +176,7 @@ pub fn parse_reply(body: &Value) -> Result<Reply, ReplyError> {
     } else {
         // A server that reports no usage: estimate from the text, and say so.
         let parsed = Usage {
-            output_tokens: super::estimate_tokens(text.len()),
+            output_tokens: crate::tokens::estimate(text.len()),
             estimated: true,
             ..Usage::default()
         };
@@ -231,7 +232,7 @@ impl Adapter for OpenAi {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        if self.provider == "openrouter" {
+        if self.provider == ProviderKind::OpenRouter {
             // OpenRouter's optional attribution header.
             headers.insert(
                 HeaderName::from_static("x-title"),
@@ -242,7 +243,7 @@ impl Adapter for OpenAi {
     }
 
     fn body(&self, request: &Request) -> Value {
-        body(&self.provider, request)
+        body(self.provider, request)
     }
 
     fn max_output_tokens(&self, request: &Request) -> u64 {
@@ -283,7 +284,10 @@ mod tests {
 
     #[test]
     fn a_text_node_with_no_params_sends_model_and_messages_only() {
-        let body = body("openai", &request(OutputKind::Text, Params::default()));
+        let body = body(
+            ProviderKind::OpenAi,
+            &request(OutputKind::Text, Params::default()),
+        );
         assert_eq!(
             body,
             json!({
@@ -297,7 +301,7 @@ mod tests {
         let mut no_system = request(OutputKind::Text, Params::default());
         no_system.system = None;
         assert_eq!(
-            super::body("together", &no_system)["messages"],
+            super::body(ProviderKind::Together, &no_system)["messages"],
             json!([{"role": "user", "content": "Write a subject."}])
         );
     }
@@ -316,7 +320,10 @@ mod tests {
                 ("provider".to_string(), json!({"order": ["a", "b"]})),
             ]),
         };
-        let body = body("openrouter", &request(OutputKind::Text, params.clone()));
+        let body = body(
+            ProviderKind::OpenRouter,
+            &request(OutputKind::Text, params.clone()),
+        );
         let object = body.as_object().unwrap();
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort();
@@ -341,7 +348,7 @@ mod tests {
         assert_eq!(body["stop"], json!(["END"]));
         assert_eq!(body["provider"], json!({"order": ["a", "b"]}));
         // OpenAI itself takes max_completion_tokens.
-        let openai = super::body("openai", &request(OutputKind::Text, params));
+        let openai = super::body(ProviderKind::OpenAi, &request(OutputKind::Text, params));
         assert_eq!(openai["max_completion_tokens"], json!(300));
         assert!(openai.get("max_tokens").is_none());
     }
@@ -354,7 +361,7 @@ mod tests {
             ..Params::default()
         };
         assert_eq!(
-            body("together", &request(OutputKind::Text, params))["max_tokens"],
+            body(ProviderKind::Together, &request(OutputKind::Text, params))["max_tokens"],
             json!(50)
         );
     }
@@ -364,7 +371,10 @@ mod tests {
         let json_kind = OutputKind::Json {
             fields: vec!["subject".into(), "body".into()],
         };
-        let body = body("openai", &request(json_kind.clone(), Params::default()));
+        let body = body(
+            ProviderKind::OpenAi,
+            &request(json_kind.clone(), Params::default()),
+        );
         assert_eq!(
             body["response_format"],
             json!({
@@ -382,7 +392,7 @@ mod tests {
             })
         );
         let list = super::body(
-            "openai",
+            ProviderKind::OpenAi,
             &request(OutputKind::List { min: 4, max: 8 }, Params::default()),
         );
         assert_eq!(
@@ -394,7 +404,10 @@ mod tests {
             ..Params::default()
         };
         assert_eq!(
-            super::body("openai", &request(json_kind.clone(), object.clone()))["response_format"],
+            super::body(
+                ProviderKind::OpenAi,
+                &request(json_kind.clone(), object.clone())
+            )["response_format"],
             json!({"type": "json_object"})
         );
         let text = Params {
@@ -402,13 +415,13 @@ mod tests {
             ..Params::default()
         };
         assert!(
-            super::body("openai", &request(json_kind, text))
+            super::body(ProviderKind::OpenAi, &request(json_kind, text))
                 .get("response_format")
                 .is_none()
         );
         // Text nodes never send one, whatever the model says.
         assert!(
-            super::body("openai", &request(OutputKind::Text, object))
+            super::body(ProviderKind::OpenAi, &request(OutputKind::Text, object))
                 .get("response_format")
                 .is_none()
         );

@@ -1,0 +1,226 @@
+//! What a stored artifact records, and how it is encoded.
+//!
+//! This module owns [`Artifact`] (a response with its usage, cost, timing, upstream keys and the
+//! request as sent), the [`ArtifactSummary`] a build decodes instead (everything but the request),
+//! the bincode encoding both share, and [`TicketArtifacts`], one ticket's stored artifacts read in
+//! one go and decoded only when asked for. The invariant: a record names the key it was stored
+//! under, and a record that decodes under another key is a miss (corrupt), never a hit.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ArtifactStore, CacheError, Lookup, MissReason};
+use crate::cost::{PriceEntry, Usage};
+use crate::key::ArtifactKey;
+use crate::value::NodeOutput;
+
+/// One stored response and what is known about how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// The key this artifact was stored under; `verify` checks it matches.
+    pub key: ArtifactKey,
+    /// The node that produced it (trace metadata, not key material).
+    pub node: String,
+    pub output: NodeOutput,
+    pub usage: Usage,
+    /// What the call cost in USD, when known (zero for the offline model): the provider's own
+    /// figure when it reports one, else the computed one.
+    pub cost_usd: Option<f64>,
+    /// The cost computed from usage and `price`, kept beside a provider-reported one.
+    pub computed_cost_usd: Option<f64>,
+    /// The price (USD per million tokens) the cost was computed with, and its source.
+    pub price: Option<PriceEntry>,
+    /// The model that answered, as the provider named it (may be a dated snapshot).
+    pub served_model: String,
+    /// Milliseconds since the Unix epoch when the response arrived. Trace only.
+    pub created_unix_ms: u64,
+    pub latency_ms: u64,
+    /// Upstream nodes this output depended on, with their artifact keys. Trace only.
+    pub upstream: Vec<(String, ArtifactKey)>,
+    /// The request as it was sent, for `explain` and for diffs against what would be sent now.
+    pub request: RecordedRequest,
+}
+
+/// A request as recorded with its artifact. Holds no secret: requests never carry one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub provider: String,
+    pub base_url: Option<String>,
+    pub model: String,
+    /// The parameters that were sent, as canonical JSON (unset ones absent).
+    pub params_json: String,
+    pub output_kind: String,
+    pub system: Option<String>,
+    pub user: String,
+    /// Offline only: the task and its structured inputs as canonical JSON.
+    pub offline: Option<(String, String)>,
+    pub sample_seed: u64,
+}
+
+/// What a build reads of a stored artifact: all of it but the recorded request, which only
+/// `explain` shows. Its fields are the leading fields of [`Artifact`], in the same order, so it
+/// decodes from an artifact's bytes and stops before the request (the bulk of the bytes: the
+/// rendered prompts) instead of allocating it for every ticket of every rebuild.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ArtifactSummary {
+    pub key: ArtifactKey,
+    pub node: String,
+    pub output: NodeOutput,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub computed_cost_usd: Option<f64>,
+    pub price: Option<PriceEntry>,
+    pub served_model: String,
+    pub created_unix_ms: u64,
+    pub latency_ms: u64,
+    pub upstream: Vec<(String, ArtifactKey)>,
+}
+
+impl Artifact {
+    /// The artifact without its recorded request.
+    pub fn into_summary(self) -> ArtifactSummary {
+        ArtifactSummary {
+            key: self.key,
+            node: self.node,
+            output: self.output,
+            usage: self.usage,
+            cost_usd: self.cost_usd,
+            computed_cost_usd: self.computed_cost_usd,
+            price: self.price,
+            served_model: self.served_model,
+            created_unix_ms: self.created_unix_ms,
+            latency_ms: self.latency_ms,
+            upstream: self.upstream,
+        }
+    }
+}
+
+/// A stored record that names the key it was stored under (checked on every read).
+pub(super) trait Keyed: serde::de::DeserializeOwned {
+    fn stored_key(&self) -> &ArtifactKey;
+}
+
+impl Keyed for Artifact {
+    fn stored_key(&self) -> &ArtifactKey {
+        &self.key
+    }
+}
+
+impl Keyed for ArtifactSummary {
+    fn stored_key(&self) -> &ArtifactKey {
+        &self.key
+    }
+}
+
+pub(super) fn encode(artifact: &Artifact) -> Vec<u8> {
+    // Invariant: an Artifact holds only strings, numbers and vectors, which bincode always encodes.
+    bincode::serde::encode_to_vec(artifact, bincode::config::standard())
+        .expect("an artifact is always encodable")
+}
+
+pub(super) fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {
+    // A summary reads a prefix of the bytes; bincode leaves the rest (the request) untouched.
+    match bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard()) {
+        Ok((record, _)) if record.stored_key() == key => Lookup::Hit(Box::new(record)),
+        Ok((record, _)) => Lookup::Miss(MissReason::Corrupt(format!(
+            "entry records key {}",
+            record.stored_key().short()
+        ))),
+        Err(e) => Lookup::Miss(MissReason::Corrupt(e.to_string())),
+    }
+}
+
+/// An artifact's bytes as a store holds them (a buffer of the store's own, not copied out).
+pub type EncodedBytes = Box<dyn AsRef<[u8]> + Send + Sync>;
+
+/// The stored artifacts of one ticket (see [`ArtifactStore::ticket_artifacts`]), still encoded: only
+/// the ones a lookup asks for are decoded.
+pub struct TicketArtifacts {
+    ticket: u64,
+    entries: Vec<(ArtifactKey, EncodedBytes)>,
+    /// Artifacts generated for the ticket since the read: two nodes that send the same request
+    /// share one artifact, and the second must find the first's answer, not pay for it again.
+    generated: Vec<ArtifactSummary>,
+    /// Every artifact of the ticket is listed; a key not among them is not stored.
+    complete: bool,
+}
+
+impl TicketArtifacts {
+    /// The artifacts of `ticket` as a store lists them; `complete` when no other is stored.
+    pub fn listed(ticket: u64, entries: Vec<(ArtifactKey, EncodedBytes)>, complete: bool) -> Self {
+        TicketArtifacts {
+            ticket,
+            entries,
+            generated: Vec::new(),
+            complete,
+        }
+    }
+
+    /// A set for a store that cannot list a ticket's artifacts: every lookup asks the store.
+    pub fn unlisted(ticket: u64) -> Self {
+        TicketArtifacts::listed(ticket, Vec::new(), false)
+    }
+
+    /// Looks `key` up among the ticket's artifacts, asking `store` only when the set is incomplete.
+    pub fn get(
+        &self,
+        store: &dyn ArtifactStore,
+        key: &ArtifactKey,
+    ) -> Result<Lookup<ArtifactSummary>, CacheError> {
+        if let Some(summary) = self.generated.iter().find(|s| s.key == *key) {
+            return Ok(Lookup::Hit(Box::new(summary.clone())));
+        }
+        match self.entries.iter().find(|(k, _)| k == key) {
+            Some((_, bytes)) => Ok(decode(key, (**bytes).as_ref())),
+            None if self.complete => Ok(Lookup::Miss(MissReason::New)),
+            None => Ok(match store.get(self.ticket, key)? {
+                Lookup::Hit(artifact) => Lookup::Hit(Box::new(artifact.into_summary())),
+                Lookup::Miss(reason) => Lookup::Miss(reason),
+            }),
+        }
+    }
+
+    /// Records an artifact just generated (and put) for this ticket, so later lookups see it.
+    pub fn add_generated(&mut self, summary: ArtifactSummary) {
+        self.generated.push(summary);
+    }
+}
+
+/// An artifact for tests, its key made of `byte`.
+#[cfg(test)]
+pub(crate) fn test_artifact(byte: u8) -> Artifact {
+    Artifact {
+        key: ArtifactKey([byte; 32]),
+        node: "body".into(),
+        output: NodeOutput::Text("hello".into()),
+        usage: Usage::default(),
+        cost_usd: Some(0.0),
+        computed_cost_usd: Some(0.0),
+        price: None,
+        served_model: "m".into(),
+        created_unix_ms: 1,
+        latency_ms: 2,
+        upstream: vec![("topic".into(), ArtifactKey([9; 32]))],
+        request: RecordedRequest::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_decodes_from_an_artifacts_bytes() {
+        let mut full = test_artifact(1);
+        full.request.user = "a long rendered prompt".repeat(50);
+        let bytes = encode(&full);
+        match decode::<ArtifactSummary>(&full.key, &bytes) {
+            Lookup::Hit(summary) => assert_eq!(*summary, full.clone().into_summary()),
+            Lookup::Miss(reason) => panic!("expected a hit, got {reason:?}"),
+        }
+        // The key check holds for summaries too.
+        assert!(matches!(
+            decode::<ArtifactSummary>(&ArtifactKey([2; 32]), &bytes),
+            Lookup::Miss(MissReason::Corrupt(_))
+        ));
+    }
+}

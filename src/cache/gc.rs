@@ -1,0 +1,210 @@
+//! What a cache holds and what it can let go: `cache stats`, `cache gc` and `cache verify`.
+//!
+//! This module owns reachability: the roots are the last `keep` manifests and every pinned one, and
+//! an artifact is reachable when one of their keys names it. It works through the store traits
+//! and returns typed reports; printing them is the CLI's job. The invariants: gc never deletes an
+//! artifact a root reaches, and verify never deletes a bad entry, it moves it to quarantine.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::artifact::decode;
+use super::{Artifact, Cache, CacheError, Lookup, MissReason};
+use crate::key::ArtifactKey;
+
+/// The manifests gc keeps, and every key they reach.
+pub struct Reachable {
+    /// Manifest ids: the last `keep`, newest first, then the pinned ones not among them.
+    pub roots: Vec<u64>,
+    pub keys: HashSet<ArtifactKey>,
+}
+
+/// Keys reachable from the kept manifests: the last `keep` plus every pinned one.
+pub fn reachable(cache: &dyn Cache, keep: usize) -> Result<Reachable, CacheError> {
+    let manifests = cache.manifests()?;
+    let mut roots: Vec<u64> = manifests
+        .iter()
+        .rev()
+        .take(keep)
+        .map(|(id, _)| *id)
+        .collect();
+    for (_, id) in cache.pins()? {
+        if !roots.contains(&id) {
+            roots.push(id);
+        }
+    }
+    let mut keys = HashSet::new();
+    for id in &roots {
+        cache.manifest_keys(*id, &mut |_, chunk, _| {
+            keys.extend(chunk.iter().flatten().copied())
+        })?;
+    }
+    Ok(Reachable { roots, keys })
+}
+
+/// What `cache stats` shows.
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes_on_disk: u64,
+    /// The encoded size of every entry.
+    pub artifact_bytes: u64,
+    /// Entries the kept manifests reach.
+    pub reachable: u64,
+    pub kept_manifests: usize,
+    pub per_node: BTreeMap<String, u64>,
+    /// Keyed `provider/served model`.
+    pub per_model: BTreeMap<String, u64>,
+}
+
+/// Counts the entries of `cache`, and how many the last `keep` manifests (and the pinned) reach.
+pub fn stats(cache: &dyn Cache, keep: usize) -> Result<CacheStats, CacheError> {
+    let reachable = reachable(cache, keep)?;
+    let mut stats = CacheStats {
+        entries: 0,
+        bytes_on_disk: cache.size_on_disk(),
+        artifact_bytes: 0,
+        reachable: 0,
+        kept_manifests: reachable.roots.len(),
+        per_node: BTreeMap::new(),
+        per_model: BTreeMap::new(),
+    };
+    for entry in cache.entries() {
+        let entry = entry?;
+        stats.entries += 1;
+        stats.artifact_bytes += entry.value.len() as u64;
+        if reachable.keys.contains(&entry.key) {
+            stats.reachable += 1;
+        }
+        if let Lookup::Hit(artifact) = decode::<Artifact>(&entry.key, &entry.value) {
+            *stats.per_node.entry(artifact.node).or_default() += 1;
+            let model = format!("{}/{}", artifact.request.provider, artifact.served_model);
+            *stats.per_model.entry(model).or_default() += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// What `cache gc` deleted (or would delete, with `dry_run`).
+pub struct GcReport {
+    pub deleted_artifacts: u64,
+    pub freed_bytes: u64,
+    pub deleted_manifests: u64,
+    pub kept_artifacts: u64,
+    pub kept_manifests: usize,
+}
+
+/// Deletes the artifacts no kept manifest reaches, the manifests that are not kept and the keys of
+/// builds that never finished; with `dry_run`, only counts them.
+pub fn collect(cache: &dyn Cache, keep: usize, dry_run: bool) -> Result<GcReport, CacheError> {
+    let reachable = reachable(cache, keep)?;
+    let mut doomed = Vec::new();
+    let mut freed_bytes = 0u64;
+    for entry in cache.entries() {
+        let entry = entry?;
+        if !reachable.keys.contains(&entry.key) {
+            freed_bytes += entry.value.len() as u64;
+            doomed.push(entry.slot);
+        }
+    }
+    let old_manifests: Vec<u64> = cache
+        .manifests()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !reachable.roots.contains(id))
+        .chain(cache.unfinished_manifest_ids()?)
+        .collect();
+    if !dry_run {
+        for slot in &doomed {
+            cache.remove(slot)?;
+        }
+        for id in &old_manifests {
+            cache.remove_manifest(*id)?;
+        }
+        cache.flush()?;
+    }
+    Ok(GcReport {
+        deleted_artifacts: doomed.len() as u64,
+        freed_bytes,
+        deleted_manifests: old_manifests.len() as u64,
+        kept_artifacts: reachable.keys.len() as u64,
+        kept_manifests: reachable.roots.len(),
+    })
+}
+
+/// What `cache verify` found: entries checked, and the bad ones (now in quarantine).
+pub struct VerifyReport {
+    pub checked: u64,
+    pub bad: Vec<(ArtifactKey, MissReason)>,
+}
+
+/// Checks that every entry decodes and is stored under its own key; moves the bad ones to
+/// quarantine.
+pub fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
+    let mut checked = 0u64;
+    let mut bad = Vec::new();
+    for entry in cache.entries() {
+        let entry = entry?;
+        checked += 1;
+        if let Lookup::Miss(reason) = decode::<Artifact>(&entry.key, &entry.value) {
+            bad.push((entry, reason));
+        }
+    }
+    for (entry, _) in &bad {
+        cache.quarantine(&entry.slot, &entry.value)?;
+    }
+    cache.flush()?;
+    Ok(VerifyReport {
+        checked,
+        bad: bad
+            .into_iter()
+            .map(|(entry, reason)| (entry.key, reason))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::artifact::test_artifact as artifact;
+    use crate::cache::{ArtifactStore, Maintenance, ManifestStore, SledStore};
+
+    #[test]
+    fn gc_keeps_what_the_kept_and_pinned_manifests_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // Three builds, each reaching one artifact of its own.
+        for byte in 1..=3u8 {
+            store.put(0, &artifact(byte)).unwrap();
+            let id = store.next_manifest_id().unwrap();
+            let mut recorder = store.key_recorder(id, 1).unwrap();
+            recorder
+                .record(0, &[Some(ArtifactKey([byte; 32]))])
+                .unwrap();
+            recorder.finish().unwrap();
+            store.put_manifest(id, b"manifest").unwrap();
+            if byte == 1 {
+                store.pin("first", id).unwrap();
+            }
+        }
+        let dry = collect(&store, 1, true).unwrap();
+        assert_eq!((dry.deleted_artifacts, dry.deleted_manifests), (1, 1));
+        assert_eq!(store.len(), 3, "a dry run deletes nothing");
+        let report = collect(&store, 1, false).unwrap();
+        assert_eq!(report.kept_manifests, 2, "the last one and the pinned one");
+        assert_eq!(report.kept_artifacts, 2);
+        let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
+        assert_eq!(left, [1, 3]);
+    }
+
+    #[test]
+    fn verify_quarantines_what_does_not_decode_under_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put(0, &artifact(1)).unwrap();
+        store.put_raw(1, &ArtifactKey([2; 32]), b"garbage").unwrap();
+        let report = verify(&store).unwrap();
+        assert_eq!(report.checked, 2);
+        assert_eq!(report.bad.len(), 1);
+        assert_eq!(report.bad[0].0, ArtifactKey([2; 32]));
+        assert_eq!(verify(&store).unwrap().bad.len(), 0, "moved aside");
+    }
+}

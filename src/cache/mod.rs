@@ -1,0 +1,186 @@
+//! The artifact cache: paid responses, stored under their keys, durable before they count.
+//!
+//! This module owns how artifacts are stored and what a cache folder holds besides them. Its
+//! parts, each in its own file:
+//! - [`artifact`]: what a stored artifact records ([`Artifact`], the [`RecordedRequest`]) and
+//!   its encoding; a build reads only an [`ArtifactSummary`].
+//! - the traits here: [`ArtifactStore`] (what the engine needs: get, put, flush),
+//!   [`ManifestStore`] (the keys and manifests of builds, pins) and [`Maintenance`] (listing,
+//!   removing and quarantining entries); [`Cache`] is all three, what [`open`] returns.
+//! - [`sled_store`]: the sled implementation in a cache folder; [`memory`]: an in-memory double
+//!   for tests.
+//! - [`commit`]: *when* a stored artifact is durable ([`GroupCommit`]).
+//! - [`gc`]: what `cache stats`, `cache gc` and `cache verify` find and do.
+//!
+//! It does not decide keys (`key`), when to call a model (`engine`) or what a manifest says
+//! (`manifest`: the store keeps manifests as bytes). The invariants: only valid outputs are ever
+//! put (failures are never values); a put is not reported done until a flush that started after
+//! it has finished; and a cache written by a newer ticketbuild (a higher [`CACHE_SCHEMA`]) is
+//! refused rather than misread.
+
+pub mod artifact;
+pub mod commit;
+pub mod gc;
+pub mod memory;
+pub mod sled_store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::key::ArtifactKey;
+
+pub use artifact::{Artifact, ArtifactSummary, RecordedRequest, TicketArtifacts};
+pub use commit::GroupCommit;
+pub use memory::MemoryStore;
+pub use sled_store::{CACHE_SCHEMA, SledStore};
+
+/// Opens (or creates) the cache folder at `path`; fails early, before any model call, if the
+/// folder is locked, unwritable, nearly full or written by a newer ticketbuild.
+pub fn open(path: &Path) -> Result<Arc<dyn Cache>, CacheError> {
+    Ok(Arc::new(SledStore::open(path)?))
+}
+
+/// The outcome of a lookup: a whole [`Artifact`], or an [`ArtifactSummary`] where a build only
+/// needs that.
+#[derive(Debug)]
+pub enum Lookup<T = Artifact> {
+    /// Boxed: an artifact is large next to a miss reason.
+    Hit(Box<T>),
+    Miss(MissReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissReason {
+    /// Nothing is stored under the key.
+    New,
+    /// Something is stored but does not decode or names another key; it will be replaced.
+    Corrupt(String),
+    /// The user asked to regenerate this node (`--force`), whatever is stored.
+    Forced,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "the cache `{path}` is in use by another ticketbuild process; wait for it to finish or use another cache folder with `--cache`"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "cannot open the cache `{path}`: {reason}; to start fresh, move it away (`mv {path} {path}.broken`) and build again"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error("cannot write to the cache folder `{path}`: {reason}")]
+    NotWritable { path: PathBuf, reason: String },
+    #[error(
+        "the cache folder `{path}` has only {free_mb} MB free; ticketbuild needs at least {needed_mb} MB to store responses before it pays for them; free some space or use another folder with `--cache`"
+    )]
+    Full {
+        path: PathBuf,
+        free_mb: u64,
+        needed_mb: u64,
+    },
+    #[error(
+        "the cache `{path}` was written by a newer ticketbuild (cache schema {found}; this one reads up to {CACHE_SCHEMA}); upgrade ticketbuild or use another cache folder"
+    )]
+    NewerSchema { path: PathBuf, found: u32 },
+    #[error("cache I/O error in `{path}`: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// Where artifacts live. Small on purpose: tests swap in [`MemoryStore`] to count lookups, and the
+/// backend can be replaced without touching the engine.
+///
+/// Lookups name the ticket (its index in the dataset) beside the key. The ticket is not key
+/// material, since the key already covers it through the sample seed; it tells the store where to
+/// file the artifact. A build visits tickets in index order, so filing by ticket first turns
+/// uniformly random keys into puts that append at the end of the tree and rebuilds that read it
+/// front to back (see [`SledStore`]).
+pub trait ArtifactStore: Send + Sync {
+    fn get(&self, ticket: u64, key: &ArtifactKey) -> Result<Lookup, CacheError>;
+    /// What is stored for ticket `ticket`, read in one go: a build looks up every node of a
+    /// ticket, and a store that files by ticket keeps them side by side. A store that cannot list
+    /// a ticket's artifacts returns an empty, incomplete set, and lookups fall back to `get`.
+    fn ticket_artifacts(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
+        Ok(TicketArtifacts::unlisted(ticket))
+    }
+    /// Stores a valid artifact of ticket `ticket`. Not durable until [`ArtifactStore::flush`]
+    /// returns.
+    fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError>;
+    /// Makes every put that returned before this call durable.
+    fn flush(&self) -> Result<(), CacheError>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn size_on_disk(&self) -> u64;
+    fn location(&self) -> String;
+}
+
+/// The keys and manifests of builds, and pins. A manifest is stored as the bytes `manifest`
+/// encodes; the store does not read it.
+///
+/// A build reserves a manifest id before it starts, records every ticket's keys under it as
+/// tickets finish (chunk by chunk, so memory stays flat in rows), and stores the manifest itself
+/// only once every ticket is written: keys without a manifest are an unfinished build.
+pub trait ManifestStore: Send + Sync {
+    /// Reserves the id of the next manifest; its keys are written under it as the build goes.
+    fn next_manifest_id(&self) -> Result<u64, CacheError>;
+    /// A recorder that stores a build's keys in chunks under manifest `id`.
+    fn key_recorder(&self, id: u64, nodes: usize) -> Result<Box<dyn KeyRecorder>, CacheError>;
+    /// Stores the manifest of a finished build, durably.
+    fn put_manifest(&self, id: u64, manifest: &[u8]) -> Result<(), CacheError>;
+    /// Every stored manifest, oldest first.
+    fn manifests(&self) -> Result<Vec<(u64, Vec<u8>)>, CacheError>;
+    /// The newest stored manifest.
+    fn last_manifest(&self) -> Result<Option<(u64, Vec<u8>)>, CacheError>;
+    /// The keys of manifest `id`, chunk by chunk: `each(first ticket, keys, nodes per ticket)`.
+    fn manifest_keys(
+        &self,
+        id: u64,
+        each: &mut dyn FnMut(u64, &[Option<ArtifactKey>], usize),
+    ) -> Result<(), CacheError>;
+    /// The recorded key of (ticket, node) in manifest `id`.
+    fn manifest_key(
+        &self,
+        id: u64,
+        ticket: u64,
+        node: usize,
+    ) -> Result<Option<ArtifactKey>, CacheError>;
+    /// Names manifest `id`, so that gc keeps what it reaches.
+    fn pin(&self, name: &str, id: u64) -> Result<(), CacheError>;
+    fn pins(&self) -> Result<Vec<(String, u64)>, CacheError>;
+    /// Removes manifest `id` and its keys.
+    fn remove_manifest(&self, id: u64) -> Result<(), CacheError>;
+    /// Manifest ids that have keys but no manifest: builds that did not finish.
+    fn unfinished_manifest_ids(&self) -> Result<Vec<u64>, CacheError>;
+}
+
+/// Receives every ticket's artifact keys, in ticket order, during a build: the manifest's keys.
+pub trait KeyRecorder: Send {
+    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError>;
+    /// Writes what is buffered; called once after the last ticket.
+    fn finish(&mut self) -> Result<(), CacheError>;
+}
+
+/// One stored artifact entry, as [`Maintenance::entries`] lists it.
+pub struct StoredEntry {
+    /// Where it is filed (pass it to `remove` or `quarantine`).
+    pub slot: Vec<u8>,
+    pub key: ArtifactKey,
+    pub value: Vec<u8>,
+}
+
+/// What gc, verify and stats need beyond lookups: every entry, and removing one.
+pub trait Maintenance: Send + Sync {
+    /// Every artifact entry, in ticket order.
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<StoredEntry, CacheError>> + '_>;
+    /// Removes the entry filed under `slot` (from [`StoredEntry::slot`]).
+    fn remove(&self, slot: &[u8]) -> Result<(), CacheError>;
+    /// Moves a bad entry aside (kept for inspection, never served).
+    fn quarantine(&self, slot: &[u8], bytes: &[u8]) -> Result<(), CacheError>;
+}
+
+/// A whole cache folder: artifacts, manifests and maintenance.
+pub trait Cache: ArtifactStore + ManifestStore + Maintenance {}
+
+impl<T: ArtifactStore + ManifestStore + Maintenance> Cache for T {}

@@ -1,0 +1,631 @@
+//! The sled store: artifacts, manifests and pins in a cache folder.
+//!
+//! This module owns the on-disk layout (sled trees, how artifacts are filed, the cache schema),
+//! opening a cache folder safely (lock, write probe, free space, schema) and the three store
+//! traits over it. The invariant: a cache with a schema above [`CACHE_SCHEMA`] is refused, and
+//! one from before slots stays readable (its entries are still found).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::artifact::{EncodedBytes, decode, encode};
+use super::{
+    Artifact, ArtifactStore, CacheError, KeyRecorder, Lookup, Maintenance, ManifestStore,
+    MissReason, StoredEntry, TicketArtifacts,
+};
+use crate::key::ArtifactKey;
+
+/// The sled-backed store in a cache folder.
+///
+/// Artifacts are filed under a 40-byte slot: the ticket index (big-endian, so sled's byte order is
+/// ticket order) followed by the 32-byte key. With keys alone, every put and get landed on a random
+/// leaf of the tree, and once the tree outgrew sled's page cache nearly every one read a page back
+/// from disk: at 20,000 tickets, filing by ticket halved the time to reassemble a dataset from the
+/// cache. Caches written before slots existed hold bare 32-byte keys; they are still read (a miss
+/// under the slot tries the bare key), so no stored response is lost.
+pub struct SledStore {
+    path: PathBuf,
+    db: ::sled::Db,
+    artifacts: ::sled::Tree,
+    /// The tree holds entries under bare keys, from before slots.
+    legacy_entries: bool,
+}
+
+/// The bytes an artifact is filed under in sled: ticket index, then key.
+fn slot(ticket: u64, key: &ArtifactKey) -> [u8; 40] {
+    let mut slot = [0u8; 40];
+    slot[..8].copy_from_slice(&ticket.to_be_bytes());
+    slot[8..].copy_from_slice(&key.0);
+    slot
+}
+
+/// The key of a stored entry, from its slot (or bare key, in a cache from before slots).
+fn key_of_slot(slot: &[u8]) -> Option<ArtifactKey> {
+    let bytes = match slot.len() {
+        40 => &slot[8..],
+        32 => slot,
+        _ => return None,
+    };
+    bytes.try_into().ok().map(ArtifactKey)
+}
+
+const META_TREE: &str = "meta";
+const ARTIFACT_TREE: &str = "artifacts";
+const MANIFEST_TREE: &str = "manifests";
+const MANIFEST_KEYS_TREE: &str = "manifest_keys";
+const PIN_TREE: &str = "pins";
+const QUARANTINE_TREE: &str = "quarantine";
+const SCHEMA_KEY: &str = "key_schema";
+/// The cache schema this ticketbuild writes (under `key_schema` in the meta tree): 1, bare keys;
+/// 2, artifacts filed by ticket (slots). A ticketbuild refuses a cache with a schema above its own,
+/// so an older one never misses, and pays again for, what a newer one stored. Opening an older
+/// cache raises its schema (its entries stay readable: see `legacy_entries`). Raise it with
+/// `key::KEY_VERSION` too, and with any change to how artifacts are filed or encoded.
+pub const CACHE_SCHEMA: u32 = 2;
+const NEXT_MANIFEST_KEY: &str = "next_manifest";
+/// How artifacts are filed: absent or 1, bare keys; 2, slots (ticket index, then key).
+const LAYOUT_KEY: &str = "artifact_layout";
+const SLOT_LAYOUT: u8 = 2;
+
+/// Tickets per stored chunk of manifest keys: bounds the memory a build uses for its manifest.
+const KEYS_PER_CHUNK: u64 = 4096;
+
+impl SledStore {
+    /// Opens (or creates) the cache at `path`; fails early, before any model call, if the folder is
+    /// locked, unwritable or written by a newer key schema.
+    pub fn open(path: &Path) -> Result<SledStore, CacheError> {
+        std::fs::create_dir_all(path).map_err(|e| CacheError::NotWritable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let probe = path.join(".write-probe");
+        std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| CacheError::NotWritable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        check_free_space(path)?;
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from explicit group commits; the background flush only adds safety.
+            .flush_every_ms(Some(500))
+            // sled caches up to 1 GiB by default; a build streams through its artifacts once,
+            // so a small cache keeps memory flat without slowing it down.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| open_error(path, e))?;
+        let io = |e: sled::Error| CacheError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let meta = db.open_tree(META_TREE).map_err(io)?;
+        match meta.get(SCHEMA_KEY).map_err(io)? {
+            Some(bytes) => {
+                let found = bytes
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
+                if found > CACHE_SCHEMA {
+                    return Err(CacheError::NewerSchema {
+                        path: path.to_path_buf(),
+                        found,
+                    });
+                }
+                if found < CACHE_SCHEMA {
+                    meta.insert(SCHEMA_KEY, &CACHE_SCHEMA.to_le_bytes())
+                        .map_err(io)?;
+                }
+            }
+            None => {
+                meta.insert(SCHEMA_KEY, &CACHE_SCHEMA.to_le_bytes())
+                    .map_err(io)?;
+            }
+        }
+        let artifacts = db.open_tree(ARTIFACT_TREE).map_err(io)?;
+        let legacy_entries = match meta.get(LAYOUT_KEY).map_err(io)? {
+            Some(layout) => layout.as_ref() != [SLOT_LAYOUT],
+            None => {
+                // A cache without the mark was written before slots, unless it is empty.
+                let legacy = !artifacts.is_empty();
+                let layout = if legacy { 1 } else { SLOT_LAYOUT };
+                meta.insert(LAYOUT_KEY, &[layout]).map_err(io)?;
+                legacy
+            }
+        };
+        Ok(SledStore {
+            path: path.to_path_buf(),
+            db,
+            artifacts,
+            legacy_entries,
+        })
+    }
+
+    fn io(&self, e: sled::Error) -> CacheError {
+        CacheError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Free space a cache folder must have before a build starts (MB); `TICKETBUILD_CACHE_MIN_FREE_MB`
+/// overrides it. A build that cannot store what it pays for would pay twice, so a nearly full disk
+/// is refused before the first call rather than discovered after it.
+pub const MIN_FREE_MB: u64 = 64;
+
+fn check_free_space(path: &Path) -> Result<(), CacheError> {
+    let needed_mb = std::env::var("TICKETBUILD_CACHE_MIN_FREE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIN_FREE_MB);
+    // A file system that cannot report its free space is not refused for that.
+    let Ok(free) = fs2::available_space(path) else {
+        return Ok(());
+    };
+    let free_mb = free / (1024 * 1024);
+    if free_mb < needed_mb {
+        return Err(CacheError::Full {
+            path: path.to_path_buf(),
+            free_mb,
+            needed_mb,
+        });
+    }
+    Ok(())
+}
+
+fn open_error(path: &Path, error: sled::Error) -> CacheError {
+    // The full path: "cache" alone does not say which project's cache is busy.
+    let path = &path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let reason = error.to_string();
+    let locked = match &error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock || reason.contains("lock")
+        }
+        _ => false,
+    };
+    if locked {
+        CacheError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        CacheError::Open {
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+}
+
+impl ArtifactStore for SledStore {
+    fn get(&self, ticket: u64, key: &ArtifactKey) -> Result<Lookup, CacheError> {
+        let mut found = self
+            .artifacts
+            .get(slot(ticket, key))
+            .map_err(|e| self.io(e))?;
+        if found.is_none() && self.legacy_entries {
+            found = self.artifacts.get(key.0).map_err(|e| self.io(e))?;
+        }
+        match found {
+            Some(bytes) => Ok(decode(key, &bytes)),
+            None => Ok(Lookup::Miss(MissReason::New)),
+        }
+    }
+
+    fn ticket_artifacts(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
+        let mut entries = Vec::new();
+        for entry in self.artifacts.scan_prefix(ticket.to_be_bytes()) {
+            let (slot, bytes) = entry.map_err(|e| self.io(e))?;
+            if let Some(key) = key_of_slot(&slot) {
+                entries.push((key, Box::new(bytes) as EncodedBytes));
+            }
+        }
+        // A cache from before slots may hold the ticket's artifacts under bare keys.
+        Ok(TicketArtifacts::listed(
+            ticket,
+            entries,
+            !self.legacy_entries,
+        ))
+    }
+
+    fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError> {
+        self.artifacts
+            .insert(slot(ticket, &artifact.key), encode(artifact))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.artifacts.len()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl ManifestStore for SledStore {
+    fn next_manifest_id(&self) -> Result<u64, CacheError> {
+        let meta = self.tree(META_TREE)?;
+        let next = meta
+            .update_and_fetch(NEXT_MANIFEST_KEY, |old| {
+                let current = old
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((current + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.io(e))?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map_or(1, u64::from_be_bytes);
+        Ok(next)
+    }
+
+    fn key_recorder(&self, id: u64, nodes: usize) -> Result<Box<dyn KeyRecorder>, CacheError> {
+        Ok(Box::new(ManifestKeyWriter {
+            tree: self.tree(MANIFEST_KEYS_TREE)?,
+            path: self.path.clone(),
+            id,
+            nodes,
+            chunk: 0,
+            keys: Vec::new(),
+        }))
+    }
+
+    fn put_manifest(&self, id: u64, manifest: &[u8]) -> Result<(), CacheError> {
+        self.tree(MANIFEST_TREE)?
+            .insert(id.to_be_bytes(), manifest)
+            .map_err(|e| self.io(e))?;
+        ArtifactStore::flush(self)
+    }
+
+    fn manifests(&self) -> Result<Vec<(u64, Vec<u8>)>, CacheError> {
+        let mut out = Vec::new();
+        for entry in self.tree(MANIFEST_TREE)?.iter() {
+            let (id, bytes) = entry.map_err(|e| self.io(e))?;
+            if let Ok(id) = id.as_ref().try_into().map(u64::from_be_bytes) {
+                out.push((id, bytes.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn last_manifest(&self) -> Result<Option<(u64, Vec<u8>)>, CacheError> {
+        let tree = self.tree(MANIFEST_TREE)?;
+        let Some((id, bytes)) = tree.last().map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let id = id.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        Ok(Some((id, bytes.to_vec())))
+    }
+
+    fn manifest_keys(
+        &self,
+        id: u64,
+        each: &mut dyn FnMut(u64, &[Option<ArtifactKey>], usize),
+    ) -> Result<(), CacheError> {
+        let tree = self.tree(MANIFEST_KEYS_TREE)?;
+        for entry in tree.scan_prefix(id.to_be_bytes()) {
+            let (key, bytes) = entry.map_err(|e| self.io(e))?;
+            let chunk = key
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if let Ok((keys, _)) = bincode::serde::decode_from_slice::<ChunkKeys, _>(
+                &bytes,
+                bincode::config::standard(),
+            ) {
+                each(chunk * KEYS_PER_CHUNK, &keys.keys, keys.nodes);
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest_key(
+        &self,
+        id: u64,
+        ticket: u64,
+        node: usize,
+    ) -> Result<Option<ArtifactKey>, CacheError> {
+        let tree = self.tree(MANIFEST_KEYS_TREE)?;
+        let chunk = ticket / KEYS_PER_CHUNK;
+        let mut key = id.to_be_bytes().to_vec();
+        key.extend_from_slice(&chunk.to_be_bytes());
+        let Some(bytes) = tree.get(key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let Ok((keys, _)) =
+            bincode::serde::decode_from_slice::<ChunkKeys, _>(&bytes, bincode::config::standard())
+        else {
+            return Ok(None);
+        };
+        let index = (ticket - chunk * KEYS_PER_CHUNK) as usize * keys.nodes + node;
+        Ok(keys.keys.get(index).copied().flatten())
+    }
+
+    fn pin(&self, name: &str, id: u64) -> Result<(), CacheError> {
+        self.tree(PIN_TREE)?
+            .insert(name, &id.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    fn pins(&self) -> Result<Vec<(String, u64)>, CacheError> {
+        let mut out = Vec::new();
+        for entry in self.tree(PIN_TREE)?.iter() {
+            let (name, id) = entry.map_err(|e| self.io(e))?;
+            if let Ok(id) = id.as_ref().try_into().map(u64::from_be_bytes) {
+                out.push((String::from_utf8_lossy(&name).into_owned(), id));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_manifest(&self, id: u64) -> Result<(), CacheError> {
+        self.tree(MANIFEST_TREE)?
+            .remove(id.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        let keys = self.tree(MANIFEST_KEYS_TREE)?;
+        for entry in keys.scan_prefix(id.to_be_bytes()) {
+            let (key, _) = entry.map_err(|e| self.io(e))?;
+            keys.remove(key).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    fn unfinished_manifest_ids(&self) -> Result<Vec<u64>, CacheError> {
+        let manifests = self.tree(MANIFEST_TREE)?;
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in self.tree(MANIFEST_KEYS_TREE)?.iter() {
+            let (key, _) = entry.map_err(|e| self.io(e))?;
+            if let Some(id) = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            {
+                if !manifests
+                    .contains_key(id.to_be_bytes())
+                    .map_err(|e| self.io(e))?
+                {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+impl SledStore {
+    fn tree(&self, name: &str) -> Result<::sled::Tree, CacheError> {
+        self.db.open_tree(name).map_err(|e| self.io(e))
+    }
+
+    /// Test helper and `verify` fixture: stores raw bytes for ticket `ticket` under `key`.
+    pub fn put_raw(&self, ticket: u64, key: &ArtifactKey, bytes: &[u8]) -> Result<(), CacheError> {
+        self.artifacts
+            .insert(slot(ticket, key), bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+}
+
+impl Maintenance for SledStore {
+    /// Every artifact entry, in ticket order. An entry filed under bytes that are neither a slot
+    /// nor a key (which ticketbuild never writes) is listed under the all-zero key, so that
+    /// `verify` reports it.
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<StoredEntry, CacheError>> + '_> {
+        Box::new(self.artifacts.iter().map(|entry| {
+            let (slot, value) = entry.map_err(|e| self.io(e))?;
+            Ok(StoredEntry {
+                key: key_of_slot(&slot).unwrap_or(ArtifactKey([0; 32])),
+                slot: slot.to_vec(),
+                value: value.to_vec(),
+            })
+        }))
+    }
+
+    fn remove(&self, slot: &[u8]) -> Result<(), CacheError> {
+        self.artifacts.remove(slot).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn quarantine(&self, slot: &[u8], bytes: &[u8]) -> Result<(), CacheError> {
+        self.tree(QUARANTINE_TREE)?
+            .insert(slot, bytes)
+            .map_err(|e| self.io(e))?;
+        self.remove(slot)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChunkKeys {
+    nodes: usize,
+    keys: Vec<Option<ArtifactKey>>,
+}
+
+/// Writes a build's keys to the cache in chunks as tickets finish, so memory stays flat in rows.
+struct ManifestKeyWriter {
+    tree: sled::Tree,
+    path: PathBuf,
+    id: u64,
+    nodes: usize,
+    chunk: u64,
+    keys: Vec<Option<ArtifactKey>>,
+}
+
+impl ManifestKeyWriter {
+    fn write_chunk(&mut self) -> Result<(), CacheError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let chunk = ChunkKeys {
+            nodes: self.nodes,
+            keys: std::mem::take(&mut self.keys),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&chunk, bincode::config::standard()).map_err(|e| {
+                CacheError::Io {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let mut key = self.id.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.chunk.to_be_bytes());
+        self.tree.insert(key, bytes).map_err(|e| CacheError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+impl KeyRecorder for ManifestKeyWriter {
+    fn finish(&mut self) -> Result<(), CacheError> {
+        self.write_chunk()
+    }
+
+    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError> {
+        let chunk = index / KEYS_PER_CHUNK;
+        if chunk != self.chunk {
+            self.write_chunk()?;
+            self.chunk = chunk;
+        }
+        self.keys.extend_from_slice(keys);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::artifact::test_artifact as artifact;
+
+    #[test]
+    fn sled_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(matches!(
+                store.get(7, &ArtifactKey([1; 32])).unwrap(),
+                Lookup::Miss(MissReason::New)
+            ));
+            store.put(7, &artifact(1)).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        match store.get(7, &ArtifactKey([1; 32])).unwrap() {
+            Lookup::Hit(a) => assert_eq!(*a, artifact(1)),
+            other => panic!("expected a hit, got {other:?}"),
+        }
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn artifacts_are_filed_in_ticket_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // Keys in the opposite order to their tickets: the entries still come back by ticket.
+        for (ticket, byte) in [(2u64, 1u8), (1, 2), (0, 3)] {
+            store.put(ticket, &artifact(byte)).unwrap();
+        }
+        let keys: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
+        assert_eq!(keys, [3, 2, 1]);
+        // The same key under another ticket is not the same entry.
+        assert!(matches!(
+            store.get(5, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Miss(MissReason::New)
+        ));
+        // A ticket's artifacts come in one read, and only they.
+        let ticket = store.ticket_artifacts(1).unwrap();
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([2; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        let mut ticket = ticket;
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Miss(MissReason::New)
+        ));
+        // What the ticket generates after the read is found too (two nodes, one request).
+        ticket.add_generated(artifact(1).into_summary());
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn a_cache_from_before_slots_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an older ticketbuild wrote: bare keys and no layout mark.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(ARTIFACT_TREE)
+                .unwrap()
+                .insert([1; 32], encode(&artifact(1)))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.get(4, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        // Its schema is raised, so an older ticketbuild now refuses it instead of missing the
+        // entries filed by ticket and paying for them again.
+        let schema = store.tree(META_TREE).unwrap().get(SCHEMA_KEY).unwrap();
+        assert_eq!(schema.as_deref(), Some(&CACHE_SCHEMA.to_le_bytes()[..]));
+        let ticket = store.ticket_artifacts(4).unwrap();
+        assert!(matches!(
+            ticket.get(&store, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+        store.put(4, &artifact(2)).unwrap();
+        let keys: Vec<ArtifactKey> = store.entries().map(|e| e.unwrap().key).collect();
+        // Slots sort before bare keys (ticket indices start with zero bytes); both are listed.
+        assert_eq!(keys, [ArtifactKey([2; 32]), ArtifactKey([1; 32])]);
+        drop(store);
+        // The mark is kept: the old entries are still found after the cache has grown.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.get(4, &ArtifactKey([1; 32])).unwrap(),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_locked_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        match SledStore::open(dir.path()) {
+            Err(CacheError::Locked { path }) => assert_eq!(path, dir.path()),
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("expected Locked, got an open store"),
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(SCHEMA_KEY, &(CACHE_SCHEMA + 1).to_le_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(CacheError::NewerSchema { .. })
+        ));
+    }
+}

@@ -1,0 +1,232 @@
+//! `ticketbuild build`: build the dataset, show progress, print the summary.
+//!
+//! This command owns the build's terminal: the progress bar and the lines printed as the build
+//! goes (a [`BuildObserver`]), Ctrl-C, and the summary. The build itself is
+//! [`crate::build::build_project`].
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::args::BuildArgs;
+use super::{
+    CliError, Outcome, check_forced, load, name_width, open_cache, runtime, runtime_error, say,
+};
+use crate::build::build_project;
+use crate::engine::{BuildObserver, BuildOptions, BuildReport, ExpensiveCall};
+use crate::key::ArtifactKey;
+
+pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
+    if args.dry_run {
+        return super::plan::run(&args.project, args.json);
+    }
+    let (mut config, graph) = load(&args.project)?;
+    config.cost.allow_unpriced |= args.allow_unpriced;
+    check_forced(&config, &graph, &args.force)?;
+    // Forced nodes run whatever the last build recorded.
+    if args.force.is_empty() {
+        if let Some(report) = crate::build::up_to_date(&config, &graph) {
+            print_report(&report, args.json)?;
+            return Ok(Outcome::Success);
+        }
+    }
+    let cache = open_cache(&config)?;
+    let progress = !args.no_progress && !args.json && std::io::stderr().is_terminal();
+    let options = BuildOptions {
+        durable: !args.no_durable,
+        write_when_cancelled: true,
+        force: args.force.clone(),
+        observer: Arc::new(Terminal::new(progress, args.verbose >= 2)),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let report = runtime()?.block_on(async {
+        let flag = Arc::clone(&cancel);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "ticketbuild: interrupted; finishing the calls in flight (they are paid for), then writing what is complete"
+                );
+                flag.store(true, Ordering::Release);
+            }
+        });
+        build_project(config, graph, cache, options, Some(cancel)).await
+    });
+    let report = report.map_err(runtime_error)?;
+    // The dataset is written: a reader of the summary that has gone away changes nothing.
+    match print_report(&report, args.json) {
+        Ok(()) | Err(CliError::ClosedPipe) => {}
+        Err(e) => return Err(e),
+    }
+    if args.verbose >= 1 && report.failed > 0 {
+        if let Some(text) = report
+            .failures_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+        {
+            eprint!("{text}");
+        }
+    }
+    Ok(if report.interrupted {
+        Outcome::Interrupted
+    } else if report.failed > 0 {
+        Outcome::Incomplete
+    } else {
+        Outcome::Success
+    })
+}
+
+/// What a build shows on stderr as it goes: a progress bar (when stderr is a terminal), one line
+/// per generated artifact with `-vv`, and calls over the per-call cost limits.
+pub(super) struct Terminal {
+    bar: indicatif::ProgressBar,
+    log_artifacts: bool,
+}
+
+impl Terminal {
+    pub(super) fn new(progress: bool, log_artifacts: bool) -> Terminal {
+        let bar = if progress {
+            indicatif::ProgressBar::new(0)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} tickets ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        Terminal { bar, log_artifacts }
+    }
+}
+
+impl BuildObserver for Terminal {
+    fn started(&self, tickets: u64) {
+        self.bar.set_length(tickets);
+    }
+
+    fn generated(&self, node: &str, ticket_id: u64, key: &ArtifactKey) {
+        if self.log_artifacts {
+            self.bar
+                .suspend(|| eprintln!("generated {node} {ticket_id} {}", key.to_hex()));
+        }
+    }
+
+    fn ticket_done(&self) {
+        self.bar.inc(1);
+    }
+
+    fn expensive_call(&self, call: &ExpensiveCall) {
+        let (level, limit, then) = if call.stops_the_build {
+            ("error", "error_per_call", "; no further calls are issued")
+        } else {
+            ("warning", "warn_per_call", "")
+        };
+        self.bar.suspend(|| {
+            eprintln!(
+                "ticketbuild: {level}: node `{}`, ticket {}: a call cost ${:.6}, over {limit} (${:.6}){then}",
+                call.node, call.ticket_id, call.cost, call.limit
+            )
+        });
+    }
+
+    fn finished(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The build's report as JSON (`--json`) or as the human summary.
+pub(super) fn print_report(report: &BuildReport, json: bool) -> Result<(), CliError> {
+    if json {
+        super::out::json(report)
+    } else {
+        print_summary(report)
+    }
+}
+
+/// The human summary of a build.
+fn print_summary(report: &BuildReport) -> Result<(), CliError> {
+    let profile = report
+        .profile
+        .as_deref()
+        .map_or_else(String::new, |p| format!(" (profile {p})"));
+    if report.up_to_date {
+        say!(
+            "`{}`{profile} is up to date: {} tickets, nothing changed since the last build ({} ms)",
+            report.dataset,
+            report.written,
+            report.wall_ms
+        );
+        for file in &report.files {
+            say!("  {file}");
+        }
+        return Ok(());
+    }
+    say!(
+        "built `{}`{profile}: {} of {} tickets written in {:.2} s",
+        report.dataset,
+        report.written,
+        report.tickets,
+        report.wall_ms as f64 / 1000.0
+    );
+    let width = name_width(report.nodes.iter().map(|n| n.name.as_str()));
+    say!(
+        "  {:<width$}  {:>9}  {:>9}  {:>8}  {:>7}  {:>10}  {:>10}",
+        "node",
+        "reused",
+        "generated",
+        "skipped",
+        "failed",
+        "tokens in",
+        "tokens out"
+    );
+    for node in &report.nodes {
+        let (name, s) = (&node.name, &node.stats);
+        say!(
+            "  {:<width$}  {:>9}  {:>9}  {:>8}  {:>7}  {:>10}  {:>10}",
+            name,
+            s.reused,
+            s.generated,
+            s.skipped,
+            s.failed,
+            s.input_tokens,
+            s.output_tokens
+        );
+    }
+    say!(
+        "  {} artifacts generated, {} reused from the cache",
+        report.generated(),
+        report.reused()
+    );
+    for file in &report.files {
+        say!("  wrote {file}");
+    }
+    let spent: f64 = report.nodes.iter().map(|n| n.stats.cost_usd).sum();
+    let reused: f64 = report.nodes.iter().map(|n| n.stats.reused_cost_usd).sum();
+    let currencies: Vec<String> = report.currencies.iter().map(|(c, _)| c.clone()).collect();
+    let rates: std::collections::BTreeMap<String, f64> =
+        report.currencies.iter().cloned().collect();
+    say!(
+        "  cost: {} spent now, {} reused from the cache",
+        crate::cost::format_money(Some(spent), &currencies, &rates),
+        crate::cost::format_money(Some(reused), &currencies, &rates)
+    );
+    if let Some(reason) = &report.stopped_by {
+        say!(
+            "  stopped early: {reason}; {} of {} tickets complete; build again (with a higher limit) to continue from the cache",
+            report.written,
+            report.tickets
+        );
+    }
+    if let Some(failures) = &report.failures_file {
+        say!(
+            "  {} tickets failed; see {failures} (the next build retries only those)",
+            report.failed
+        );
+    }
+    if report.interrupted {
+        say!(
+            "  interrupted: {} tickets not started; build again to continue from the cache",
+            report.not_started
+        );
+    }
+    Ok(())
+}

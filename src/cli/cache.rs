@@ -1,0 +1,94 @@
+//! `ticketbuild cache`: stats, gc, verify and pin. What they find is `cache::gc`'s; this prints it.
+
+use super::args::{CacheArgs, GcArgs, PinArgs};
+use super::{CliError, Outcome, open_cache, runtime_error, say};
+use crate::cache::gc;
+use crate::manifest::Manifest;
+
+/// How many recent manifests `cache stats` counts as kept (gc's default `--keep`).
+const STATS_KEEP: usize = 5;
+
+pub(super) fn stats(args: CacheArgs) -> Result<Outcome, CliError> {
+    let config = args.project.config()?;
+    let cache = open_cache(&config)?;
+    let stats = gc::stats(cache.as_ref(), STATS_KEEP).map_err(runtime_error)?;
+    say!("cache {}", config.cache_dir.display());
+    say!("  entries:           {}", stats.entries);
+    say!("  bytes on disk:     {}", stats.bytes_on_disk);
+    say!(
+        "  artifact bytes:    {} ({} per entry)",
+        stats.artifact_bytes,
+        stats.artifact_bytes.checked_div(stats.entries).unwrap_or(0)
+    );
+    say!(
+        "  reachable:         {} from {} kept manifests (the last {STATS_KEEP} and the pinned)",
+        stats.reachable,
+        stats.kept_manifests
+    );
+    say!("  per node:");
+    for (node, count) in &stats.per_node {
+        say!("    {node:<20} {count}");
+    }
+    say!("  per model:");
+    for (model, count) in &stats.per_model {
+        say!("    {model:<40} {count}");
+    }
+    Ok(Outcome::Success)
+}
+
+pub(super) fn gc(args: GcArgs) -> Result<Outcome, CliError> {
+    let config = args.project.config()?;
+    let cache = open_cache(&config)?;
+    let report =
+        gc::collect(cache.as_ref(), args.keep.max(1), args.dry_run).map_err(runtime_error)?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    say!(
+        "{verb} {} unreachable artifacts ({} bytes) and {} old manifests; kept {} artifacts reachable from {} manifests",
+        report.deleted_artifacts,
+        report.freed_bytes,
+        report.deleted_manifests,
+        report.kept_artifacts,
+        report.kept_manifests
+    );
+    Ok(Outcome::Success)
+}
+
+pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
+    let config = args.project.config()?;
+    let cache = open_cache(&config)?;
+    let report = gc::verify(cache.as_ref()).map_err(runtime_error)?;
+    for (key, reason) in &report.bad {
+        say!("bad entry {}: {reason:?}; moved to quarantine", key.short());
+    }
+    say!(
+        "verified {} entries: {} bad",
+        report.checked,
+        report.bad.len()
+    );
+    Ok(if report.bad.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Incomplete
+    })
+}
+
+pub(super) fn pin(args: PinArgs) -> Result<Outcome, CliError> {
+    let config = args.project.config()?;
+    let cache = open_cache(&config)?;
+    let Some((id, _)) = Manifest::last(cache.as_ref()).map_err(runtime_error)? else {
+        return Err(runtime_error(anyhow::anyhow!(
+            "nothing to pin: no complete build is recorded in `{}`",
+            config.cache_dir.display()
+        )));
+    };
+    cache.pin(&args.name, id).map_err(runtime_error)?;
+    say!(
+        "pinned the last build as `{}`; `cache gc` keeps its artifacts",
+        args.name
+    );
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,593 @@
+//! The build: tickets streamed through the node graph, every artifact looked up before it is paid for.
+//!
+//! This module owns running a build. Its parts, each in its own file:
+//! - here: the [`Engine`] (one build's shared, read-only state: config, graph, store, one provider
+//!   per node, prices, the ledger), the build loop that hands finished tickets to the output
+//!   writer in ticket order, the planning entry points, and the [`BuildObserver`] through which a
+//!   build says what happens (the engine prints nothing: the CLI draws a progress bar, `watch`
+//!   and tests see nothing);
+//! - [`ticket`]: one ticket through the graph (where a ticket is built);
+//! - [`spend`]: one paid call, from the budget reservation to the stored artifact;
+//! - [`window`]: concurrency, with tickets handed out in order;
+//! - [`report`]: what a build reports, and the errors that stop it.
+//!
+//! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
+//! The invariants: a ticket counts as done only after every artifact it generated is durable (a
+//! paid answer, before anything uses it); an invalid or failed response is never stored; and
+//! memory does not grow with rows (at most `concurrency` tickets are in flight, and rows leave for
+//! the writer as soon as they are next in order).
+
+pub mod report;
+pub mod spend;
+pub mod ticket;
+mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::cache::{ArtifactStore, GroupCommit, KeyRecorder};
+use crate::config::Config;
+use crate::cost::{Ledger, PriceEntry};
+use crate::graph::Graph;
+use crate::key::ArtifactKey;
+use crate::output::{DatasetWriter, Failure, OutputError, TicketRecord};
+use crate::provider::{self, Provider, Request, Secrets};
+use crate::sampling::Sampler;
+
+pub use report::{BuildError, BuildReport, NodeStats, NodeSummary};
+pub use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
+pub use ticket::{Mode, NodeState, TicketOutcome};
+use window::TicketWindow;
+
+/// What a build tells whoever runs it, as it happens. Every method does nothing by default.
+pub trait BuildObserver: Send + Sync {
+    /// The build is about to start `tickets` tickets.
+    fn started(&self, _tickets: u64) {}
+    /// An artifact was generated for `ticket_id` and is durable.
+    fn generated(&self, _node: &str, _ticket_id: u64, _key: &ArtifactKey) {}
+    /// A ticket is done (written or failed).
+    fn ticket_done(&self) {}
+    /// A call cost more than `warn_per_call` or `error_per_call`.
+    fn expensive_call(&self, _call: &ExpensiveCall) {}
+    /// No ticket is running any more.
+    fn finished(&self) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl BuildObserver for Silent {}
+
+/// How a build runs, beyond what the config says.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// Wait for group commits before counting a ticket done. Off only to measure what it costs.
+    pub durable: bool,
+    /// When the build is cancelled: write the complete tickets (`build` after Ctrl-C) or leave the
+    /// previous files untouched (`watch`, where the last good dataset must stay until a build
+    /// finishes).
+    pub write_when_cancelled: bool,
+    /// Nodes to regenerate even where the cache has their artifacts (`--force NODE`).
+    pub force: Vec<String>,
+    /// Told what happens as the build goes.
+    pub observer: Arc<dyn BuildObserver>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            durable: true,
+            write_when_cancelled: true,
+            force: Vec::new(),
+            observer: Arc::new(Silent),
+        }
+    }
+}
+
+impl std::fmt::Debug for BuildOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("durable", &self.durable)
+            .field("write_when_cancelled", &self.write_when_cancelled)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared, read-only state of one build.
+pub struct Engine {
+    config: Arc<Config>,
+    graph: Arc<Graph>,
+    store: Arc<dyn ArtifactStore>,
+    /// One per graph node; nodes of one model share it (concurrency and rate limits are per model).
+    providers: Vec<Arc<dyn Provider>>,
+    sampler: Sampler,
+    commit: Arc<GroupCommit>,
+    options: BuildOptions,
+    /// Once set, no new ticket starts; tickets in flight finish.
+    cancelled: Arc<AtomicBool>,
+    /// Each node's price (by its model), `None` when unknown.
+    prices: Vec<Option<PriceEntry>>,
+    ledger: Ledger,
+}
+
+impl Engine {
+    /// Prepares a build. Every model's provider is set up here, before any call, so a missing API
+    /// key is reported up front, with the nodes that need it.
+    pub fn new(
+        config: Arc<Config>,
+        graph: Arc<Graph>,
+        store: Arc<dyn ArtifactStore>,
+        secrets: &Secrets,
+        options: BuildOptions,
+    ) -> Result<Engine, BuildError> {
+        let providers = providers_for(&graph, secrets)?;
+        Ok(Engine::with_providers(
+            config, graph, store, providers, options,
+        ))
+    }
+
+    /// Like [`Engine::new`] with the providers given, one per graph node (tests count calls this
+    /// way, and planning passes providers that are never called).
+    pub fn with_providers(
+        config: Arc<Config>,
+        graph: Arc<Graph>,
+        store: Arc<dyn ArtifactStore>,
+        providers: Vec<Arc<dyn Provider>>,
+        options: BuildOptions,
+    ) -> Engine {
+        let sampler = Sampler::new(config.seed, &config.languages, &config.tables);
+        let commit = GroupCommit::new(Arc::clone(&store), options.durable);
+        let prices = graph
+            .nodes
+            .iter()
+            .map(|n| n.model.price(&config.cost.prices))
+            .collect();
+        let ledger = Ledger::new(
+            config.cost.budget,
+            graph
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.config.max_cost))
+                .collect(),
+        );
+        Engine {
+            config,
+            graph,
+            store,
+            providers,
+            sampler,
+            commit,
+            options,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            prices,
+            ledger,
+        }
+    }
+
+    /// An engine that walks tickets without calling any model (`plan`, `status`, `explain`), so
+    /// none needs a key.
+    pub fn for_planning(
+        config: Arc<Config>,
+        graph: Arc<Graph>,
+        store: Arc<dyn ArtifactStore>,
+        force: Vec<String>,
+    ) -> Engine {
+        let offline: Arc<dyn Provider> = Arc::new(provider::offline::OfflineProvider::new(0));
+        let providers = graph.nodes.iter().map(|_| Arc::clone(&offline)).collect();
+        let options = BuildOptions {
+            force,
+            ..BuildOptions::default()
+        };
+        Engine::with_providers(config, graph, store, providers, options)
+    }
+
+    /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build
+    /// obsolete).
+    pub fn use_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancelled = flag;
+    }
+
+    /// Runs the whole build and writes the output files; every ticket's keys go to `recorder`.
+    pub async fn build(
+        self: Arc<Self>,
+        mut recorder: Option<Box<dyn KeyRecorder>>,
+    ) -> Result<BuildReport, BuildError> {
+        let started = Instant::now();
+        let (stop_flusher, shutdown) = tokio::sync::oneshot::channel();
+        let flusher = tokio::spawn(Arc::clone(&self.commit).run(shutdown));
+        let writer = RowWriter::start(DatasetWriter::create(&self.config, &self.graph)?);
+        let observer = Arc::clone(&self.options.observer);
+        observer.started(self.config.rows);
+        let mut tally = Tally::new(self.graph.nodes.len());
+        let mut fatal = self.take_tickets(&mut tally, &writer, &mut recorder).await;
+        observer.finished();
+        let _ = stop_flusher.send(());
+        let _ = flusher.await;
+        let writer = writer.finish()?;
+        if fatal.is_none() {
+            if let Some(recorder) = recorder.as_mut() {
+                fatal = recorder.finish().err().map(BuildError::from);
+            }
+        }
+        if let Some(e) = fatal {
+            writer.abandon();
+            return Err(e);
+        }
+        let interrupted = self.cancelled.load(Ordering::Acquire);
+        let stopped_by = self.ledger.stopped().map(|r| r.to_string());
+        let (failures_file, files) = if interrupted && !self.options.write_when_cancelled {
+            writer.abandon();
+            (None, Vec::new())
+        } else {
+            (writer.write_failures(&tally.failures)?, writer.finish()?)
+        };
+        let mut report = tally.into_report(&self.config, &self.graph);
+        report.interrupted = interrupted && stopped_by.is_none();
+        report.stopped_by = stopped_by;
+        report.files = files.iter().map(|p| p.display().to_string()).collect();
+        report.failures_file = failures_file.map(|p| p.display().to_string());
+        report.wall_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// Takes every ticket from the window in order, counts it, records its keys and sends its row
+    /// to the writer. Returns the error that stopped the build, if one did (the build is then
+    /// cancelled: tickets in flight finish, none starts).
+    async fn take_tickets(
+        self: &Arc<Self>,
+        tally: &mut Tally,
+        writer: &RowWriter,
+        recorder: &mut Option<Box<dyn KeyRecorder>>,
+    ) -> Option<BuildError> {
+        let mut fatal = None;
+        let mut tickets = TicketWindow::new(Arc::clone(self), Mode::Build);
+        while let Some(next) = tickets.next().await {
+            let outcome = match next {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => {
+                    tally.not_started += 1;
+                    continue;
+                }
+                Err(e) => {
+                    fatal = Some(e);
+                    self.cancelled.store(true, Ordering::Release);
+                    continue;
+                }
+            };
+            tally.add(&outcome, &self.graph);
+            for (node, key) in &outcome.generated {
+                let name = &self.graph.nodes[*node].name;
+                self.options
+                    .observer
+                    .generated(name, outcome.sample.ticket_id, key);
+            }
+            self.options.observer.ticket_done();
+            if let Some(recorder) = recorder.as_mut() {
+                let keys: Vec<Option<ArtifactKey>> =
+                    outcome.states.iter().map(NodeState::key).collect();
+                if let Err(e) = recorder.record(outcome.sample.index, &keys) {
+                    fatal = Some(e.into());
+                    self.cancelled.store(true, Ordering::Release);
+                    continue;
+                }
+            }
+            if let Some(failure) = outcome.failure {
+                tally.failures.push(failure);
+                continue;
+            }
+            tally.written += 1;
+            let outputs = outcome
+                .states
+                .into_iter()
+                .map(|s| match s {
+                    NodeState::Done(output, _) => Some(output),
+                    _ => None,
+                })
+                .collect();
+            let record = TicketRecord {
+                sample: outcome.sample,
+                outputs,
+                lineage: outcome.lineage,
+            };
+            if !writer.send(record) {
+                // The writer stopped early; its error is collected when it is joined.
+                break;
+            }
+        }
+        fatal
+    }
+
+    /// Walks every ticket without calling a model or writing a file: which artifacts are cached and
+    /// which would be generated. Tickets reach `each` in ticket order.
+    pub async fn plan(
+        self: Arc<Self>,
+        mut each: impl FnMut(TicketOutcome) + Send,
+    ) -> Result<(), BuildError> {
+        let mut tickets = TicketWindow::new(Arc::clone(&self), Mode::Plan);
+        while let Some(next) = tickets.next().await {
+            if let Some(outcome) = next? {
+                each(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome of one ticket as planned now, by index.
+    pub async fn plan_ticket(&self, index: u64) -> Result<TicketOutcome, BuildError> {
+        self.run_ticket(index, Mode::Plan).await
+    }
+
+    /// The rendered request `node` would send for ticket `index` now, when its upstream outputs
+    /// are all available (cached); `None` otherwise.
+    pub async fn request_for(
+        &self,
+        index: u64,
+        node: usize,
+    ) -> Result<Option<Request>, BuildError> {
+        let outcome = self.run_ticket(index, Mode::Plan).await?;
+        if !matches!(
+            outcome.states[node],
+            NodeState::Done(..) | NodeState::Missing(_)
+        ) {
+            return Ok(None);
+        }
+        let context = self.context_for(&outcome);
+        let template = context.template_value();
+        let sample_seed = outcome.sample.sample_seed;
+        Ok(self
+            .request(&self.graph.nodes[node], &template, &context, sample_seed)
+            .ok())
+    }
+}
+
+/// One provider per model, shared by its nodes; every problem (a missing key, say) reported at
+/// once, with the nodes that use the model.
+fn providers_for(graph: &Graph, secrets: &Secrets) -> Result<Vec<Arc<dyn Provider>>, BuildError> {
+    let mut by_model: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
+    let mut failed: Vec<&str> = Vec::new();
+    let mut problems = Vec::new();
+    for node in &graph.nodes {
+        let name = node.model.name.as_str();
+        if by_model.contains_key(name) || failed.contains(&name) {
+            continue;
+        }
+        match provider::for_model(&node.model, secrets) {
+            Ok(provider) => {
+                by_model.insert(name, provider);
+            }
+            Err(e) => {
+                failed.push(name);
+                let users: Vec<String> = graph
+                    .nodes
+                    .iter()
+                    .filter(|n| n.model.name == name)
+                    .map(|n| format!("`{}`", n.name))
+                    .collect();
+                problems.push(format!("model `{name}` (nodes {}): {e}", users.join(", ")));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(BuildError::Providers(problems.join("; ")));
+    }
+    Ok(graph
+        .nodes
+        .iter()
+        .map(|n| Arc::clone(&by_model[n.model.name.as_str()]))
+        .collect())
+}
+
+/// What the build loop counts as tickets come out of the window.
+struct Tally {
+    stats: Vec<NodeStats>,
+    failures: Vec<Failure>,
+    written: u64,
+    not_started: u64,
+    cost_by_model: BTreeMap<String, f64>,
+    cost_by_language: BTreeMap<String, f64>,
+}
+
+impl Tally {
+    fn new(nodes: usize) -> Tally {
+        Tally {
+            stats: vec![NodeStats::default(); nodes],
+            failures: Vec::new(),
+            written: 0,
+            not_started: 0,
+            cost_by_model: BTreeMap::new(),
+            cost_by_language: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, outcome: &TicketOutcome, graph: &Graph) {
+        for ((total, node), graph_node) in
+            self.stats.iter_mut().zip(&outcome.stats).zip(&graph.nodes)
+        {
+            total.add(node);
+            if node.generated > 0 {
+                *self
+                    .cost_by_model
+                    .entry(graph_node.model.name.clone())
+                    .or_insert(0.0) += node.cost_usd;
+                *self
+                    .cost_by_language
+                    .entry(outcome.sample.language.code().to_string())
+                    .or_insert(0.0) += node.cost_usd;
+            }
+        }
+    }
+
+    /// The report, but for what only the end of the build knows (files, interruption, timing).
+    fn into_report(self, config: &Config, graph: &Graph) -> BuildReport {
+        BuildReport {
+            dataset: config.name.clone(),
+            profile: config.profile.clone(),
+            tickets: config.rows,
+            written: self.written,
+            failed: self.failures.len() as u64,
+            not_started: self.not_started,
+            interrupted: false,
+            up_to_date: false,
+            cost_by_model: self.cost_by_model,
+            cost_by_language: self.cost_by_language,
+            stopped_by: None,
+            currencies: report::currencies(config),
+            nodes: graph
+                .nodes
+                .iter()
+                .zip(self.stats)
+                .map(|(n, stats)| NodeSummary {
+                    name: n.name.clone(),
+                    stats,
+                })
+                .collect(),
+            files: Vec::new(),
+            failures_file: None,
+            wall_ms: 0,
+        }
+    }
+}
+
+/// The output writer on a thread of its own, fed rows through a bounded channel: encoding
+/// Parquet must not hold up the async runtime, and the bound keeps memory flat.
+struct RowWriter {
+    rows: std::sync::mpsc::SyncSender<TicketRecord>,
+    thread: std::thread::JoinHandle<Result<DatasetWriter, OutputError>>,
+}
+
+impl RowWriter {
+    fn start(mut writer: DatasetWriter) -> RowWriter {
+        let (rows, received) = std::sync::mpsc::sync_channel::<TicketRecord>(256);
+        let thread = std::thread::spawn(move || -> Result<DatasetWriter, OutputError> {
+            for record in received {
+                writer.write(&record)?;
+            }
+            Ok(writer)
+        });
+        RowWriter { rows, thread }
+    }
+
+    /// False when the writer has stopped (on an error, which [`RowWriter::finish`] returns).
+    fn send(&self, record: TicketRecord) -> bool {
+        self.rows.send(record).is_ok()
+    }
+
+    /// Waits for every row sent to be written.
+    fn finish(self) -> Result<DatasetWriter, BuildError> {
+        drop(self.rows);
+        let writer = self
+            .thread
+            .join()
+            .map_err(|_| BuildError::Task("the output writer panicked".to_string()))??;
+        Ok(writer)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryStore;
+    use crate::config::Overrides;
+    use crate::provider::CallFuture;
+    use crate::provider::offline::OfflineProvider;
+    use std::sync::atomic::AtomicU64;
+
+    /// The offline model, counting its calls.
+    struct Counting {
+        inner: OfflineProvider,
+        calls: AtomicU64,
+    }
+
+    impl Provider for Counting {
+        fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.inner.call(request)
+        }
+    }
+
+    fn project(dir: &std::path::Path, response_prompt: &str) -> (Config, Graph) {
+        std::fs::create_dir_all(dir.join("p")).unwrap();
+        std::fs::write(dir.join("p/topic.jinja"), "Topic for {{ queue }}").unwrap();
+        std::fs::write(dir.join("p/reply.jinja"), response_prompt).unwrap();
+        let toml = r#"
+[dataset]
+rows = 30
+seed = 3
+formats = ["jsonl"]
+[tables.queue]
+"IT Support" = 1
+"Billing and Payments" = 1
+[nodes.topic]
+prompt = "p/topic.jinja"
+[nodes.first_response]
+prompt = "p/reply.jinja"
+"#;
+        let path = dir.join("dataset.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::parse(&path, toml.to_string(), &Overrides::default()).unwrap();
+        let graph = Graph::load(&config).unwrap();
+        (config, graph)
+    }
+
+    async fn run(
+        config: Config,
+        graph: Graph,
+        store: Arc<MemoryStore>,
+        counter: Arc<Counting>,
+    ) -> BuildReport {
+        let providers: Vec<Arc<dyn Provider>> = graph
+            .nodes
+            .iter()
+            .map(|_| counter.clone() as Arc<dyn Provider>)
+            .collect();
+        let engine = Engine::with_providers(
+            Arc::new(config),
+            Arc::new(graph),
+            store,
+            providers,
+            BuildOptions::default(),
+        );
+        Arc::new(engine).build(None).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_calls_no_model_and_an_edit_calls_only_its_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let counter = Arc::new(Counting {
+            inner: OfflineProvider::new(0),
+            calls: AtomicU64::new(0),
+        });
+        let reply = "Reply in {{ language }} about {{ topic }}.";
+        let (config, graph) = project(dir.path(), reply);
+        let first = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(counter.calls.load(Ordering::Relaxed), 60);
+        assert_eq!(first.written, 30);
+        assert_eq!(store.puts.load(Ordering::Relaxed), 60);
+
+        let (config, graph) = project(dir.path(), reply);
+        let second = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(
+            counter.calls.load(Ordering::Relaxed),
+            60,
+            "a rebuild called a model"
+        );
+        assert_eq!(second.reused(), 60);
+
+        let (config, graph) = project(dir.path(), "Answer in {{ language }} about {{ topic }}.");
+        let third = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(
+            counter.calls.load(Ordering::Relaxed),
+            90,
+            "only first_response re-runs"
+        );
+        assert_eq!(third.nodes[1].stats.generated, 30);
+        assert_eq!(third.nodes[0].stats.reused, 30);
+        assert!(
+            store.flushes.load(Ordering::Relaxed) >= 1,
+            "generated tickets waited for a flush"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! What a build reports: per node, per model and language, and why it stopped.
+//!
+//! This module owns the report types ([`BuildReport`], [`NodeStats`]) and the errors that stop a
+//! build ([`BuildError`]). A ticket's failure is not an error: it is counted here and written to the
+//! failures file. The report is what `build --json` prints and what `cost` reads back from
+//! `last-report.json`, so its field names are a format others read: rename none.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheError;
+use crate::config::Config;
+use crate::manifest::Manifest;
+use crate::output::OutputError;
+
+/// What happened to one node across the build.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStats {
+    /// Artifacts found in the cache.
+    pub reused: u64,
+    /// Artifacts produced by a model call in this build.
+    pub generated: u64,
+    /// Tickets for which the node's `when` condition was false.
+    pub skipped: u64,
+    /// Tickets for which the node failed (or an upstream node did).
+    pub failed: u64,
+    /// Cache entries that did not decode and were regenerated.
+    pub corrupt: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Spent in this build, in USD.
+    pub cost_usd: f64,
+    /// What the artifacts reused from the cache cost when they were generated, in USD.
+    pub reused_cost_usd: f64,
+    /// What generating every artifact of this build again would cost at today's prices, in USD.
+    pub regenerate_cost_usd: f64,
+    /// Artifacts whose cost is unknown (a model without a price); not counted in the sums.
+    pub unknown_cost: u64,
+}
+
+impl NodeStats {
+    /// Adds one ticket's figures for the node to the build's.
+    pub fn add(&mut self, ticket: &NodeStats) {
+        self.reused += ticket.reused;
+        self.generated += ticket.generated;
+        self.skipped += ticket.skipped;
+        self.failed += ticket.failed;
+        self.corrupt += ticket.corrupt;
+        self.input_tokens += ticket.input_tokens;
+        self.output_tokens += ticket.output_tokens;
+        self.cost_usd += ticket.cost_usd;
+        self.reused_cost_usd += ticket.reused_cost_usd;
+        self.regenerate_cost_usd += ticket.regenerate_cost_usd;
+        self.unknown_cost += ticket.unknown_cost;
+    }
+}
+
+/// A node's name with its statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSummary {
+    pub name: String,
+    #[serde(flatten)]
+    pub stats: NodeStats,
+}
+
+/// The outcome of a build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildReport {
+    pub dataset: String,
+    pub profile: Option<String>,
+    pub tickets: u64,
+    pub written: u64,
+    pub failed: u64,
+    /// Tickets never started because the build was interrupted.
+    pub not_started: u64,
+    pub interrupted: bool,
+    /// True when the inputs matched the last build and its files were intact: nothing ran.
+    pub up_to_date: bool,
+    /// Spent in this build per model and per ticket language, in USD.
+    pub cost_by_model: BTreeMap<String, f64>,
+    pub cost_by_language: BTreeMap<String, f64>,
+    /// Why the build stopped issuing calls early (a budget or a per-call limit), if it did.
+    pub stopped_by: Option<String>,
+    /// The currencies summaries show, and the rates used (units per USD).
+    pub currencies: Vec<(String, f64)>,
+    /// Per node, in graph order.
+    pub nodes: Vec<NodeSummary>,
+    pub files: Vec<String>,
+    pub failures_file: Option<String>,
+    pub wall_ms: u64,
+}
+
+impl BuildReport {
+    /// The report of a build that found nothing to do: everything the last build made is reused.
+    pub fn up_to_date(last: &Manifest, config: &Config) -> BuildReport {
+        BuildReport {
+            dataset: config.name.clone(),
+            profile: config.profile.clone(),
+            tickets: config.rows,
+            written: config.rows,
+            failed: 0,
+            not_started: 0,
+            interrupted: false,
+            up_to_date: true,
+            cost_by_model: BTreeMap::new(),
+            cost_by_language: BTreeMap::new(),
+            stopped_by: None,
+            currencies: currencies(config),
+            nodes: last
+                .node_totals
+                .iter()
+                .map(|(name, done, skipped)| NodeSummary {
+                    name: name.clone(),
+                    stats: NodeStats {
+                        reused: *done,
+                        skipped: *skipped,
+                        ..NodeStats::default()
+                    },
+                })
+                .collect(),
+            files: last
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect(),
+            failures_file: None,
+            wall_ms: 0,
+        }
+    }
+
+    pub fn generated(&self) -> u64 {
+        self.nodes.iter().map(|n| n.stats.generated).sum()
+    }
+    pub fn reused(&self) -> u64 {
+        self.nodes.iter().map(|n| n.stats.reused).sum()
+    }
+}
+
+/// Errors that stop a build; per-ticket failures are not errors, they are reported.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot prepare the providers: {0}")]
+    Providers(String),
+    #[error("a build task failed: {0}")]
+    Task(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::provider::SecretsError),
+    #[error(
+        "no price is known for {0}; add one under [cost.prices.\"MODEL\"] (input, output, cached_input in USD per million tokens), or build anyway with `--allow-unpriced` (costs are then shown as unknown)"
+    )]
+    Unpriced(String),
+}
+
+/// The configured currencies with their rates.
+pub fn currencies(config: &Config) -> Vec<(String, f64)> {
+    config
+        .cost
+        .currencies
+        .iter()
+        .filter_map(|c| crate::cost::rate(c, &config.cost.rates).map(|r| (c.clone(), r)))
+        .collect()
+}
+
+/// What `ticketbuild cost --json` prints: the money side of a build report, per node, model and
+/// language, in USD.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostReport {
+    pub dataset: String,
+    pub profile: Option<String>,
+    /// The currency of every `_usd` figure.
+    pub currency: &'static str,
+    pub spent_usd: f64,
+    pub reused_usd: f64,
+    pub regenerate_usd: f64,
+    pub nodes: Vec<NodeCost>,
+    pub by_model: BTreeMap<String, f64>,
+    pub by_language: BTreeMap<String, f64>,
+    pub currencies: Vec<(String, f64)>,
+    pub stopped_by: Option<String>,
+}
+
+/// One node's line of a [`CostReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCost {
+    pub name: String,
+    pub spent_usd: f64,
+    pub reused_usd: f64,
+    pub regenerate_usd: f64,
+    /// Artifacts whose cost is unknown (a model without a price); not in the sums.
+    pub unknown_cost_artifacts: u64,
+    pub generated: u64,
+    pub reused: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl BuildReport {
+    /// The money side of this report.
+    pub fn cost_report(&self) -> CostReport {
+        let sum = |figure: fn(&NodeStats) -> f64| self.nodes.iter().map(|n| figure(&n.stats)).sum();
+        CostReport {
+            dataset: self.dataset.clone(),
+            profile: self.profile.clone(),
+            currency: "USD",
+            spent_usd: sum(|s| s.cost_usd),
+            reused_usd: sum(|s| s.reused_cost_usd),
+            regenerate_usd: sum(|s| s.regenerate_cost_usd),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeCost {
+                    name: n.name.clone(),
+                    spent_usd: n.stats.cost_usd,
+                    reused_usd: n.stats.reused_cost_usd,
+                    regenerate_usd: n.stats.regenerate_cost_usd,
+                    unknown_cost_artifacts: n.stats.unknown_cost,
+                    generated: n.stats.generated,
+                    reused: n.stats.reused,
+                    input_tokens: n.stats.input_tokens,
+                    output_tokens: n.stats.output_tokens,
+                })
+                .collect(),
+            by_model: self.cost_by_model.clone(),
+            by_language: self.cost_by_language.clone(),
+            currencies: self.currencies.clone(),
+            stopped_by: self.stopped_by.clone(),
+        }
+    }
+}

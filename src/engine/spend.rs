@@ -1,0 +1,146 @@
+//! Spending: one paid call, from the budget reservation to the stored artifact.
+//!
+//! This module owns what happens when the engine decides to generate: reserve the call's worst
+//! case in the ledger (so calls in flight together can never take the build past its budget),
+//! call the provider, settle the reservation with what the call cost, apply the per-call limits,
+//! and put the artifact in the store. The invariants: no call is issued without a reservation when
+//! the model has a price; a failed call settles at zero; and an answer is put before it is
+//! returned (its durability is the caller's to await).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::atomic::Ordering;
+
+use super::Engine;
+use crate::cache::{Artifact, ArtifactSummary, CacheError};
+use crate::cost::Refusal;
+use crate::graph::Node;
+use crate::key::ArtifactKey;
+use crate::provider::{ProviderError, Request};
+use crate::sampling::TicketSample;
+
+/// The output tokens assumed for a call's worst case when the model sets no `max_tokens`.
+pub const WORST_CASE_OUTPUT_TOKENS: u64 = 4096;
+
+/// Why a node was not generated.
+pub(super) enum GenerateError {
+    Provider(ProviderError),
+    Cache(CacheError),
+    /// A cost limit kept the call from being issued.
+    Refused(Refusal),
+}
+
+/// A call that cost more than a per-call limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpensiveCall {
+    pub node: String,
+    pub ticket_id: u64,
+    pub cost: f64,
+    pub limit: f64,
+    /// Over `error_per_call`: the build issues no further calls. Else over `warn_per_call`.
+    pub stops_the_build: bool,
+}
+
+impl Engine {
+    /// Generates `node`'s answer to `request` and stores it under `key` for the ticket.
+    pub(super) async fn generate(
+        &self,
+        index: usize,
+        node: &Node,
+        request: &Request,
+        key: ArtifactKey,
+        upstream: Vec<(String, ArtifactKey)>,
+        sample: &TicketSample,
+    ) -> Result<ArtifactSummary, GenerateError> {
+        let price = self.prices[index].clone();
+        // Reserve the call's worst case before issuing it, so calls in flight can never take the
+        // build past its budget together.
+        let reservation = match &price {
+            Some(price) => {
+                let model = &node.model;
+                let input = crate::tokens::count(
+                    model.provider,
+                    &model.model,
+                    &[request.system.as_deref().unwrap_or(""), &request.user],
+                );
+                let output = request
+                    .params
+                    .max_tokens
+                    .unwrap_or(WORST_CASE_OUTPUT_TOKENS);
+                match self.ledger.reserve(index, price.worst_case(input, output)) {
+                    Ok(reservation) => Some(reservation),
+                    Err(refusal) => {
+                        if matches!(refusal, Refusal::Budget { .. } | Refusal::PerCall { .. }) {
+                            // Finish what is in flight, start nothing new.
+                            self.cancelled.store(true, Ordering::Release);
+                        }
+                        return Err(GenerateError::Refused(refusal));
+                    }
+                }
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        let response = match self.providers[index].call(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(reservation) = reservation {
+                    self.ledger.settle(reservation, 0.0);
+                }
+                return Err(GenerateError::Provider(e));
+            }
+        };
+        let computed = price.as_ref().map(|p| p.cost(&response.usage));
+        // The provider's own figure wins (OpenRouter reports it); the computed one is kept beside.
+        let cost_usd = response.reported_cost_usd.or(computed);
+        if let Some(reservation) = reservation {
+            self.ledger.settle(reservation, cost_usd.unwrap_or(0.0));
+        }
+        if let Some(cost) = cost_usd {
+            self.check_per_call(node, sample.ticket_id, cost);
+        }
+        let artifact = Artifact {
+            key,
+            node: node.name.clone(),
+            output: response.output,
+            usage: response.usage,
+            cost_usd,
+            computed_cost_usd: computed,
+            price,
+            served_model: response.served_model,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_millis() as u64,
+            latency_ms: started.elapsed().as_millis() as u64,
+            upstream,
+            request: request.record(),
+        };
+        self.store
+            .put(sample.index, &artifact)
+            .map_err(GenerateError::Cache)?;
+        Ok(artifact.into_summary())
+    }
+
+    /// Tells the observer about a call that cost more than a per-call limit; above
+    /// `error_per_call`, also stops the build from issuing further calls.
+    fn check_per_call(&self, node: &Node, ticket_id: u64, cost: f64) {
+        let limits = &self.config.cost;
+        let call = |limit: f64, stops_the_build: bool| ExpensiveCall {
+            node: node.name.clone(),
+            ticket_id,
+            cost,
+            limit,
+            stops_the_build,
+        };
+        if let Some(limit) = limits.error_per_call.filter(|limit| cost > *limit) {
+            self.options.observer.expensive_call(&call(limit, true));
+            self.ledger.stop(Refusal::PerCall { cost, limit });
+            self.cancelled.store(true, Ordering::Release);
+            return;
+        }
+        if let Some(limit) = limits.warn_per_call.filter(|limit| cost > *limit) {
+            self.options.observer.expensive_call(&call(limit, false));
+        }
+    }
+}

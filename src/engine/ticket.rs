@@ -1,0 +1,416 @@
+//! One ticket through the graph: where a ticket is built.
+//!
+//! This module owns the walk of one ticket's nodes in dependency order: deciding a node's `when`,
+//! rendering its request over the ticket's [`TicketContext`], looking its key up among the
+//! ticket's stored artifacts, and either reusing the answer or generating it (`spend`). In
+//! [`Mode::Plan`] nothing is generated: a miss is recorded as [`NodeState::Missing`] with the key
+//! it would be generated under. The invariants: a node runs only when its upstream nodes are done
+//! (a failed upstream fails it, a skipped one is `none` in its template); a paid answer is durable
+//! before its text goes into a downstream prompt; and the ticket's answers that may wait (the
+//! reproducible offline model's) are durable before the ticket counts as done.
+
+use std::collections::BTreeMap;
+
+use super::spend::GenerateError;
+use super::{BuildError, Engine, NodeStats};
+use crate::cache::{ArtifactSummary, Lookup, MissReason, TicketArtifacts};
+use crate::config::Config;
+use crate::graph::Node;
+use crate::key::ArtifactKey;
+use crate::output::{Failure, LineageEntry};
+use crate::provider::{OfflineInputs, Request};
+use crate::sampling::TicketSample;
+use crate::value::NodeOutput;
+
+/// Whether a walk may call models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reuse what is cached, generate what is not.
+    Build,
+    /// Reuse what is cached, record what is not: `plan`, `status` and `explain`. Calls nothing.
+    Plan,
+}
+
+/// What became of one node for one ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeState {
+    /// The output, reused or generated, under its key.
+    Done(NodeOutput, ArtifactKey),
+    /// The node's `when` condition was false.
+    Skipped,
+    /// The node (or a node it depends on) failed.
+    Failed,
+    /// Planning only: not cached; this is the key it would be generated under.
+    Missing(ArtifactKey),
+    /// Planning only: an upstream node is missing, so the request cannot be rendered yet.
+    Blocked,
+}
+
+impl NodeState {
+    pub fn key(&self) -> Option<ArtifactKey> {
+        match self {
+            NodeState::Done(_, key) | NodeState::Missing(key) => Some(*key),
+            _ => None,
+        }
+    }
+}
+
+/// One ticket after the build (or the plan) walked its nodes.
+#[derive(Debug)]
+pub struct TicketOutcome {
+    pub sample: TicketSample,
+    /// In graph order.
+    pub states: Vec<NodeState>,
+    pub failure: Option<Failure>,
+    pub stats: Vec<NodeStats>,
+    /// Nodes generated in this build, with their keys.
+    pub generated: Vec<(usize, ArtifactKey)>,
+    /// How each node's output was made, in graph order (`None` when it has no artifact).
+    pub lineage: Vec<Option<LineageEntry>>,
+    /// Planning only: the rendered request text (system and user) of each missing node.
+    pub pending_prompts: Vec<Option<String>>,
+}
+
+/// The variables a ticket's templates see, kept twice in step: as template values (for
+/// minijinja) and as JSON (the offline model's structured inputs).
+pub struct TicketContext {
+    template: BTreeMap<String, minijinja::Value>,
+    json: BTreeMap<String, serde_json::Value>,
+}
+
+impl TicketContext {
+    /// The variables every template sees before any node runs: built-ins and table categories.
+    pub fn new(config: &Config, sample: &TicketSample) -> TicketContext {
+        let mut context = TicketContext {
+            template: BTreeMap::new(),
+            json: BTreeMap::new(),
+        };
+        let builtins = [
+            ("ticket_id", sample.ticket_id.to_string()),
+            ("language", sample.language.code().to_string()),
+            ("language_name", sample.language.name().to_string()),
+        ];
+        for (name, value) in builtins {
+            context.set_text(name, value);
+        }
+        for (table, category) in config.tables.iter().zip(&sample.categories) {
+            context.set_text(&table.name, category.clone());
+        }
+        context
+    }
+
+    fn set_text(&mut self, name: &str, value: String) {
+        self.template
+            .insert(name.to_string(), minijinja::Value::from(value.as_str()));
+        self.json
+            .insert(name.to_string(), serde_json::Value::String(value));
+    }
+
+    /// A node's output, under the node's name.
+    pub fn set_output(&mut self, node: &str, output: &NodeOutput) {
+        self.template
+            .insert(node.to_string(), output.to_template_value());
+        self.json.insert(node.to_string(), output.to_json());
+    }
+
+    /// A node skipped by its condition: `none` in templates, `null` for the offline model.
+    pub fn set_skipped(&mut self, node: &str) {
+        self.template
+            .insert(node.to_string(), minijinja::Value::from(()));
+        self.json.insert(node.to_string(), serde_json::Value::Null);
+    }
+
+    /// The context as templates render it (a copy: later nodes add to this one).
+    pub fn template_value(&self) -> minijinja::Value {
+        minijinja::Value::from(self.template.clone())
+    }
+
+    pub fn json(&self, name: &str) -> Option<&serde_json::Value> {
+        self.json.get(name)
+    }
+}
+
+/// One ticket's walk in progress: its context and what each node came to.
+struct Walk {
+    sample: TicketSample,
+    mode: Mode,
+    context: TicketContext,
+    states: Vec<NodeState>,
+    stats: Vec<NodeStats>,
+    failure: Option<Failure>,
+    generated: Vec<(usize, ArtifactKey)>,
+    lineage: Vec<Option<LineageEntry>>,
+    pending_prompts: Vec<Option<String>>,
+    /// Every node's lookup is answered from one read of the ticket's stored artifacts.
+    stored: TicketArtifacts,
+    /// Reproducible answers put but not yet known durable; one wait covers them all.
+    awaiting_commit: bool,
+}
+
+impl Walk {
+    /// Records the ticket's first failure (the one its row is reported with) and fails the node.
+    fn fail(&mut self, i: usize, node: &Node, reason: impl FnOnce() -> String) -> NodeState {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                ticket_id: self.sample.ticket_id.to_string(),
+                index: self.sample.index,
+                node: node.name.clone(),
+                reason: reason(),
+            });
+        }
+        self.stats[i].failed += 1;
+        NodeState::Failed
+    }
+
+    fn skip(&mut self, i: usize, node: &Node) -> NodeState {
+        self.stats[i].skipped += 1;
+        self.context.set_skipped(&node.name);
+        NodeState::Skipped
+    }
+}
+
+impl Engine {
+    /// Runs every node of one ticket. Errors returned here stop the build (the cache failed);
+    /// node failures are part of the outcome.
+    pub(super) async fn run_ticket(
+        &self,
+        index: u64,
+        mode: Mode,
+    ) -> Result<TicketOutcome, BuildError> {
+        let sample = self.sampler.sample(index);
+        let nodes = self.graph.nodes.len();
+        let mut walk = Walk {
+            context: TicketContext::new(&self.config, &sample),
+            stored: self.store.ticket_artifacts(index)?,
+            sample,
+            mode,
+            states: Vec::with_capacity(nodes),
+            stats: vec![NodeStats::default(); nodes],
+            failure: None,
+            generated: Vec::new(),
+            lineage: vec![None; nodes],
+            pending_prompts: vec![None; nodes],
+            awaiting_commit: false,
+        };
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let state = self.run_node(&mut walk, i, node).await?;
+            if let NodeState::Done(output, _) = &state {
+                walk.context.set_output(&node.name, output);
+            }
+            walk.states.push(state);
+        }
+        if walk.awaiting_commit {
+            self.commit.durable().await?;
+        }
+        Ok(TicketOutcome {
+            sample: walk.sample,
+            states: walk.states,
+            failure: walk.failure,
+            stats: walk.stats,
+            generated: walk.generated,
+            lineage: walk.lineage,
+            pending_prompts: walk.pending_prompts,
+        })
+    }
+
+    /// One node of a walk: decided, rendered, then reused, generated or (planning) recorded.
+    async fn run_node(
+        &self,
+        walk: &mut Walk,
+        i: usize,
+        node: &Node,
+    ) -> Result<NodeState, BuildError> {
+        let upstream =
+            |pick: fn(&NodeState) -> bool| node.upstream.iter().any(|u| pick(&walk.states[*u]));
+        // Nodes that do not depend on a failed node still run: their artifacts are cached for the
+        // next build even though this ticket's row will not be written.
+        if upstream(|s| matches!(s, NodeState::Failed)) {
+            walk.stats[i].failed += 1;
+            return Ok(NodeState::Failed);
+        }
+        let context = walk.context.template_value();
+        if upstream(|s| matches!(s, NodeState::Missing(_) | NodeState::Blocked)) {
+            // A condition that does not read the missing outputs can still be decided now
+            // (`language != 'EN'`), so the plan does not count skipped nodes as work.
+            if let Ok(false) = self.graph.should_run(node, &context) {
+                return Ok(walk.skip(i, node));
+            }
+            walk.stats[i].generated += 1;
+            return Ok(NodeState::Blocked);
+        }
+        match self.graph.should_run(node, &context) {
+            Ok(true) => {}
+            Ok(false) => return Ok(walk.skip(i, node)),
+            Err(e) => {
+                return Ok(walk.fail(i, node, || format!("`when` failed: {}", render_error(&e))));
+            }
+        }
+        let request = match self.request(node, &context, &walk.context, walk.sample.sample_seed) {
+            Ok(request) => request,
+            Err(e) => {
+                return Ok(walk.fail(i, node, || {
+                    format!(
+                        "cannot render {}: {}",
+                        node.prompt_display.display(),
+                        render_error(&e)
+                    )
+                }));
+            }
+        };
+        let key = request.key();
+        let lookup = if self.options.force.contains(&node.name) {
+            Lookup::Miss(MissReason::Forced)
+        } else {
+            walk.stored.get(self.store.as_ref(), &key)?
+        };
+        match lookup {
+            Lookup::Hit(artifact) => Ok(self.reuse(walk, i, *artifact)),
+            Lookup::Miss(reason) => {
+                if matches!(reason, MissReason::Corrupt(_)) {
+                    walk.stats[i].corrupt += 1;
+                }
+                match walk.mode {
+                    Mode::Plan => Ok(record_missing(walk, i, &request, key)),
+                    Mode::Build => self.generate_node(walk, i, node, &request, key).await,
+                }
+            }
+        }
+    }
+
+    /// A cached answer: counted with what it cost when it was generated.
+    fn reuse(&self, walk: &mut Walk, i: usize, artifact: ArtifactSummary) -> NodeState {
+        let stats = &mut walk.stats[i];
+        stats.reused += 1;
+        match artifact.cost_usd {
+            Some(cost) => stats.reused_cost_usd += cost,
+            None => stats.unknown_cost += 1,
+        }
+        if let Some(price) = &self.prices[i] {
+            stats.regenerate_cost_usd += price.cost(&artifact.usage);
+        }
+        walk.lineage[i] = Some(LineageEntry::of(&artifact, false));
+        NodeState::Done(artifact.output, artifact.key)
+    }
+
+    /// A missing answer, paid for and made durable before anything uses it.
+    async fn generate_node(
+        &self,
+        walk: &mut Walk,
+        i: usize,
+        node: &Node,
+        request: &Request,
+        key: ArtifactKey,
+    ) -> Result<NodeState, BuildError> {
+        let upstream = node
+            .upstream
+            .iter()
+            .filter_map(|u| match &walk.states[*u] {
+                NodeState::Done(_, key) => Some((self.graph.nodes[*u].name.clone(), *key)),
+                _ => None,
+            })
+            .collect();
+        let artifact = match self
+            .generate(i, node, request, key, upstream, &walk.sample)
+            .await
+        {
+            Ok(artifact) => artifact,
+            Err(GenerateError::Cache(e)) => return Err(e.into()),
+            Err(GenerateError::Refused(refusal)) => {
+                return Ok(walk.fail(i, node, || refusal.to_string()));
+            }
+            Err(GenerateError::Provider(e)) => return Ok(walk.fail(i, node, || e.to_string())),
+        };
+        // A paid response is durable before anything uses it: before its text goes into a
+        // downstream prompt (a kill then would lose an answer already acted on) and before the
+        // ticket counts as done. Group commits make this one shared flush for many answers, not
+        // one each. A reproducible answer (the offline model) only has to be durable before the
+        // ticket counts as done: lost, it would come back the same.
+        if self.providers[i].reproducible() {
+            walk.awaiting_commit = true;
+        } else {
+            self.commit.durable().await?;
+        }
+        let stats = &mut walk.stats[i];
+        stats.generated += 1;
+        stats.input_tokens += artifact.usage.input_tokens;
+        stats.output_tokens += artifact.usage.output_tokens;
+        match artifact.cost_usd {
+            Some(cost) => stats.cost_usd += cost,
+            None => stats.unknown_cost += 1,
+        }
+        if let Some(price) = &self.prices[i] {
+            stats.regenerate_cost_usd += price.cost(&artifact.usage);
+        }
+        walk.generated.push((i, key));
+        walk.lineage[i] = Some(LineageEntry::of(&artifact, true));
+        let output = artifact.output.clone();
+        walk.stored.add_generated(artifact);
+        Ok(NodeState::Done(output, key))
+    }
+
+    /// The request `node` sends for a ticket in `context`.
+    pub(super) fn request(
+        &self,
+        node: &Node,
+        template: &minijinja::Value,
+        context: &TicketContext,
+        sample_seed: u64,
+    ) -> Result<Request, minijinja::Error> {
+        let (system, user) = self.graph.render(node, template)?;
+        let model = &node.model;
+        let offline = model.provider.is_offline().then(|| OfflineInputs {
+            task: node.config.task.clone(),
+            bank: crate::offline::bank_fingerprint().to_string(),
+            inputs: node
+                .offline_inputs
+                .iter()
+                .filter_map(|name| context.json(name).map(|v| (name.clone(), v.clone())))
+                .collect(),
+        });
+        Ok(Request {
+            provider: model.provider.name().to_string(),
+            base_url: model.base_url.clone(),
+            model: model.model.clone(),
+            params: model.params.clone(),
+            output: node.config.output.clone(),
+            system,
+            user,
+            offline,
+            sample_seed,
+        })
+    }
+
+    /// The context of a walked ticket with every node that is done (or skipped) in it.
+    pub(super) fn context_for(&self, outcome: &TicketOutcome) -> TicketContext {
+        let mut context = TicketContext::new(&self.config, &outcome.sample);
+        for (node, state) in self.graph.nodes.iter().zip(&outcome.states) {
+            match state {
+                NodeState::Done(output, _) => context.set_output(&node.name, output),
+                NodeState::Skipped => context.set_skipped(&node.name),
+                _ => {}
+            }
+        }
+        context
+    }
+}
+
+/// Planning: the key a missing node would be generated under, and the prompt it would send.
+fn record_missing(walk: &mut Walk, i: usize, request: &Request, key: ArtifactKey) -> NodeState {
+    walk.stats[i].generated += 1;
+    let mut text = request.system.clone().unwrap_or_default();
+    text.push('\n');
+    text.push_str(&request.user);
+    walk.pending_prompts[i] = Some(text);
+    NodeState::Missing(key)
+}
+
+/// A template error as one line: what went wrong and where in the template.
+fn render_error(error: &minijinja::Error) -> String {
+    let mut message = error
+        .detail()
+        .map_or_else(|| error.kind().to_string(), str::to_string);
+    if let Some(line) = error.line() {
+        message.push_str(&format!(" (template line {line})"));
+    }
+    message
+}
