@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One problem in one input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,44 +264,20 @@ pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>)
     did_you_mean(name, candidates).map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
 }
 
-/// The closest of `candidates` to `name`, when it is close enough to be a likely typo.
+/// The closest of `candidates` to `name`, when it is close enough to be a likely typo. Distance
+/// is the optimal string alignment distance over characters, where swapping two adjacent
+/// characters is one edit like an insertion, a deletion or a substitution: `rwos` is one edit
+/// from `rows`.
 pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .map(|candidate| (strsim::osa_distance(name, candidate), candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len().max(name.len()) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
-}
-
-/// Edit distance over characters where a transposition of two adjacent characters counts as one
-/// edit, like an insertion, a deletion or a substitution (optimal string alignment, the restricted
-/// Damerau-Levenshtein distance): `rwos` is one edit from `rows`. Names are short, so the quadratic
-/// table is fine.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // Three rows of the table: i-2, i-1 and i.
-    let mut before: Vec<usize> = vec![0; b.len() + 1];
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut current = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (previous[j - 1] + cost)
-                .min(previous[j] + 1)
-                .min(current[j - 1] + 1);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(before[j - 2] + 1);
-            }
-            current[j] = best;
-        }
-        before = std::mem::replace(&mut previous, current);
-    }
-    previous[b.len()]
 }
 
 /// Whether a source line may hold a pasted credential: a run of 16 or more letters and digits with
@@ -313,12 +289,6 @@ pub fn may_hold_secret(line: &str) -> bool {
             && run.chars().any(|c| c.is_ascii_digit())
             && run.chars().any(|c| c.is_ascii_alphabetic())
     })
-}
-
-/// Shows `path` relative to `base` when it lies below it, as given otherwise.
-pub fn display_path(base: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(base)
-        .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -370,11 +340,11 @@ mod tests {
 
     #[test]
     fn a_transposition_is_one_edit() {
-        assert_eq!(edit_distance("rwos", "rows"), 1);
-        assert_eq!(edit_distance("mdoel", "model"), 1);
-        assert_eq!(edit_distance("abc", "abc"), 0);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(strsim::osa_distance("rwos", "rows"), 1);
+        assert_eq!(strsim::osa_distance("mdoel", "model"), 1);
+        assert_eq!(strsim::osa_distance("abc", "abc"), 0);
+        assert_eq!(strsim::osa_distance("", "abc"), 3);
+        assert_eq!(strsim::osa_distance("kitten", "sitting"), 3);
         assert_eq!(did_you_mean("rwos", ["rows", "seed"]), Some("rows"));
     }
 

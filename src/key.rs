@@ -7,7 +7,7 @@
 //! file paths, node names, template file hashes and timestamps are *not* key material; an upstream
 //! node's output enters only through the rendered prompt, so an unchanged upstream output leaves the
 //! downstream key unchanged (early cutoff). Any change to the set of inputs or their encoding must bump
-//! [`KEY_VERSION`], which is also the derive-key context, so old and new keys can never collide.
+//! [`KEY_VERSION`] and change the derive-key context with it, so old and new keys can never collide.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::Params;
 use crate::value::OutputKind;
 
-/// Version of the key schema. Stored in the cache; a cache written by a newer schema is refused.
+/// Version of the key schema. Recorded in every build manifest (and hashed into a build's inputs);
+/// raising it means raising `cache::CACHE_SCHEMA` too, so an older ticketbuild refuses the cache.
 pub const KEY_VERSION: u32 = 1;
 
-/// BLAKE3 derive-key context; carries the schema version so versions never share a key.
+/// BLAKE3 derive-key context; carries the schema version (a separate literal: change both
+/// together) so versions never share a key.
 const KEY_CONTEXT: &str = "ticketbuild 2026-11-25 artifact key schema 1";
 
 /// A 32-byte BLAKE3 hash naming one artifact.
@@ -285,157 +287,212 @@ mod tests {
         assert_eq!(input(&o).key(), input(&o).key());
     }
 
-    #[test]
-    #[allow(clippy::vec_init_then_push)]
-    fn every_field_changes_the_key() {
-        let o = owned();
-        let base = input(&o).key();
-        let mut changed = Vec::new();
-        changed.push(
-            KeyInput {
-                provider: "together",
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                base_url: Some("http://127.0.0.1:9/v1"),
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                model: "gpt-4o",
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                system: None,
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                system: Some("You are an agent."),
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                user: "Write a ticket!",
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                sample_seed: 100,
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                offline: None,
-                ..input(&o)
-            }
-            .key(),
-        );
-        let other_inputs = BTreeMap::from([("queue".to_string(), serde_json::json!("IT Support"))]);
-        changed.push(
-            KeyInput {
-                offline: Some(("topic", "bank-1", &other_inputs)),
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                offline: Some(("subject", "bank-1", &o.inputs)),
-                ..input(&o)
-            }
-            .key(),
-        );
-        changed.push(
-            KeyInput {
-                offline: Some(("topic", "bank-2", &o.inputs)),
-                ..input(&o)
-            }
-            .key(),
-        );
-        let list = OutputKind::List { min: 4, max: 8 };
-        changed.push(
-            KeyInput {
-                output: &list,
-                ..input(&o)
-            }
-            .key(),
-        );
-        let list2 = OutputKind::List { min: 4, max: 7 };
-        changed.push(
-            KeyInput {
-                output: &list2,
-                ..input(&o)
-            }
-            .key(),
-        );
-        let json = OutputKind::Json {
-            fields: vec!["subject".into()],
-        };
-        changed.push(
-            KeyInput {
-                output: &json,
-                ..input(&o)
-            }
-            .key(),
-        );
+    /// Every key input, owned, so a test can change one and derive the key again.
+    #[derive(Clone)]
+    struct Inputs {
+        provider: String,
+        base_url: Option<String>,
+        model: String,
+        params: Params,
+        output: OutputKind,
+        system: Option<String>,
+        user: String,
+        offline: Option<(String, String, BTreeMap<String, serde_json::Value>)>,
+        sample_seed: u64,
+    }
 
-        type Change = Box<dyn Fn(&mut Params)>;
-        let param_changes: Vec<Change> = vec![
-            Box::new(|p| p.temperature = Some(0.70001)),
-            Box::new(|p| p.temperature = None),
-            Box::new(|p| p.top_p = None),
-            Box::new(|p| p.top_p = Some(1.0)),
-            Box::new(|p| p.max_tokens = Some(401)),
-            Box::new(|p| p.max_tokens = None),
-            Box::new(|p| p.seed = Some(2)),
-            Box::new(|p| p.seed = None),
-            Box::new(|p| p.stop = None),
-            Box::new(|p| p.stop = Some(vec!["END".into(), "STOP".into()])),
-            Box::new(|p| p.stop = Some(vec![])),
-            Box::new(|p| {
-                p.extra
+    impl Inputs {
+        fn base() -> Inputs {
+            let o = owned();
+            Inputs {
+                provider: "openai".into(),
+                base_url: None,
+                model: "gpt-4o-mini".into(),
+                params: o.params,
+                output: o.output,
+                system: Some("You are a customer.".into()),
+                user: "Write a ticket.".into(),
+                offline: Some(("topic".into(), "bank-1".into(), o.inputs)),
+                sample_seed: 99,
+            }
+        }
+
+        fn key(&self) -> ArtifactKey {
+            KeyInput {
+                provider: &self.provider,
+                base_url: self.base_url.as_deref(),
+                model: &self.model,
+                params: &self.params,
+                output: &self.output,
+                system: self.system.as_deref(),
+                user: &self.user,
+                offline: self
+                    .offline
+                    .as_ref()
+                    .map(|(task, bank, inputs)| (task.as_str(), bank.as_str(), inputs)),
+                sample_seed: self.sample_seed,
+            }
+            .key()
+        }
+    }
+
+    /// Each change of one input, applied alone to the base inputs, gives a key of its own: not
+    /// the base key, and not the key of any other change listed.
+    fn assert_each_changes_the_key(changes: &[(&str, fn(&mut Inputs))]) {
+        let base = Inputs::base().key();
+        let mut seen = vec![("(base)", base)];
+        for (what, change) in changes {
+            let mut inputs = Inputs::base();
+            change(&mut inputs);
+            let key = inputs.key();
+            if let Some((other, _)) = seen.iter().find(|(_, k)| *k == key) {
+                panic!("changing {what} gives the same key as {other}");
+            }
+            seen.push((what, key));
+        }
+    }
+
+    #[test]
+    fn the_provider_changes_the_key() {
+        assert_each_changes_the_key(&[("the provider", |i| i.provider = "together".into())]);
+    }
+
+    #[test]
+    fn the_base_url_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("a base url", |i| {
+                i.base_url = Some("http://127.0.0.1:9/v1".into())
+            }),
+            ("another base url", |i| {
+                i.base_url = Some("http://127.0.0.1:10/v1".into())
+            }),
+        ]);
+    }
+
+    #[test]
+    fn the_model_changes_the_key() {
+        assert_each_changes_the_key(&[("the model", |i| i.model = "gpt-4o".into())]);
+    }
+
+    #[test]
+    fn the_temperature_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("the temperature", |i| i.params.temperature = Some(0.70001)),
+            ("no temperature", |i| i.params.temperature = None),
+        ]);
+    }
+
+    #[test]
+    fn top_p_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("top_p", |i| i.params.top_p = Some(1.0)),
+            ("no top_p", |i| i.params.top_p = None),
+        ]);
+    }
+
+    #[test]
+    fn max_tokens_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("max_tokens", |i| i.params.max_tokens = Some(401)),
+            ("no max_tokens", |i| i.params.max_tokens = None),
+        ]);
+    }
+
+    #[test]
+    fn the_request_seed_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("the seed", |i| i.params.seed = Some(2)),
+            ("no seed", |i| i.params.seed = None),
+        ]);
+    }
+
+    #[test]
+    fn stop_sequences_change_the_key() {
+        assert_each_changes_the_key(&[
+            ("no stop", |i| i.params.stop = None),
+            ("another stop", |i| {
+                i.params.stop = Some(vec!["END".into(), "STOP".into()])
+            }),
+            ("an empty stop list", |i| i.params.stop = Some(vec![])),
+        ]);
+    }
+
+    #[test]
+    fn extra_parameters_change_the_key() {
+        assert_each_changes_the_key(&[
+            ("an extra value", |i| {
+                i.params
+                    .extra
                     .insert("presence_penalty".into(), serde_json::json!(0.2));
             }),
-            Box::new(|p| p.extra.clear()),
-            Box::new(|p| p.response_format = Some("json_object".into())),
-        ];
-        for change in &param_changes {
-            let mut params = o.params.clone();
-            change(&mut params);
-            changed.push(
-                KeyInput {
-                    params: &params,
-                    ..input(&o)
+            ("no extra", |i| i.params.extra.clear()),
+        ]);
+    }
+
+    #[test]
+    fn the_response_format_changes_the_key() {
+        assert_each_changes_the_key(&[("the response format", |i| {
+            i.params.response_format = Some("json_object".into())
+        })]);
+    }
+
+    #[test]
+    fn the_output_kind_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("a list", |i| i.output = OutputKind::List { min: 4, max: 8 }),
+            ("a list of other bounds", |i| {
+                i.output = OutputKind::List { min: 4, max: 7 }
+            }),
+            ("json", |i| {
+                i.output = OutputKind::Json {
+                    fields: vec!["subject".into()],
                 }
-                .key(),
-            );
-        }
-        let mut all = changed.clone();
-        all.push(base);
-        all.sort();
-        all.dedup();
-        assert_eq!(
-            all.len(),
-            changed.len() + 1,
-            "some change left the key unchanged or collided"
-        );
+            }),
+        ]);
+    }
+
+    #[test]
+    fn the_system_message_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("no system message", |i| i.system = None),
+            ("another system message", |i| {
+                i.system = Some("You are an agent.".into())
+            }),
+        ]);
+    }
+
+    #[test]
+    fn the_user_message_changes_the_key() {
+        assert_each_changes_the_key(&[("the user message", |i| i.user = "Write a ticket!".into())]);
+    }
+
+    #[test]
+    fn the_offline_task_bank_and_inputs_change_the_key() {
+        assert_each_changes_the_key(&[
+            ("no offline inputs", |i| i.offline = None),
+            ("the offline task", |i| {
+                if let Some(offline) = &mut i.offline {
+                    offline.0 = "subject".into();
+                }
+            }),
+            ("the phrase bank", |i| {
+                if let Some(offline) = &mut i.offline {
+                    offline.1 = "bank-2".into();
+                }
+            }),
+            ("an offline input", |i| {
+                if let Some(offline) = &mut i.offline {
+                    offline
+                        .2
+                        .insert("queue".into(), serde_json::json!("IT Support"));
+                }
+            }),
+        ]);
+    }
+
+    #[test]
+    fn the_sample_seed_changes_the_key() {
+        assert_each_changes_the_key(&[("the sample seed", |i| i.sample_seed = 100)]);
     }
 
     #[test]

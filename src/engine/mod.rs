@@ -590,4 +590,43 @@ prompt = "p/reply.jinja"
             "generated tickets waited for a flush"
         );
     }
+
+    /// What may not change a key: credentials, where files live, how calls are scheduled. A
+    /// project changed in all of those at once rebuilds without calling any model.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_paths_and_scheduling_change_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let counter = Arc::new(Counting {
+            inner: OfflineProvider::new(0),
+            calls: AtomicU64::new(0),
+        });
+        let reply = "Reply in {{ language }} about {{ topic }}.";
+        let (config, graph) = project(dir.path(), reply);
+        run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(counter.calls.load(Ordering::Relaxed), 60);
+
+        let (mut config, graph) = project(dir.path(), reply);
+        let moved = dir.path().join("elsewhere");
+        config.cache_dir = moved.join("cache");
+        config.output_dir = moved.join("out");
+        config.concurrency = 3;
+        let mut graph = graph;
+        for node in &mut graph.nodes {
+            let model = &mut node.model;
+            model.api_key_env = Some("ANOTHER_KEY".to_string());
+            model.latency_ms = 5;
+            model.limits.max_concurrency = 2;
+            model.limits.requests_per_minute = Some(10_000);
+            model.limits.max_attempts = 1;
+            model.limits.timeout_secs = 1;
+        }
+        let again = run(config, graph, store.clone(), counter.clone()).await;
+        assert_eq!(
+            counter.calls.load(Ordering::Relaxed),
+            60,
+            "a change that is not key material called a model"
+        );
+        assert_eq!(again.reused(), 60);
+    }
 }

@@ -10,7 +10,6 @@
 //! the same body on every attempt; a call returns `Ok` only with an output that `request.output.parse`
 //! accepted; and no error message contains the API key.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -183,6 +182,56 @@ enum Failed {
     Invalid(InvalidOutput),
 }
 
+/// The failed attempts of one call so far, by the bound each kind counts against.
+#[derive(Default)]
+struct AttemptCounts {
+    /// Transport errors, timeouts and retryable statuses other than 429: bounded by
+    /// `max_attempts`.
+    transient: u32,
+    /// 429s: the server asking for patience, not a failure of this request, so bounded by the
+    /// deadline alone.
+    throttles: u32,
+    /// Malformed or invalid replies: bounded by `max_invalid_attempts`.
+    invalid: u32,
+}
+
+impl AttemptCounts {
+    fn total(&self) -> u32 {
+        self.transient + self.throttles + self.invalid
+    }
+
+    /// Counts a retryable failure; whether its bound is reached, and the pause before the next
+    /// attempt (the server's `Retry-After` when it sent one, plus a little jitter).
+    fn retry(
+        &mut self,
+        throttled: bool,
+        retry_after: Option<Duration>,
+        limits: &ModelLimits,
+    ) -> (bool, Duration) {
+        let step = if throttled {
+            self.throttles += 1;
+            self.throttles
+        } else {
+            self.transient += 1;
+            self.transient
+        };
+        let delay = match retry_after {
+            Some(wait) => wait + jitter(Duration::from_millis(100) + wait / 10),
+            None => backoff(step),
+        };
+        (self.transient >= limits.max_attempts, delay)
+    }
+
+    /// Counts a reply that did not validate; whether its bound is reached, and the pause.
+    fn invalid(&mut self, limits: &ModelLimits) -> (bool, Duration) {
+        self.invalid += 1;
+        (
+            self.invalid >= limits.max_invalid_attempts,
+            backoff(self.invalid),
+        )
+    }
+}
+
 /// How one attempt ended.
 enum Attempt {
     Done(Response),
@@ -285,9 +334,7 @@ impl<A: Adapter> HttpProvider<A> {
         let deadline = Duration::from_secs(limits.deadline_secs);
         let per_attempt = Duration::from_secs(limits.timeout_secs);
         let mut first: Option<Instant> = None;
-        let mut transient = 0u32;
-        let mut throttles = 0u32;
-        let mut invalid = 0u32;
+        let mut counts = AttemptCounts::default();
         loop {
             let permit = self.limiter.acquire(tokens).await;
             if let Some(message) = self.sticky() {
@@ -305,7 +352,7 @@ impl<A: Adapter> HttpProvider<A> {
                         throttled: false,
                     },
                 };
-            let attempts = transient + throttles + invalid + 1;
+            let attempts = counts.total() + 1;
             // What went wrong, whether the bound for its kind is reached, and the pause before the
             // next attempt.
             let (failure, exhausted, delay) = match outcome {
@@ -331,44 +378,18 @@ impl<A: Adapter> HttpProvider<A> {
                     } else {
                         drop(permit);
                     }
-                    // A 429 is the server asking for patience, not a failure of this request: it
-                    // is bounded by the deadline alone. Everything else counts against max_attempts.
-                    let step = if throttled {
-                        throttles += 1;
-                        throttles
-                    } else {
-                        transient += 1;
-                        transient
-                    };
-                    let delay = match retry_after {
-                        Some(wait) => {
-                            wait + jitter(&key, attempts, Duration::from_millis(100) + wait / 10)
-                        }
-                        None => backoff(&key, step),
-                    };
-                    (
-                        Failed::Transient(reason),
-                        transient >= limits.max_attempts,
-                        delay,
-                    )
+                    let (exhausted, delay) = counts.retry(throttled, retry_after, limits);
+                    (Failed::Transient(reason), exhausted, delay)
                 }
                 Attempt::Malformed(reason) => {
                     permit.answered();
-                    invalid += 1;
-                    (
-                        Failed::Malformed(reason),
-                        invalid >= limits.max_invalid_attempts,
-                        backoff(&key, invalid),
-                    )
+                    let (exhausted, delay) = counts.invalid(limits);
+                    (Failed::Malformed(reason), exhausted, delay)
                 }
                 Attempt::Invalid(e) => {
                     permit.answered();
-                    invalid += 1;
-                    (
-                        Failed::Invalid(e),
-                        invalid >= limits.max_invalid_attempts,
-                        backoff(&key, invalid),
-                    )
+                    let (exhausted, delay) = counts.invalid(limits);
+                    (Failed::Invalid(e), exhausted, delay)
                 }
             };
             let why = if exhausted {
@@ -568,33 +589,17 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Full-jitter exponential backoff before retry `n` (1-based).
-fn backoff(key: &str, n: u32) -> Duration {
+fn backoff(n: u32) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1u32 << n.saturating_sub(1).min(16))
         .min(BACKOFF_CAP);
-    jitter(key, n, ceiling)
+    jitter(ceiling)
 }
 
-/// A random duration up to `ceiling`. Any randomness will do; this one mixes the artifact key, the
-/// attempt and a process-wide counter, so callers that failed together do not retry together.
-fn jitter(key: &str, attempt: u32, ceiling: Duration) -> Duration {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut seed = COUNTER.fetch_add(1, Ordering::Relaxed) ^ (u64::from(attempt) << 32);
-    for b in key.bytes().take(16) {
-        seed = seed.rotate_left(5) ^ u64::from(b);
-    }
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    let fraction = (splitmix64(seed ^ nanos) >> 11) as f64 / (1u64 << 53) as f64;
-    ceiling.mul_f64(fraction)
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// A random duration up to `ceiling`, so that callers that failed together do not retry
+/// together. fastrand's generator is seeded per thread from the OS: no two processes share it.
+fn jitter(ceiling: Duration) -> Duration {
+    ceiling.mul_f64(fastrand::f64())
 }
 
 /// A JSON number as `u64`, zero when absent.
@@ -633,10 +638,10 @@ mod tests {
                 .saturating_mul(1 << (n - 1).min(16))
                 .min(BACKOFF_CAP);
             for _ in 0..20 {
-                assert!(backoff("abc", n) <= ceiling);
+                assert!(backoff(n) <= ceiling);
             }
         }
-        let samples: Vec<Duration> = (0..50).map(|_| backoff("abc", 4)).collect();
+        let samples: Vec<Duration> = (0..50).map(|_| backoff(4)).collect();
         assert!(samples.iter().any(|d| *d != samples[0]), "jitter varies");
     }
 

@@ -189,28 +189,39 @@ pub struct SecretsError {
 }
 
 impl Secrets {
-    /// Reads `.env` in `root` when there is one.
+    /// Reads `.env` in `root` when there is one (dotenvy's format: `NAME=value`, `export`,
+    /// quotes, comments). A line that does not parse is reported by its number, never its text,
+    /// which may hold a key.
     pub fn load(root: &std::path::Path) -> Result<Secrets, SecretsError> {
         let path = root.join(".env");
         if !path.exists() {
             return Ok(Secrets::default());
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| SecretsError {
+        let error = |reason: String| SecretsError {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let dotenv = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.trim().to_string(),
-                    v.trim().trim_matches(['"', '\'']).to_string(),
-                )
-            })
-            .collect();
+            reason,
+        };
+        let entries = dotenvy::from_path_iter(&path).map_err(|e| error(e.to_string()))?;
+        let mut dotenv = BTreeMap::new();
+        for entry in entries {
+            match entry {
+                Ok((name, value)) => {
+                    dotenv.insert(name, value);
+                }
+                Err(dotenvy::Error::LineParse(line, _)) => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let first = line.lines().next().unwrap_or_default().trim();
+                    let number = text
+                        .lines()
+                        .position(|l| l.trim() == first)
+                        .map_or_else(String::new, |i| format!(" {}", i + 1));
+                    return Err(error(format!(
+                        "line{number} is not `NAME=value` (its text is not shown: it may hold a key)"
+                    )));
+                }
+                Err(e) => return Err(error(e.to_string())),
+            }
+        }
         Ok(Secrets { dotenv })
     }
 
@@ -281,4 +292,32 @@ pub fn for_model(
         )?)
     };
     Ok(provider)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_values_lose_quotes_and_comments_and_bad_lines_are_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "# keys\nexport A_KEY=\"sk-1\"\nB_KEY=plain # a comment\nC_KEY='it''s'\n",
+        )
+        .unwrap();
+        let secrets = Secrets::load(dir.path()).unwrap();
+        assert_eq!(
+            secrets.dotenv.get("A_KEY").map(String::as_str),
+            Some("sk-1")
+        );
+        assert_eq!(
+            secrets.dotenv.get("B_KEY").map(String::as_str),
+            Some("plain")
+        );
+        std::fs::write(dir.path().join(".env"), "OK=1\nsk-secret-value-1234\n").unwrap();
+        let error = Secrets::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("line 2 is not `NAME=value`"), "{error}");
+        assert!(!error.contains("sk-secret"), "{error}");
+    }
 }
