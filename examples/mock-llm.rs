@@ -6,6 +6,9 @@
 //! output, with the latency and fault rates given here. The server itself is the one the integration
 //! tests use (tests/support/mock_llm.rs); this file only reads flags and prints where it listens.
 
+// The shared mock (tests/support) is `pub` for the tests, not for a library.
+#![allow(unreachable_pub)]
+
 #[path = "../tests/support/mock_llm.rs"]
 mod mock_llm;
 

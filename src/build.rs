@@ -24,7 +24,7 @@ const LAST_BUILD_FILE: &str = "last-build.json";
 
 /// The report of a build with nothing to do, when the last complete build had the same inputs and
 /// its files are intact; read from the cache folder's `last-build.json` without opening the cache.
-pub fn up_to_date(config: &Config, graph: &Graph) -> Option<BuildReport> {
+pub(crate) fn up_to_date(config: &Config, graph: &Graph) -> Option<BuildReport> {
     let started = Instant::now();
     let text = std::fs::read(config.cache_dir.join(LAST_BUILD_FILE)).ok()?;
     let last: Manifest = serde_json::from_slice(&text).ok()?;
@@ -49,7 +49,7 @@ fn write_last_build(config: &Config, manifest: &Manifest) {
 }
 
 /// The last build's report, kept next to the cache for `ticketbuild cost`.
-pub const LAST_REPORT_FILE: &str = "last-report.json";
+pub(crate) const LAST_REPORT_FILE: &str = "last-report.json";
 
 fn write_last_report(config: &Config, report: &BuildReport) {
     let Ok(json) = serde_json::to_vec_pretty(report) else {
@@ -65,7 +65,7 @@ fn write_last_report(config: &Config, report: &BuildReport) {
 }
 
 /// Refuses, before any call, a build with a model whose price is unknown, unless allowed.
-pub fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
+pub(crate) fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
     if config.cost.allow_unpriced {
         return Ok(());
     }
@@ -91,7 +91,7 @@ pub fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
 
 /// Builds `config` into its output folder using `cache`. Setting `cancel` stops new
 /// tickets from starting; tickets in flight finish and land in the cache.
-pub async fn build_project(
+pub(crate) async fn build_project(
     config: Config,
     graph: Graph,
     cache: Arc<dyn Cache>,

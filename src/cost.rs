@@ -19,40 +19,40 @@ const BUILT_IN: &str = include_str!("../data/prices.toml");
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// All input tokens, cached ones included.
-    pub input_tokens: u64,
+    pub(crate) input_tokens: u64,
     /// The part of `input_tokens` served from the provider's prompt cache.
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
+    pub(crate) cached_input_tokens: u64,
+    pub(crate) output_tokens: u64,
     /// The part of `output_tokens` spent on hidden reasoning.
-    pub reasoning_tokens: u64,
+    pub(crate) reasoning_tokens: u64,
     /// True when the counts are estimates (the offline model), not reported by a provider.
-    pub estimated: bool,
+    pub(crate) estimated: bool,
 }
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input: f64,
+pub(crate) struct Price {
+    pub(crate) input: f64,
     /// Input tokens served from the provider's prompt cache; `input` when not given.
-    pub cached_input: Option<f64>,
-    pub output: f64,
-    pub batch_input: Option<f64>,
-    pub batch_output: Option<f64>,
+    pub(crate) cached_input: Option<f64>,
+    pub(crate) output: f64,
+    pub(crate) batch_input: Option<f64>,
+    pub(crate) batch_output: Option<f64>,
 }
 
 /// A price and where it came from, recorded with each artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceEntry {
-    pub price: Price,
+    pub(crate) price: Price,
     /// `built-in 2026-11-01`, `dataset.toml`, or `offline (free)`.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 impl PriceEntry {
     /// What `usage` costs at this price, in USD. Input tokens include cached ones (the providers'
     /// adapters normalise them so), so cached tokens are taken out of the full-price share.
-    pub fn cost(&self, usage: &Usage) -> f64 {
+    pub(crate) fn cost(&self, usage: &Usage) -> f64 {
         let p = &self.price;
         let cached = usage.cached_input_tokens.min(usage.input_tokens);
         let fresh = usage.input_tokens - cached;
@@ -63,12 +63,12 @@ impl PriceEntry {
     }
 
     /// The most a call can cost: its input at full price and `max_output` output tokens.
-    pub fn worst_case(&self, input_tokens: u64, max_output: u64) -> f64 {
+    pub(crate) fn worst_case(&self, input_tokens: u64, max_output: u64) -> f64 {
         (input_tokens as f64 * self.price.input + max_output as f64 * self.price.output)
             / 1_000_000.0
     }
 
-    pub fn free() -> PriceEntry {
+    pub(crate) fn free() -> PriceEntry {
         PriceEntry {
             price: Price {
                 input: 0.0,
@@ -98,14 +98,14 @@ fn built_in() -> &'static BuiltIn {
 }
 
 /// The date the built-in prices and rates were taken.
-pub fn prices_taken() -> &'static str {
+pub(crate) fn prices_taken() -> &'static str {
     &built_in().taken
 }
 
 /// The price of `model` at `provider`: dataset.toml's override first, then the built-in table
 /// ("provider/model", then the model name alone). `None` when nothing is known. (The offline
 /// model is free: `config::ModelConfig::price` says so before asking here.)
-pub fn price_for(
+pub(crate) fn price_for(
     provider: &str,
     model: &str,
     overrides: &BTreeMap<String, Price>,
@@ -137,7 +137,7 @@ pub fn price_for(
 }
 
 /// Units of `currency` per US dollar: dataset.toml's rate first, then the built-in one.
-pub fn rate(currency: &str, overrides: &BTreeMap<String, f64>) -> Option<f64> {
+pub(crate) fn rate(currency: &str, overrides: &BTreeMap<String, f64>) -> Option<f64> {
     overrides.get(currency).copied().or_else(|| {
         built_in()
             .rates
@@ -147,7 +147,7 @@ pub fn rate(currency: &str, overrides: &BTreeMap<String, f64>) -> Option<f64> {
 }
 
 /// Currency codes with a built-in rate.
-pub fn known_currencies() -> Vec<&'static str> {
+pub(crate) fn known_currencies() -> Vec<&'static str> {
     built_in()
         .rates
         .iter()
@@ -157,7 +157,7 @@ pub fn known_currencies() -> Vec<&'static str> {
 }
 
 /// `$0.001234 (EUR 0.001061)` for the listed currencies.
-pub fn format_money(
+pub(crate) fn format_money(
     usd: Option<f64>,
     currencies: &[String],
     rates: &BTreeMap<String, f64>,
@@ -181,7 +181,7 @@ pub fn format_money(
 
 /// Why a call may not be issued.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "the build budget of ${budget:.6} would be exceeded: ${spent:.6} spent, ${reserved:.6} reserved by calls in flight, this call may cost up to ${call:.6}"
     )]
@@ -208,7 +208,7 @@ pub enum Refusal {
 }
 
 /// Money spent and reserved during one build, against its limits.
-pub struct Ledger {
+pub(crate) struct Ledger {
     budget: Option<f64>,
     node_limits: Vec<Option<f64>>,
     names: Vec<String>,
@@ -227,13 +227,13 @@ struct LedgerState {
 
 /// A reservation held while a call is in flight; settle it with what the call cost.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     node: usize,
     amount: f64,
 }
 
 impl Ledger {
-    pub fn new(budget: Option<f64>, nodes: Vec<(String, Option<f64>)>) -> Ledger {
+    pub(crate) fn new(budget: Option<f64>, nodes: Vec<(String, Option<f64>)>) -> Ledger {
         let count = nodes.len();
         Ledger {
             budget,
@@ -253,7 +253,7 @@ impl Ledger {
     }
 
     /// Reserves `worst_case` USD for a call of `node`, or refuses when it could cross a limit.
-    pub fn reserve(&self, node: usize, worst_case: f64) -> Result<Reservation, Refusal> {
+    pub(crate) fn reserve(&self, node: usize, worst_case: f64) -> Result<Reservation, Refusal> {
         let mut state = self.lock();
         if let Some(refusal) = &state.stopped {
             return Err(refusal.clone());
@@ -291,7 +291,7 @@ impl Ledger {
     }
 
     /// Replaces a reservation by what the call actually cost (zero when it failed before a reply).
-    pub fn settle(&self, reservation: Reservation, cost: f64) {
+    pub(crate) fn settle(&self, reservation: Reservation, cost: f64) {
         let mut state = self.lock();
         state.reserved -= reservation.amount;
         state.node_reserved[reservation.node] -= reservation.amount;
@@ -300,16 +300,17 @@ impl Ledger {
     }
 
     /// Stops every further call (a call went over `error_per_call`).
-    pub fn stop(&self, refusal: Refusal) {
+    pub(crate) fn stop(&self, refusal: Refusal) {
         self.lock().stopped.get_or_insert(refusal);
     }
 
     /// Why the build was stopped, if it was.
-    pub fn stopped(&self) -> Option<Refusal> {
+    pub(crate) fn stopped(&self) -> Option<Refusal> {
         self.lock().stopped.clone()
     }
 
-    pub fn spent(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn spent(&self) -> f64 {
         self.lock().spent
     }
 }

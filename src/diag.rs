@@ -14,28 +14,28 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// The file as the user named it (relative paths stay relative).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// 1-based line and column, when the problem has a position.
-    pub position: Option<(usize, usize)>,
+    pub(crate) position: Option<(usize, usize)>,
     /// The dotted config key the problem concerns (`nodes.body.model`), when there is one.
-    pub key: Option<String>,
-    pub message: String,
+    pub(crate) key: Option<String>,
+    pub(crate) message: String,
     /// The offending source line and the caret under it, when the position is known.
-    pub snippet: Option<Snippet>,
+    pub(crate) snippet: Option<Snippet>,
 }
 
 /// A source line with the span to underline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snippet {
-    pub line_number: usize,
-    pub line: String,
+pub(crate) struct Snippet {
+    pub(crate) line_number: usize,
+    pub(crate) line: String,
     /// Columns (0-based, in characters) to underline within `line`.
-    pub underline: Range<usize>,
+    pub(crate) underline: Range<usize>,
 }
 
 impl Diagnostic {
     /// A problem with a whole file (missing, unreadable, not UTF-8).
-    pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Diagnostic {
+    pub(crate) fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             file: file.into(),
             position: None,
@@ -46,7 +46,7 @@ impl Diagnostic {
     }
 
     /// A problem at a byte span of `source`, the text of `file`.
-    pub fn at(
+    pub(crate) fn at(
         file: impl Into<PathBuf>,
         source: &str,
         span: Range<usize>,
@@ -64,7 +64,7 @@ impl Diagnostic {
 
     /// A problem at a 1-based line (and optional 1-based column, counted in characters as an
     /// editor shows it) of `source`.
-    pub fn at_line(
+    pub(crate) fn at_line(
         file: impl Into<PathBuf>,
         source: &str,
         line_number: usize,
@@ -85,7 +85,7 @@ impl Diagnostic {
     }
 
     /// A problem with a command-line argument (`--rows`): no file, the flag as the key.
-    pub fn argument(flag: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+    pub(crate) fn argument(flag: impl Into<String>, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             file: PathBuf::new(),
             position: None,
@@ -97,7 +97,11 @@ impl Diagnostic {
 
     /// `file` is not valid UTF-8: located at the first bad byte (line and column as an editor shows
     /// them up to there), without a snippet, since the line cannot be printed as text.
-    pub fn invalid_utf8(file: impl Into<PathBuf>, bytes: &[u8], valid_up_to: usize) -> Diagnostic {
+    pub(crate) fn invalid_utf8(
+        file: impl Into<PathBuf>,
+        bytes: &[u8],
+        valid_up_to: usize,
+    ) -> Diagnostic {
         let valid = &bytes[..valid_up_to.min(bytes.len())];
         let line_begin = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
@@ -117,7 +121,7 @@ impl Diagnostic {
 
     /// Drops the source line when it may hold a credential (see [`may_hold_secret`]): the position
     /// stays, so the problem is still found, but a key never reaches a terminal or a log.
-    pub fn without_secrets(mut self) -> Diagnostic {
+    pub(crate) fn without_secrets(mut self) -> Diagnostic {
         if self
             .snippet
             .as_ref()
@@ -129,13 +133,13 @@ impl Diagnostic {
     }
 
     /// Names the dotted config key the problem concerns.
-    pub fn with_key(mut self, key: impl Into<String>) -> Diagnostic {
+    pub(crate) fn with_key(mut self, key: impl Into<String>) -> Diagnostic {
         self.key = Some(key.into());
         self
     }
 
     /// The one-line form: `file:line:col: key: message`.
-    pub fn headline(&self) -> String {
+    pub(crate) fn headline(&self) -> String {
         let mut out = self.file.display().to_string();
         if let Some((line, column)) = self.position {
             out.push_str(&format!(":{line}:{column}"));
@@ -174,11 +178,11 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
-    pub fn push(&mut self, diagnostic: Diagnostic) {
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
         self.0.push(diagnostic);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -186,12 +190,12 @@ impl Diagnostics {
         self.0.len()
     }
 
-    pub fn extend(&mut self, other: Diagnostics) {
+    pub(crate) fn extend(&mut self, other: Diagnostics) {
         self.0.extend(other.0);
     }
 
     /// `Ok(value)` when no problem was found, the problems otherwise.
-    pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
+    pub(crate) fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
         if self.0.is_empty() {
             Ok(value)
         } else {
@@ -260,7 +264,7 @@ fn floor_char_boundary(source: &str, mut index: usize) -> usize {
 
 /// ` (did you mean `x`?)` when one of `candidates` is a near miss of `name`, or nothing: the
 /// suffix every "unknown name" message ends with.
-pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     did_you_mean(name, candidates).map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
 }
 
@@ -268,7 +272,7 @@ pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>)
 /// is the optimal string alignment distance over characters, where swapping two adjacent
 /// characters is one edit like an insertion, a deletion or a substitution: `rwos` is one edit
 /// from `rows`.
-pub fn did_you_mean<'a>(
+pub(crate) fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
@@ -283,7 +287,7 @@ pub fn did_you_mean<'a>(
 /// Whether a source line may hold a pasted credential: a run of 16 or more letters and digits with
 /// both letters and digits. API keys have such runs (`sk-proj-` followed by random characters);
 /// names, sentences, URLs and model names (`claude-3-5-sonnet-20241022`) do not.
-pub fn may_hold_secret(line: &str) -> bool {
+pub(crate) fn may_hold_secret(line: &str) -> bool {
     line.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
         run.len() >= 16
             && run.chars().any(|c| c.is_ascii_digit())

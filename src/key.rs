@@ -19,7 +19,7 @@ use crate::value::OutputKind;
 
 /// Version of the key schema. Recorded in every build manifest (and hashed into a build's inputs);
 /// raising it means raising `cache::CACHE_SCHEMA` too, so an older ticketbuild refuses the cache.
-pub const KEY_VERSION: u32 = 1;
+pub(crate) const KEY_VERSION: u32 = 1;
 
 /// BLAKE3 derive-key context; carries the schema version (a separate literal: change both
 /// together) so versions never share a key.
@@ -30,12 +30,12 @@ const KEY_CONTEXT: &str = "ticketbuild 2026-11-25 artifact key schema 1";
 pub struct ArtifactKey(pub [u8; 32]);
 
 impl ArtifactKey {
-    pub fn to_hex(&self) -> String {
+    pub(crate) fn to_hex(self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
     /// The first 16 hex digits, enough to tell keys apart in messages.
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         self.to_hex()[..16].to_string()
     }
 
@@ -185,7 +185,7 @@ impl Encoder {
 }
 
 /// JSON text with object keys sorted at every level, whatever map order serde_json was built with.
-pub fn canonical_json_map(map: &BTreeMap<String, serde_json::Value>) -> String {
+pub(crate) fn canonical_json_map(map: &BTreeMap<String, serde_json::Value>) -> String {
     let mut out = Vec::with_capacity(256);
     write_object(map.iter(), &mut out);
     // Invariant: serde_json writes UTF-8, and so do the brackets and commas around it.
@@ -336,9 +336,12 @@ mod tests {
         }
     }
 
+    /// A change of one key input, applied to the base inputs.
+    type Change = fn(&mut Inputs);
+
     /// Each change of one input, applied alone to the base inputs, gives a key of its own: not
     /// the base key, and not the key of any other change listed.
-    fn assert_each_changes_the_key(changes: &[(&str, fn(&mut Inputs))]) {
+    fn assert_each_changes_the_key(changes: &[(&str, Change)]) {
         let base = Inputs::base().key();
         let mut seen = vec![("(base)", base)];
         for (what, change) in changes {

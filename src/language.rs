@@ -48,7 +48,7 @@ impl Language {
     }
 
     /// Parses a code; case-sensitive, because outputs use the upper-case form.
-    pub fn from_code(code: &str) -> Option<Language> {
+    pub(crate) fn from_code(code: &str) -> Option<Language> {
         Language::ALL.into_iter().find(|l| l.code() == code)
     }
 }

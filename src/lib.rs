@@ -12,26 +12,26 @@
 //! - [`engine`] runs a build; [`output`] writes Parquet, CSV and JSONL.
 //! - [`cli`] is the command line; [`diag`] formats input errors.
 
-pub mod build;
+mod build;
 pub mod cache;
 mod cli;
 pub mod config;
 pub mod cost;
-pub mod diag;
+mod diag;
 pub mod engine;
 pub mod graph;
 pub mod key;
 pub mod language;
-pub mod manifest;
+mod manifest;
 pub mod offline;
-pub mod output;
-pub mod plan;
+mod output;
+mod plan;
 pub mod prompt;
 pub mod provider;
 pub mod sampling;
-pub mod status;
-pub mod tokens;
+mod status;
+mod tokens;
 pub mod value;
-pub mod watch;
+mod watch;
 
-pub use cli::{Cli, CliError, Outcome, run};
+pub use cli::{Cli, CliError, Outcome, report, run};

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ticketbuild::{Cli, CliError, Outcome};
+use ticketbuild::{Cli, Outcome};
 
 /// mimalloc instead of the system allocator: profiles of builds show a quarter of the time in
 /// glibc malloc/free (sled pages, decoded artifacts, rendered prompts). Its v2 (the `v2` feature in
@@ -18,29 +18,8 @@ fn main() -> ExitCode {
         Ok(Outcome::Incomplete) => ExitCode::from(1),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
-            report(&error);
+            ticketbuild::report(&error);
             ExitCode::from(error.exit_code() as u8)
         }
-    }
-}
-
-fn report(error: &CliError) {
-    match error {
-        CliError::Input(problems) => {
-            for problem in &problems.0 {
-                eprintln!("error: {problem}");
-            }
-            let count = problems.len();
-            let noun = if count == 1 { "problem" } else { "problems" };
-            eprintln!("ticketbuild: {count} {noun} in the input; nothing was built");
-        }
-        CliError::Runtime(error) => {
-            eprintln!("ticketbuild: error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("caused by: {cause}");
-            }
-        }
-        // Nobody reads stdout any more; there is nothing to say and nobody to say it to.
-        CliError::ClosedPipe => {}
     }
 }

@@ -21,58 +21,58 @@ use crate::provider::params_json;
 
 /// The small part of a manifest: enough to decide a no-op build and to explain changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub created_unix_ms: u64,
-    pub ticketbuild_version: String,
-    pub key_version: u32,
-    pub profile: Option<String>,
+pub(crate) struct Manifest {
+    pub(crate) created_unix_ms: u64,
+    pub(crate) ticketbuild_version: String,
+    pub(crate) key_version: u32,
+    pub(crate) profile: Option<String>,
     /// BLAKE3 over everything a build reads: config bytes, prompt bytes, profile, overrides.
-    pub inputs_hash: String,
-    pub rows: u64,
-    pub seed: u64,
+    pub(crate) inputs_hash: String,
+    pub(crate) rows: u64,
+    pub(crate) seed: u64,
     /// BLAKE3 over the languages and tables: what the ticket samples are drawn from.
-    pub sample_hash: String,
-    pub nodes: Vec<NodeFingerprint>,
-    pub files: Vec<FileRecord>,
+    pub(crate) sample_hash: String,
+    pub(crate) nodes: Vec<NodeFingerprint>,
+    pub(crate) files: Vec<FileRecord>,
     /// Per node: artifacts the build ended with (reused + generated) and tickets skipped; lets a
     /// no-op build report what it holds without walking the tickets.
-    pub node_totals: Vec<(String, u64, u64)>,
+    pub(crate) node_totals: Vec<(String, u64, u64)>,
 }
 
 /// What a node was, as far as its requests are concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeFingerprint {
-    pub name: String,
-    pub prompt: String,
-    pub template_hash: String,
-    pub provider: String,
-    pub model: String,
-    pub base_url: Option<String>,
-    pub params_json: String,
-    pub output_kind: String,
-    pub when: Option<String>,
+pub(crate) struct NodeFingerprint {
+    pub(crate) name: String,
+    pub(crate) prompt: String,
+    pub(crate) template_hash: String,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) base_url: Option<String>,
+    pub(crate) params_json: String,
+    pub(crate) output_kind: String,
+    pub(crate) when: Option<String>,
 }
 
 /// An output file as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    pub path: PathBuf,
-    pub size: u64,
+pub(crate) struct FileRecord {
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
     /// Modification time in nanoseconds since the epoch; with the size, it tells an intact file
     /// from an edited or replaced one without reading it.
-    pub modified_ns: u128,
+    pub(crate) modified_ns: u128,
 }
 
 /// The artifact keys of one build: `keys[ticket * nodes + node]`, `None` for a node skipped by its
 /// condition. Stored apart from the [`Manifest`] because it grows with rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManifestKeys {
-    pub nodes: usize,
-    pub keys: Vec<Option<ArtifactKey>>,
+pub(crate) struct ManifestKeys {
+    pub(crate) nodes: usize,
+    pub(crate) keys: Vec<Option<ArtifactKey>>,
 }
 
 impl ManifestKeys {
-    pub fn get(&self, ticket: u64, node: usize) -> Option<ArtifactKey> {
+    pub(crate) fn get(&self, ticket: u64, node: usize) -> Option<ArtifactKey> {
         let index = usize::try_from(ticket).ok()? * self.nodes + node;
         self.keys.get(index).copied().flatten()
     }
@@ -80,7 +80,12 @@ impl ManifestKeys {
 
 impl Manifest {
     /// Describes a build of `config` and `graph` that wrote `files`.
-    pub fn new(config: &Config, graph: &Graph, inputs_hash: String, files: &[PathBuf]) -> Manifest {
+    pub(crate) fn new(
+        config: &Config,
+        graph: &Graph,
+        inputs_hash: String,
+        files: &[PathBuf],
+    ) -> Manifest {
         Manifest {
             created_unix_ms: now_ms(),
             ticketbuild_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -97,7 +102,7 @@ impl Manifest {
     }
 
     /// The bytes the cache stores.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         // Invariant: a manifest holds only strings, numbers, paths and vectors, which bincode
         // always encodes.
         bincode::serde::encode_to_vec(self, bincode::config::standard())
@@ -105,7 +110,7 @@ impl Manifest {
     }
 
     /// A manifest from the bytes the cache stores; `None` when they do not decode.
-    pub fn decode(bytes: &[u8]) -> Option<Manifest> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Manifest> {
         bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .ok()
             .map(|(manifest, _)| manifest)
@@ -113,14 +118,14 @@ impl Manifest {
 
     /// The newest manifest in `store`, with its id; `None` when there is none or it does not
     /// decode (a cache that compares as "never built" is safe: the next build skips nothing).
-    pub fn last(store: &dyn ManifestStore) -> Result<Option<(u64, Manifest)>, CacheError> {
+    pub(crate) fn last(store: &dyn ManifestStore) -> Result<Option<(u64, Manifest)>, CacheError> {
         Ok(store
             .last_manifest()?
             .and_then(|(id, bytes)| Manifest::decode(&bytes).map(|m| (id, m))))
     }
 
     /// Whether every recorded output file is still exactly as written.
-    pub fn files_intact(&self) -> bool {
+    pub(crate) fn files_intact(&self) -> bool {
         !self.files.is_empty()
             && self
                 .files
@@ -130,7 +135,7 @@ impl Manifest {
 }
 
 impl FileRecord {
-    pub fn of(path: &Path) -> Option<FileRecord> {
+    pub(crate) fn of(path: &Path) -> Option<FileRecord> {
         let metadata = std::fs::metadata(path).ok()?;
         let modified_ns = metadata
             .modified()
@@ -146,7 +151,7 @@ impl FileRecord {
     }
 }
 
-pub fn fingerprints(graph: &Graph) -> Vec<NodeFingerprint> {
+pub(crate) fn fingerprints(graph: &Graph) -> Vec<NodeFingerprint> {
     graph
         .nodes
         .iter()
@@ -165,7 +170,7 @@ pub fn fingerprints(graph: &Graph) -> Vec<NodeFingerprint> {
 }
 
 /// Hash of what ticket samples are drawn from (besides seed and rows).
-pub fn sample_hash(config: &Config) -> String {
+pub(crate) fn sample_hash(config: &Config) -> String {
     let mut hasher = blake3::Hasher::new();
     for (language, weight) in &config.languages {
         hasher.update(language.code().as_bytes());
@@ -184,7 +189,7 @@ pub fn sample_hash(config: &Config) -> String {
 }
 
 /// Hash of everything a build reads. Equal hashes and intact files mean there is nothing to do.
-pub fn inputs_hash(config: &Config, graph: &Graph) -> String {
+pub(crate) fn inputs_hash(config: &Config, graph: &Graph) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("ticketbuild 2026-11-25 build inputs v1");
     let mut field = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
@@ -203,14 +208,14 @@ pub fn inputs_hash(config: &Config, graph: &Graph) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `2026-11-25 13:20:11 UTC` for a Unix time in milliseconds (proleptic Gregorian calendar).
-pub fn format_utc(unix_ms: u64) -> String {
+pub(crate) fn format_utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's days-to-civil algorithm.

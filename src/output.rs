@@ -39,28 +39,28 @@ pub enum OutputError {
 
 /// One ticket that could not be completed.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
-pub struct Failure {
-    pub ticket_id: String,
-    pub index: u64,
-    pub node: String,
-    pub reason: String,
+pub(crate) struct Failure {
+    pub(crate) ticket_id: String,
+    pub(crate) index: u64,
+    pub(crate) node: String,
+    pub(crate) reason: String,
 }
 
 /// One row of the lineage file.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LineageEntry {
-    pub key: ArtifactKey,
-    pub served_model: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: Option<f64>,
+pub(crate) struct LineageEntry {
+    pub(crate) key: ArtifactKey,
+    pub(crate) served_model: String,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) cost_usd: Option<f64>,
     /// True when this build called the model, false when the artifact came from the cache.
-    pub generated: bool,
-    pub created_unix_ms: u64,
+    pub(crate) generated: bool,
+    pub(crate) created_unix_ms: u64,
 }
 
 impl LineageEntry {
-    pub fn of(artifact: &ArtifactSummary, generated: bool) -> LineageEntry {
+    pub(crate) fn of(artifact: &ArtifactSummary, generated: bool) -> LineageEntry {
         LineageEntry {
             key: artifact.key,
             served_model: artifact.served_model.clone(),
@@ -75,16 +75,16 @@ impl LineageEntry {
 
 /// A finished ticket: its sample and each node's output (`None` when skipped), in graph order.
 #[derive(Debug, Clone)]
-pub struct TicketRecord {
-    pub sample: TicketSample,
-    pub outputs: Vec<Option<NodeOutput>>,
+pub(crate) struct TicketRecord {
+    pub(crate) sample: TicketSample,
+    pub(crate) outputs: Vec<Option<NodeOutput>>,
     /// How each node's output was made; written to the lineage file when it is enabled.
-    pub lineage: Vec<Option<LineageEntry>>,
+    pub(crate) lineage: Vec<Option<LineageEntry>>,
 }
 
 /// One cell of a row.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+pub(crate) enum Cell {
     Null,
     Str(String),
     List(Vec<String>),
@@ -108,12 +108,12 @@ struct ResolvedColumn {
 
 /// Turns records into rows of cells, one per output column.
 #[derive(Debug, Clone)]
-pub struct RowBuilder {
+pub(crate) struct RowBuilder {
     columns: Vec<ResolvedColumn>,
 }
 
 impl RowBuilder {
-    pub fn new(config: &Config, graph: &Graph) -> RowBuilder {
+    pub(crate) fn new(config: &Config, graph: &Graph) -> RowBuilder {
         let node_index = |name: &str| graph.nodes.iter().position(|n| n.name == name);
         let columns = config
             .columns
@@ -148,11 +148,11 @@ impl RowBuilder {
         RowBuilder { columns }
     }
 
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.columns.iter().map(|c| c.name.as_str()).collect()
     }
 
-    pub fn row(&self, record: &TicketRecord) -> Vec<Cell> {
+    pub(crate) fn row(&self, record: &TicketRecord) -> Vec<Cell> {
         self.columns
             .iter()
             .map(|column| {
@@ -236,7 +236,7 @@ struct ParquetSink {
 }
 
 /// Writes every configured format at once, row by row.
-pub struct DatasetWriter {
+pub(crate) struct DatasetWriter {
     rows: RowBuilder,
     dir: PathBuf,
     name: String,
@@ -251,7 +251,7 @@ pub struct DatasetWriter {
 
 /// A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first), made plain text by a
 /// leading apostrophe, as OWASP recommends for CSV exports.
-pub fn formula_escaped(text: String) -> String {
+pub(crate) fn formula_escaped(text: String) -> String {
     if text.starts_with(['=', '+', '-', '@']) {
         format!("'{text}")
     } else {
@@ -325,7 +325,7 @@ impl LineageSink {
 }
 
 impl DatasetWriter {
-    pub fn create(config: &Config, graph: &Graph) -> Result<DatasetWriter, OutputError> {
+    pub(crate) fn create(config: &Config, graph: &Graph) -> Result<DatasetWriter, OutputError> {
         let dir = config.output_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| OutputError::Folder {
             path: dir.clone(),
@@ -416,7 +416,7 @@ impl DatasetWriter {
         Ok(writer)
     }
 
-    pub fn write(&mut self, record: &TicketRecord) -> Result<(), OutputError> {
+    pub(crate) fn write(&mut self, record: &TicketRecord) -> Result<(), OutputError> {
         let cells = self.rows.row(record);
         if let Some((file, csv)) = &mut self.csv {
             let escape = self.csv_formula_escape;
@@ -477,7 +477,10 @@ impl DatasetWriter {
     }
 
     /// Writes `failures` next to the dataset, or removes a stale failures file when there are none.
-    pub fn write_failures(&self, failures: &[Failure]) -> Result<Option<PathBuf>, OutputError> {
+    pub(crate) fn write_failures(
+        &self,
+        failures: &[Failure],
+    ) -> Result<Option<PathBuf>, OutputError> {
         let file = PendingFile::new(&self.dir, &format!("{}.failures.jsonl", self.name));
         if failures.is_empty() {
             if file.path.exists() {
@@ -498,7 +501,7 @@ impl DatasetWriter {
     }
 
     /// Completes every file and moves it into place. Returns the paths written.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>, OutputError> {
+    pub(crate) fn finish(mut self) -> Result<Vec<PathBuf>, OutputError> {
         let mut written = Vec::new();
         if let Some(mut parquet) = self.parquet.take() {
             parquet.flush(&self.rows)?;
@@ -537,7 +540,7 @@ impl DatasetWriter {
     }
 
     /// Drops the partial files, leaving the previous outputs in place.
-    pub fn abandon(self) {
+    pub(crate) fn abandon(self) {
         let temporaries: Vec<PathBuf> = self
             .csv
             .iter()

@@ -23,7 +23,7 @@ use crate::graph::Graph;
 const OFFLINE_OUTPUT_TOKENS: u64 = 120;
 
 /// Plans every ticket of the project (calling no model) and estimates what a build would cost.
-pub async fn of_project(
+pub(crate) async fn of_project(
     config: Arc<Config>,
     graph: Arc<Graph>,
     store: Arc<dyn ArtifactStore>,
@@ -38,38 +38,38 @@ pub async fn of_project(
 
 /// One node's estimate.
 #[derive(Debug, Clone, Serialize)]
-pub struct NodePlan {
-    pub name: String,
-    pub model: String,
-    pub tokenizer: &'static str,
-    pub cached: u64,
-    pub to_generate: u64,
-    pub skipped: u64,
+pub(crate) struct NodePlan {
+    pub(crate) name: String,
+    pub(crate) model: String,
+    pub(crate) tokenizer: &'static str,
+    pub(crate) cached: u64,
+    pub(crate) to_generate: u64,
+    pub(crate) skipped: u64,
     /// Estimated input tokens of everything to generate.
-    pub input_tokens: u64,
-    pub output_tokens_low: u64,
-    pub output_tokens_expected: u64,
-    pub output_tokens_high: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens_low: u64,
+    pub(crate) output_tokens_expected: u64,
+    pub(crate) output_tokens_high: u64,
     /// USD; `None` when the model has no known price.
-    pub cost_low: Option<f64>,
-    pub cost_expected: Option<f64>,
-    pub cost_high: Option<f64>,
+    pub(crate) cost_low: Option<f64>,
+    pub(crate) cost_expected: Option<f64>,
+    pub(crate) cost_high: Option<f64>,
     /// Some prompts depend on outputs not generated yet; their size is estimated.
-    pub depends_on_pending: bool,
+    pub(crate) depends_on_pending: bool,
     /// Where the output estimate comes from: `cached outputs` or `max_tokens`.
-    pub output_basis: String,
+    pub(crate) output_basis: String,
 }
 
 /// The whole estimate.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub dataset: String,
-    pub tickets: u64,
-    pub nodes: Vec<NodePlan>,
-    pub cost_low: Option<f64>,
-    pub cost_expected: Option<f64>,
-    pub cost_high: Option<f64>,
-    pub budget: Option<f64>,
+pub(crate) struct Plan {
+    pub(crate) dataset: String,
+    pub(crate) tickets: u64,
+    pub(crate) nodes: Vec<NodePlan>,
+    pub(crate) cost_low: Option<f64>,
+    pub(crate) cost_expected: Option<f64>,
+    pub(crate) cost_high: Option<f64>,
+    pub(crate) budget: Option<f64>,
 }
 
 #[derive(Default, Clone)]
@@ -85,14 +85,14 @@ struct Acc {
 }
 
 /// Accumulates planned tickets into a [`Plan`].
-pub struct Planner<'a> {
+pub(crate) struct Planner<'a> {
     config: &'a Config,
     graph: &'a Graph,
     acc: Vec<Acc>,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(config: &'a Config, graph: &'a Graph) -> Planner<'a> {
+    pub(crate) fn new(config: &'a Config, graph: &'a Graph) -> Planner<'a> {
         Planner {
             config,
             graph,
@@ -100,7 +100,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn add(&mut self, outcome: &TicketOutcome) {
+    pub(crate) fn add(&mut self, outcome: &TicketOutcome) {
         for (i, state) in outcome.states.iter().enumerate() {
             let acc = &mut self.acc[i];
             let model = &self.graph.nodes[i].model;
@@ -129,7 +129,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn finish(self) -> Plan {
+    pub(crate) fn finish(self) -> Plan {
         let mut nodes: Vec<NodePlan> = Vec::new();
         // Expected output tokens per node, used for the prompts of downstream nodes.
         let mut expected_output: Vec<u64> = Vec::new();

@@ -18,9 +18,9 @@ const SAMPLE_CONTEXT: &str = "ticketbuild 2026-11-25 ticket sample v1";
 const ID_CONTEXT: &str = "ticketbuild 2026-11-25 ticket id permutation v1";
 
 /// Smallest ticket id: the first 12-digit number.
-pub const ID_MIN: u64 = 100_000_000_000;
+pub(crate) const ID_MIN: u64 = 100_000_000_000;
 /// Number of distinct 12-13 digit ids: 10^11 .. 10^13.
-pub const ID_SPACE: u64 = 10_000_000_000_000 - ID_MIN;
+pub(crate) const ID_SPACE: u64 = 10_000_000_000_000 - ID_MIN;
 
 /// A weighted table of categories; one is drawn per ticket and becomes a column and a template variable.
 #[derive(Debug, Clone)]

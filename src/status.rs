@@ -13,27 +13,26 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cache::{Cache, RecordedRequest};
+use crate::cache::{Cache, KeyChunks, RecordedRequest};
 use crate::config::Config;
 use crate::engine::{BuildError, Engine, NodeState, TicketOutcome};
 use crate::graph::Graph;
-use crate::key::ArtifactKey;
 use crate::manifest::{self, Manifest, ManifestKeys, NodeFingerprint};
 
 /// What `ticketbuild status` shows: per node, what is up to date and what a build would
 /// generate, and why.
 #[derive(Debug, Serialize)]
-pub struct ProjectStatus {
+pub(crate) struct ProjectStatus {
     /// When the build compared with (the last complete one) ran; `None` when there was none.
-    pub compared_with_build_at_unix_ms: Option<u64>,
-    pub dataset: String,
-    pub nodes: Vec<NodeStatus>,
-    pub tickets: u64,
+    pub(crate) compared_with_build_at_unix_ms: Option<u64>,
+    pub(crate) dataset: String,
+    pub(crate) nodes: Vec<NodeStatus>,
+    pub(crate) tickets: u64,
 }
 
 /// Plans every ticket of `config` (calling no model) and compares with the last build recorded
 /// in `cache`. `force` names nodes to count as forced, as `build --force` would.
-pub async fn of_project(
+pub(crate) async fn of_project(
     config: Config,
     graph: Graph,
     cache: Arc<dyn Cache>,
@@ -78,7 +77,7 @@ pub async fn of_project(
 /// Why an artifact would be generated.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "cause", content = "detail", rename_all = "snake_case")]
-pub enum Cause {
+pub(crate) enum Cause {
     /// Never built: no earlier build had this node or this ticket.
     New,
     /// The user asked for it.
@@ -96,7 +95,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Cause::New => "new (never built)".to_string(),
             Cause::Forced => "forced".to_string(),
@@ -111,21 +110,21 @@ impl Cause {
 
 /// One node's status across all tickets.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub up_to_date: u64,
-    pub to_generate: u64,
-    pub skipped: u64,
-    pub failed: u64,
+pub(crate) struct NodeStatus {
+    pub(crate) name: String,
+    pub(crate) up_to_date: u64,
+    pub(crate) to_generate: u64,
+    pub(crate) skipped: u64,
+    pub(crate) failed: u64,
     /// Counts per cause, in the fixed order of causes.
-    pub causes: Vec<CauseCount>,
+    pub(crate) causes: Vec<CauseCount>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CauseCount {
+pub(crate) struct CauseCount {
     #[serde(flatten)]
-    pub cause: Cause,
-    pub count: u64,
+    pub(crate) cause: Cause,
+    pub(crate) count: u64,
 }
 
 /// Per-node facts computed once: what changed in the node itself since the manifest.
@@ -136,7 +135,7 @@ struct NodeChange {
 }
 
 /// Accumulates a plan into per-node statuses.
-pub struct StatusBuilder<'a> {
+pub(crate) struct StatusBuilder<'a> {
     previous: Option<(&'a Manifest, &'a ManifestKeys)>,
     changes: Vec<NodeChange>,
     ticket_set: Option<String>,
@@ -146,7 +145,7 @@ pub struct StatusBuilder<'a> {
 }
 
 impl<'a> StatusBuilder<'a> {
-    pub fn new(
+    pub(crate) fn new(
         current: &[NodeFingerprint],
         seed: u64,
         sample_hash: &str,
@@ -198,12 +197,12 @@ impl<'a> StatusBuilder<'a> {
     }
 
     /// Marks the nodes forced with `--force`, in graph order.
-    pub fn force(&mut self, forced: Vec<bool>) {
+    pub(crate) fn force(&mut self, forced: Vec<bool>) {
         self.forced = forced;
     }
 
     /// Adds one planned ticket. `upstream[i]` lists node i's upstream nodes.
-    pub fn add(&mut self, outcome: &TicketOutcome, upstream: &[Vec<usize>]) {
+    pub(crate) fn add(&mut self, outcome: &TicketOutcome, upstream: &[Vec<usize>]) {
         let index = outcome.sample.index;
         for (i, state) in outcome.states.iter().enumerate() {
             let cause = matches!(state, NodeState::Missing(_) | NodeState::Blocked)
@@ -269,7 +268,7 @@ impl<'a> StatusBuilder<'a> {
         Cause::NotCached
     }
 
-    pub fn finish(self) -> Vec<NodeStatus> {
+    pub(crate) fn finish(self) -> Vec<NodeStatus> {
         self.nodes
             .into_iter()
             .map(|(mut status, causes)| {
@@ -287,7 +286,7 @@ impl<'a> StatusBuilder<'a> {
 /// node's own change if it has one, else the first upstream node that re-ran, else a changed ticket
 /// set, else new tickets. `reran[i]` says whether node i generated anything. For `watch`, which
 /// reports every rebuild without a per-artifact walk.
-pub fn node_causes(
+pub(crate) fn node_causes(
     previous: Option<&Manifest>,
     current: &[NodeFingerprint],
     seed: u64,
@@ -346,7 +345,7 @@ fn model_change(old: &NodeFingerprint, now: &NodeFingerprint) -> Option<String> 
 }
 
 /// Parameter differences between two canonical JSON parameter sets.
-pub fn param_changes(old: &str, now: &str) -> Vec<String> {
+pub(crate) fn param_changes(old: &str, now: &str) -> Vec<String> {
     let parse = |text: &str| -> BTreeMap<String, serde_json::Value> {
         serde_json::from_str(text).unwrap_or_default()
     };
@@ -368,7 +367,7 @@ pub fn param_changes(old: &str, now: &str) -> Vec<String> {
 
 /// A structural diff between a recorded request and the one that would be sent now: one line per
 /// changed scalar field, and a line diff (`-`/`+`) of changed messages.
-pub fn request_diff(old: &RecordedRequest, now: &RecordedRequest) -> Vec<String> {
+pub(crate) fn request_diff(old: &RecordedRequest, now: &RecordedRequest) -> Vec<String> {
     let mut out = Vec::new();
     let mut scalar = |field: &str, a: String, b: String| {
         if a != b {
@@ -434,11 +433,7 @@ pub fn request_diff(old: &RecordedRequest, now: &RecordedRequest) -> Vec<String>
 }
 
 /// Loads every key of a manifest into memory (for `status`, not for builds).
-fn collect_keys(
-    nodes: usize,
-    rows: u64,
-    chunks: impl FnOnce(&mut dyn FnMut(u64, &[Option<ArtifactKey>], usize)),
-) -> ManifestKeys {
+fn collect_keys(nodes: usize, rows: u64, chunks: impl FnOnce(&mut KeyChunks<'_>)) -> ManifestKeys {
     let mut keys = vec![None; rows as usize * nodes];
     chunks(&mut |first, chunk, chunk_nodes| {
         if chunk_nodes != nodes {

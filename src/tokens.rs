@@ -11,7 +11,7 @@ use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 use crate::config::ProviderKind;
 
 /// Tokens in the concatenation of `parts` (a request's system and user messages) for `model`.
-pub fn count(provider: ProviderKind, model: &str, parts: &[&str]) -> u64 {
+pub(crate) fn count(provider: ProviderKind, model: &str, parts: &[&str]) -> u64 {
     match encoding(provider, model) {
         Some(Tokenizer::Cl100kBase) => parts
             .iter()
@@ -34,7 +34,7 @@ pub fn count(provider: ProviderKind, model: &str, parts: &[&str]) -> u64 {
 }
 
 /// What [`count`] uses for `model`: the encoding's name, or the approximation.
-pub fn tokenizer_name(provider: ProviderKind, model: &str) -> &'static str {
+pub(crate) fn tokenizer_name(provider: ProviderKind, model: &str) -> &'static str {
     match encoding(provider, model) {
         Some(Tokenizer::Cl100kBase) => "cl100k_base",
         Some(_) => "o200k_base",
@@ -43,7 +43,7 @@ pub fn tokenizer_name(provider: ProviderKind, model: &str) -> &'static str {
 }
 
 /// Tokens in text of `bytes` bytes when no tokenizer is known: about four per token.
-pub fn estimate(bytes: usize) -> u64 {
+pub(crate) fn estimate(bytes: usize) -> u64 {
     bytes.div_ceil(4) as u64
 }
 

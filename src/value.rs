@@ -18,7 +18,7 @@ pub enum OutputKind {
 }
 
 impl OutputKind {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             OutputKind::Text => "text",
             OutputKind::List { .. } => "list",
@@ -76,7 +76,7 @@ impl OutputKind {
     /// format or a JSON instruction): a `list` must then come as JSON, an array or an object
     /// holding one. Prose that merely contains commas ("I'm sorry, but I can't, ...") is refused
     /// instead of being split into "tags".
-    pub fn parse_requested_json(&self, raw: &str) -> Result<NodeOutput, InvalidOutput> {
+    pub(crate) fn parse_requested_json(&self, raw: &str) -> Result<NodeOutput, InvalidOutput> {
         if let OutputKind::List { .. } = self {
             let body = strip_code_fence(raw.trim());
             if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
@@ -127,7 +127,7 @@ pub enum NodeOutput {
 }
 
 impl NodeOutput {
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         match self {
             NodeOutput::Text(_) => "text",
             NodeOutput::List(_) => "list",
@@ -136,7 +136,7 @@ impl NodeOutput {
     }
 
     /// Checks the value against the declared kind, keeping only the declared JSON fields.
-    pub fn validated(self, kind: &OutputKind) -> Result<NodeOutput, InvalidOutput> {
+    pub(crate) fn validated(self, kind: &OutputKind) -> Result<NodeOutput, InvalidOutput> {
         match (self, kind) {
             (NodeOutput::Text(text), OutputKind::Text) => {
                 if text.trim().is_empty() {
@@ -182,7 +182,7 @@ impl NodeOutput {
     }
 
     /// The value as JSON: a string, an array of strings, or an object of strings.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         match self {
             NodeOutput::Text(text) => serde_json::Value::String(text.clone()),
             NodeOutput::List(items) => items
@@ -208,7 +208,7 @@ impl NodeOutput {
     }
 
     /// Number of characters, for token estimates.
-    pub fn char_len(&self) -> usize {
+    pub(crate) fn char_len(&self) -> usize {
         match self {
             NodeOutput::Text(text) => text.len(),
             NodeOutput::List(items) => items.iter().map(|s| s.len() + 2).sum(),

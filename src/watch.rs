@@ -29,16 +29,16 @@ type Hashes = BTreeMap<PathBuf, Option<blake3::Hash>>;
 
 /// Paths that may have changed, from one debounced batch of file events.
 #[derive(Debug, Default)]
-pub struct Change {
-    pub paths: Vec<PathBuf>,
+pub(crate) struct Change {
+    pub(crate) paths: Vec<PathBuf>,
     /// The watcher lost events (or reported an error): look at every watched file.
-    pub rescan: bool,
+    pub(crate) rescan: bool,
     /// What the watcher reported, for the user.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 impl Change {
-    pub fn merge(&mut self, other: Change) {
+    pub(crate) fn merge(&mut self, other: Change) {
         self.paths.extend(other.paths);
         self.rescan |= other.rescan;
         self.errors.extend(other.errors);
@@ -46,11 +46,11 @@ impl Change {
 }
 
 /// The file watcher of a watch session.
-pub type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
+pub(crate) type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
 
 /// A debounced watcher that sends the paths of content events (not reads) to `events`. Each path
 /// settles for `timeout`; the debouncer looks every `tick`.
-pub fn file_watcher(
+pub(crate) fn file_watcher(
     timeout: Duration,
     tick: Duration,
     events: UnboundedSender<Change>,
@@ -91,7 +91,7 @@ fn may_change_content(kind: &EventKind) -> bool {
 }
 
 /// The watched files, the folders the watcher is armed on, and the content last acted on.
-pub struct WatchedFiles {
+pub(crate) struct WatchedFiles {
     watcher: Watcher,
     /// The folder of the config file, absolute; changed files are named relative to it.
     root: PathBuf,
@@ -110,7 +110,11 @@ pub struct WatchedFiles {
 impl WatchedFiles {
     /// Watches the config file at `config_path` (absolute), the `.env` beside it, and the prompts
     /// `config` names (when it loaded), taking their content now as the content acted on.
-    pub fn new(watcher: Watcher, config_path: PathBuf, config: Option<&Config>) -> WatchedFiles {
+    pub(crate) fn new(
+        watcher: Watcher,
+        config_path: PathBuf,
+        config: Option<&Config>,
+    ) -> WatchedFiles {
         let root = config_path
             .parent()
             .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -131,18 +135,18 @@ impl WatchedFiles {
     }
 
     /// How many watched files exist now.
-    pub fn existing(&self) -> usize {
+    pub(crate) fn existing(&self) -> usize {
         self.seen.values().filter(|h| h.is_some()).count()
     }
 
     /// Problems met arming the watcher since the last call.
-    pub fn take_warnings(&mut self) -> Vec<String> {
+    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
 
     /// Makes the watched set the config, `.env` and `config`'s prompts; newly watched files are
     /// hashed now, files no longer named are forgotten.
-    pub fn track(&mut self, config: &Config) {
+    pub(crate) fn track(&mut self, config: &Config) {
         let mut files = BTreeSet::from([self.config_path.clone(), self.root.join(".env")]);
         files.extend(prompt_files(config));
         if files == self.files {
@@ -161,7 +165,7 @@ impl WatchedFiles {
     /// The watched files whose content differs from the content last acted on, after `change`;
     /// they become the content acted on. Empty when `change` concerns no watched file or changed
     /// nothing.
-    pub fn changed(&mut self, change: Change) -> Vec<PathBuf> {
+    pub(crate) fn changed(&mut self, change: Change) -> Vec<PathBuf> {
         let touched: Vec<PathBuf> = change
             .paths
             .into_iter()
@@ -185,7 +189,7 @@ impl WatchedFiles {
     }
 
     /// `a.jinja, b.jinja` as the user would name them.
-    pub fn describe(&self, paths: &[PathBuf]) -> String {
+    pub(crate) fn describe(&self, paths: &[PathBuf]) -> String {
         let mut names: Vec<String> = paths
             .iter()
             .map(|p| {

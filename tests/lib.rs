@@ -3,6 +3,9 @@
 //! One test binary (see `[[test]]` in Cargo.toml), one module per feature; `support` holds the
 //! project builder and helpers shared by all of them.
 
+// Test support is `pub` for the test modules, not for a library.
+#![allow(unreachable_pub)]
+
 mod architecture;
 mod bad_inputs;
 mod build;

@@ -62,22 +62,22 @@ pub struct RecordedRequest {
 /// rendered prompts) instead of allocating it for every ticket of every rebuild.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ArtifactSummary {
-    pub key: ArtifactKey,
-    pub node: String,
-    pub output: NodeOutput,
-    pub usage: Usage,
-    pub cost_usd: Option<f64>,
-    pub computed_cost_usd: Option<f64>,
-    pub price: Option<PriceEntry>,
-    pub served_model: String,
-    pub created_unix_ms: u64,
-    pub latency_ms: u64,
-    pub upstream: Vec<(String, ArtifactKey)>,
+    pub(crate) key: ArtifactKey,
+    pub(crate) node: String,
+    pub(crate) output: NodeOutput,
+    pub(crate) usage: Usage,
+    pub(crate) cost_usd: Option<f64>,
+    pub(crate) computed_cost_usd: Option<f64>,
+    pub(crate) price: Option<PriceEntry>,
+    pub(crate) served_model: String,
+    pub(crate) created_unix_ms: u64,
+    pub(crate) latency_ms: u64,
+    pub(crate) upstream: Vec<(String, ArtifactKey)>,
 }
 
 impl Artifact {
     /// The artifact without its recorded request.
-    pub fn into_summary(self) -> ArtifactSummary {
+    pub(crate) fn into_summary(self) -> ArtifactSummary {
         ArtifactSummary {
             key: self.key,
             node: self.node,
@@ -130,7 +130,7 @@ pub(super) fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {
 }
 
 /// An artifact's bytes as a store holds them (a buffer of the store's own, not copied out).
-pub type EncodedBytes = Box<dyn AsRef<[u8]> + Send + Sync>;
+pub(crate) type EncodedBytes = Box<dyn AsRef<[u8]> + Send + Sync>;
 
 /// The stored artifacts of one ticket (see [`ArtifactStore::ticket_artifacts`]), still encoded: only
 /// the ones a lookup asks for are decoded.
@@ -146,7 +146,11 @@ pub struct TicketArtifacts {
 
 impl TicketArtifacts {
     /// The artifacts of `ticket` as a store lists them; `complete` when no other is stored.
-    pub fn listed(ticket: u64, entries: Vec<(ArtifactKey, EncodedBytes)>, complete: bool) -> Self {
+    pub(crate) fn listed(
+        ticket: u64,
+        entries: Vec<(ArtifactKey, EncodedBytes)>,
+        complete: bool,
+    ) -> Self {
         TicketArtifacts {
             ticket,
             entries,
@@ -156,12 +160,12 @@ impl TicketArtifacts {
     }
 
     /// A set for a store that cannot list a ticket's artifacts: every lookup asks the store.
-    pub fn unlisted(ticket: u64) -> Self {
+    pub(crate) fn unlisted(ticket: u64) -> Self {
         TicketArtifacts::listed(ticket, Vec::new(), false)
     }
 
     /// Looks `key` up among the ticket's artifacts, asking `store` only when the set is incomplete.
-    pub fn get(
+    pub(crate) fn get(
         &self,
         store: &dyn ArtifactStore,
         key: &ArtifactKey,
@@ -180,7 +184,7 @@ impl TicketArtifacts {
     }
 
     /// Records an artifact just generated (and put) for this ticket, so later lookups see it.
-    pub fn add_generated(&mut self, summary: ArtifactSummary) {
+    pub(crate) fn add_generated(&mut self, summary: ArtifactSummary) {
         self.generated.push(summary);
     }
 }

@@ -15,7 +15,7 @@ use super::{ArtifactStore, CacheError};
 /// batch gathers. One flush per response would make the disk, not the model, the bottleneck.
 ///
 /// [`durable`]: GroupCommit::durable
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     store: Arc<dyn ArtifactStore>,
     requested: AtomicU64,
     wake: tokio::sync::Notify,
@@ -25,7 +25,7 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn new(store: Arc<dyn ArtifactStore>, enabled: bool) -> Arc<GroupCommit> {
+    pub(crate) fn new(store: Arc<dyn ArtifactStore>, enabled: bool) -> Arc<GroupCommit> {
         let (flushed, _) = tokio::sync::watch::channel(Ok(0));
         Arc::new(GroupCommit {
             store,
@@ -37,7 +37,10 @@ impl GroupCommit {
     }
 
     /// Runs the flusher until `shutdown` is dropped or fires. Spawn it on the runtime.
-    pub async fn run(self: Arc<GroupCommit>, mut shutdown: tokio::sync::oneshot::Receiver<()>) {
+    pub(crate) async fn run(
+        self: Arc<GroupCommit>,
+        mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    ) {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -57,7 +60,7 @@ impl GroupCommit {
     }
 
     /// Waits until everything put before this call is durable.
-    pub async fn durable(&self) -> Result<(), CacheError> {
+    pub(crate) async fn durable(&self) -> Result<(), CacheError> {
         if !self.enabled {
             return Ok(());
         }

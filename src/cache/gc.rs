@@ -12,14 +12,14 @@ use super::{Artifact, Cache, CacheError, Lookup, MissReason};
 use crate::key::ArtifactKey;
 
 /// The manifests gc keeps, and every key they reach.
-pub struct Reachable {
+pub(crate) struct Reachable {
     /// Manifest ids: the last `keep`, newest first, then the pinned ones not among them.
-    pub roots: Vec<u64>,
-    pub keys: HashSet<ArtifactKey>,
+    pub(crate) roots: Vec<u64>,
+    pub(crate) keys: HashSet<ArtifactKey>,
 }
 
 /// Keys reachable from the kept manifests: the last `keep` plus every pinned one.
-pub fn reachable(cache: &dyn Cache, keep: usize) -> Result<Reachable, CacheError> {
+pub(crate) fn reachable(cache: &dyn Cache, keep: usize) -> Result<Reachable, CacheError> {
     let manifests = cache.manifests()?;
     let mut roots: Vec<u64> = manifests
         .iter()
@@ -42,21 +42,21 @@ pub fn reachable(cache: &dyn Cache, keep: usize) -> Result<Reachable, CacheError
 }
 
 /// What `cache stats` shows.
-pub struct CacheStats {
-    pub entries: u64,
-    pub bytes_on_disk: u64,
+pub(crate) struct CacheStats {
+    pub(crate) entries: u64,
+    pub(crate) bytes_on_disk: u64,
     /// The encoded size of every entry.
-    pub artifact_bytes: u64,
+    pub(crate) artifact_bytes: u64,
     /// Entries the kept manifests reach.
-    pub reachable: u64,
-    pub kept_manifests: usize,
-    pub per_node: BTreeMap<String, u64>,
+    pub(crate) reachable: u64,
+    pub(crate) kept_manifests: usize,
+    pub(crate) per_node: BTreeMap<String, u64>,
     /// Keyed `provider/served model`.
-    pub per_model: BTreeMap<String, u64>,
+    pub(crate) per_model: BTreeMap<String, u64>,
 }
 
 /// Counts the entries of `cache`, and how many the last `keep` manifests (and the pinned) reach.
-pub fn stats(cache: &dyn Cache, keep: usize) -> Result<CacheStats, CacheError> {
+pub(crate) fn stats(cache: &dyn Cache, keep: usize) -> Result<CacheStats, CacheError> {
     let reachable = reachable(cache, keep)?;
     let mut stats = CacheStats {
         entries: 0,
@@ -84,17 +84,21 @@ pub fn stats(cache: &dyn Cache, keep: usize) -> Result<CacheStats, CacheError> {
 }
 
 /// What `cache gc` deleted (or would delete, with `dry_run`).
-pub struct GcReport {
-    pub deleted_artifacts: u64,
-    pub freed_bytes: u64,
-    pub deleted_manifests: u64,
-    pub kept_artifacts: u64,
-    pub kept_manifests: usize,
+pub(crate) struct GcReport {
+    pub(crate) deleted_artifacts: u64,
+    pub(crate) freed_bytes: u64,
+    pub(crate) deleted_manifests: u64,
+    pub(crate) kept_artifacts: u64,
+    pub(crate) kept_manifests: usize,
 }
 
 /// Deletes the artifacts no kept manifest reaches, the manifests that are not kept and the keys of
 /// builds that never finished; with `dry_run`, only counts them.
-pub fn collect(cache: &dyn Cache, keep: usize, dry_run: bool) -> Result<GcReport, CacheError> {
+pub(crate) fn collect(
+    cache: &dyn Cache,
+    keep: usize,
+    dry_run: bool,
+) -> Result<GcReport, CacheError> {
     let reachable = reachable(cache, keep)?;
     let mut doomed = Vec::new();
     let mut freed_bytes = 0u64;
@@ -131,14 +135,14 @@ pub fn collect(cache: &dyn Cache, keep: usize, dry_run: bool) -> Result<GcReport
 }
 
 /// What `cache verify` found: entries checked, and the bad ones (now in quarantine).
-pub struct VerifyReport {
-    pub checked: u64,
-    pub bad: Vec<(ArtifactKey, MissReason)>,
+pub(crate) struct VerifyReport {
+    pub(crate) checked: u64,
+    pub(crate) bad: Vec<(ArtifactKey, MissReason)>,
 }
 
 /// Checks that every entry decodes and is stored under its own key; moves the bad ones to
 /// quarantine.
-pub fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
+pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
     let mut checked = 0u64;
     let mut bad = Vec::new();
     for entry in cache.entries() {

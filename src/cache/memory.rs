@@ -13,20 +13,20 @@ use crate::key::ArtifactKey;
 
 /// An in-memory store that counts what it is asked; for tests.
 #[derive(Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     entries: Mutex<HashMap<ArtifactKey, Vec<u8>>>,
-    pub gets: AtomicU64,
-    pub puts: AtomicU64,
-    pub flushes: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) puts: AtomicU64,
+    pub(crate) flushes: AtomicU64,
 }
 
 impl MemoryStore {
-    pub fn new() -> MemoryStore {
+    pub(crate) fn new() -> MemoryStore {
         MemoryStore::default()
     }
 
     /// Overwrites an entry's bytes, to simulate corruption.
-    pub fn corrupt(&self, key: &ArtifactKey, bytes: Vec<u8>) {
+    pub(crate) fn corrupt(&self, key: &ArtifactKey, bytes: Vec<u8>) {
         self.lock().insert(*key, bytes);
     }
 

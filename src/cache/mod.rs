@@ -7,7 +7,7 @@
 //! - the traits here: [`ArtifactStore`] (what the engine needs: get, put, flush),
 //!   [`ManifestStore`] (the keys and manifests of builds, pins) and [`Maintenance`] (listing,
 //!   removing and quarantining entries); [`Cache`] is all three, what [`open`] returns.
-//! - [`sled_store`]: the sled implementation in a cache folder; [`memory`]: an in-memory double
+//! - [`sled_store`]: the sled implementation in a cache folder; `memory`: an in-memory double
 //!   for tests.
 //! - [`commit`]: *when* a stored artifact is durable ([`GroupCommit`]).
 //! - [`gc`]: what `cache stats`, `cache gc` and `cache verify` find and do.
@@ -18,11 +18,12 @@
 //! it has finished; and a cache written by a newer ticketbuild (a higher [`CACHE_SCHEMA`]) is
 //! refused rather than misread.
 
-pub mod artifact;
-pub mod commit;
-pub mod gc;
-pub mod memory;
-pub mod sled_store;
+pub(crate) mod artifact;
+pub(crate) mod commit;
+pub(crate) mod gc;
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod sled_store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,13 +31,14 @@ use std::sync::Arc;
 use crate::key::ArtifactKey;
 
 pub use artifact::{Artifact, ArtifactSummary, RecordedRequest, TicketArtifacts};
-pub use commit::GroupCommit;
-pub use memory::MemoryStore;
+pub(crate) use commit::GroupCommit;
+#[cfg(test)]
+pub(crate) use memory::MemoryStore;
 pub use sled_store::{CACHE_SCHEMA, SledStore};
 
 /// Opens (or creates) the cache folder at `path`; fails early, before any model call, if the
 /// folder is locked, unwritable, nearly full or written by a newer ticketbuild.
-pub fn open(path: &Path) -> Result<Arc<dyn Cache>, CacheError> {
+pub(crate) fn open(path: &Path) -> Result<Arc<dyn Cache>, CacheError> {
     Ok(Arc::new(SledStore::open(path)?))
 }
 
@@ -122,7 +124,7 @@ pub trait ArtifactStore: Send + Sync {
 /// A build reserves a manifest id before it starts, records every ticket's keys under it as
 /// tickets finish (chunk by chunk, so memory stays flat in rows), and stores the manifest itself
 /// only once every ticket is written: keys without a manifest are an unfinished build.
-pub trait ManifestStore: Send + Sync {
+pub(crate) trait ManifestStore: Send + Sync {
     /// Reserves the id of the next manifest; its keys are written under it as the build goes.
     fn next_manifest_id(&self) -> Result<u64, CacheError>;
     /// A recorder that stores a build's keys in chunks under manifest `id`.
@@ -134,11 +136,7 @@ pub trait ManifestStore: Send + Sync {
     /// The newest stored manifest.
     fn last_manifest(&self) -> Result<Option<(u64, Vec<u8>)>, CacheError>;
     /// The keys of manifest `id`, chunk by chunk: `each(first ticket, keys, nodes per ticket)`.
-    fn manifest_keys(
-        &self,
-        id: u64,
-        each: &mut dyn FnMut(u64, &[Option<ArtifactKey>], usize),
-    ) -> Result<(), CacheError>;
+    fn manifest_keys(&self, id: u64, each: &mut KeyChunks<'_>) -> Result<(), CacheError>;
     /// The recorded key of (ticket, node) in manifest `id`.
     fn manifest_key(
         &self,
@@ -155,6 +153,10 @@ pub trait ManifestStore: Send + Sync {
     fn unfinished_manifest_ids(&self) -> Result<Vec<u64>, CacheError>;
 }
 
+/// Receives a manifest's keys chunk by chunk: (first ticket of the chunk, its keys in ticket then
+/// node order, nodes per ticket).
+pub(crate) type KeyChunks<'a> = dyn FnMut(u64, &[Option<ArtifactKey>], usize) + 'a;
+
 /// Receives every ticket's artifact keys, in ticket order, during a build: the manifest's keys.
 pub trait KeyRecorder: Send {
     fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError>;
@@ -163,15 +165,15 @@ pub trait KeyRecorder: Send {
 }
 
 /// One stored artifact entry, as [`Maintenance::entries`] lists it.
-pub struct StoredEntry {
+pub(crate) struct StoredEntry {
     /// Where it is filed (pass it to `remove` or `quarantine`).
-    pub slot: Vec<u8>,
-    pub key: ArtifactKey,
-    pub value: Vec<u8>,
+    pub(crate) slot: Vec<u8>,
+    pub(crate) key: ArtifactKey,
+    pub(crate) value: Vec<u8>,
 }
 
 /// What gc, verify and stats need beyond lookups: every entry, and removing one.
-pub trait Maintenance: Send + Sync {
+pub(crate) trait Maintenance: Send + Sync {
     /// Every artifact entry, in ticket order.
     fn entries(&self) -> Box<dyn Iterator<Item = Result<StoredEntry, CacheError>> + '_>;
     /// Removes the entry filed under `slot` (from [`StoredEntry::slot`]).
@@ -181,6 +183,6 @@ pub trait Maintenance: Send + Sync {
 }
 
 /// A whole cache folder: artifacts, manifests and maintenance.
-pub trait Cache: ArtifactStore + ManifestStore + Maintenance {}
+pub(crate) trait Cache: ArtifactStore + ManifestStore + Maintenance {}
 
 impl<T: ArtifactStore + ManifestStore + Maintenance> Cache for T {}

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::artifact::{EncodedBytes, decode, encode};
 use super::{
-    Artifact, ArtifactStore, CacheError, KeyRecorder, Lookup, Maintenance, ManifestStore,
-    MissReason, StoredEntry, TicketArtifacts,
+    Artifact, ArtifactStore, CacheError, KeyChunks, KeyRecorder, Lookup, Maintenance,
+    ManifestStore, MissReason, StoredEntry, TicketArtifacts,
 };
 use crate::key::ArtifactKey;
 
@@ -154,7 +154,7 @@ impl SledStore {
 /// Free space a cache folder must have before a build starts (MB); `TICKETBUILD_CACHE_MIN_FREE_MB`
 /// overrides it. A build that cannot store what it pays for would pay twice, so a nearly full disk
 /// is refused before the first call rather than discovered after it.
-pub const MIN_FREE_MB: u64 = 64;
+pub(crate) const MIN_FREE_MB: u64 = 64;
 
 fn check_free_space(path: &Path) -> Result<(), CacheError> {
     let needed_mb = std::env::var("TICKETBUILD_CACHE_MIN_FREE_MB")
@@ -308,11 +308,7 @@ impl ManifestStore for SledStore {
         Ok(Some((id, bytes.to_vec())))
     }
 
-    fn manifest_keys(
-        &self,
-        id: u64,
-        each: &mut dyn FnMut(u64, &[Option<ArtifactKey>], usize),
-    ) -> Result<(), CacheError> {
+    fn manifest_keys(&self, id: u64, each: &mut KeyChunks<'_>) -> Result<(), CacheError> {
         let tree = self.tree(MANIFEST_KEYS_TREE)?;
         for entry in tree.scan_prefix(id.to_be_bytes()) {
             let (key, bytes) = entry.map_err(|e| self.io(e))?;

@@ -17,11 +17,11 @@ use crate::graph::Graph;
 #[command(name = "ticketbuild", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Build the dataset: generate what is missing, reuse what is cached, write the output files.
     Build(BuildArgs),
     /// Rebuild on every edit of dataset.toml or a prompt, paying only for what the edit changed.
@@ -42,78 +42,78 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub(crate) struct WatchArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// After each rebuild, print the changed fields of the first N tickets.
     #[arg(long, value_name = "N")]
-    pub preview: Option<usize>,
+    pub(crate) preview: Option<usize>,
     /// Edits closer together than this many milliseconds make one rebuild.
     #[arg(long, default_value_t = 200, value_name = "MS")]
-    pub debounce_ms: u64,
+    pub(crate) debounce_ms: u64,
 }
 
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// Print the estimate as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CostArgs {
+pub(crate) struct CostArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// Show what `build --force NODE` would regenerate (repeatable).
     #[arg(long, value_name = "NODE")]
-    pub force: Vec<String>,
+    pub(crate) force: Vec<String>,
     /// Print the status as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// The ticket's `ticket_id`.
-    pub ticket_id: u64,
+    pub(crate) ticket_id: u64,
     /// An output column (the nodes that fill it) or a node; all nodes when omitted.
-    pub field: Option<String>,
+    pub(crate) field: Option<String>,
     /// Read FIELD as a node name even when a column has the same name.
     #[arg(long)]
-    pub node: bool,
+    pub(crate) node: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct GraphArgs {
+pub(crate) struct GraphArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: GraphFormat,
+    pub(crate) format: GraphFormat,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum GraphFormat {
+pub(crate) enum GraphFormat {
     Text,
     Dot,
     Mermaid,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CacheCommand {
+pub(crate) enum CacheCommand {
     /// Entries, bytes on disk, entries per node and model, and how many the kept manifests reach.
     Stats(CacheArgs),
     /// Delete entries no kept manifest reaches. Roots: the last N manifests and every pinned one.
@@ -125,81 +125,81 @@ pub enum CacheCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct CacheArgs {
+pub(crate) struct CacheArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct GcArgs {
+pub(crate) struct GcArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// How many of the most recent manifests to keep as roots.
     #[arg(long, default_value_t = 5)]
-    pub keep: usize,
+    pub(crate) keep: usize,
     /// Report what would be deleted without deleting it.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct PinArgs {
+pub(crate) struct PinArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// The name of the pin.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     #[command(flatten)]
-    pub project: ProjectArgs,
+    pub(crate) project: ProjectArgs,
     /// Print the build summary as JSON on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// More output on stderr: -v lists failed tickets, -vv also each generated artifact.
     #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Never show the progress bar.
     #[arg(long)]
-    pub no_progress: bool,
+    pub(crate) no_progress: bool,
     /// Build even when a model has no known price; its cost is shown as unknown.
     #[arg(long)]
-    pub allow_unpriced: bool,
+    pub(crate) allow_unpriced: bool,
     /// Only estimate what the build would generate and cost (like `ticketbuild plan`).
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Regenerate this node for every ticket even where it is cached (repeatable).
     #[arg(long, value_name = "NODE")]
-    pub force: Vec<String>,
+    pub(crate) force: Vec<String>,
     /// Do not wait for the cache to reach the disk before counting a ticket done (faster, but a
     /// crash can lose paid responses). Meant for measuring what durability costs.
     #[arg(long, hide = true)]
-    pub no_durable: bool,
+    pub(crate) no_durable: bool,
 }
 
 /// Where the project is and how to read it; shared by every subcommand that reads dataset.toml.
 #[derive(Debug, Args)]
-pub struct ProjectArgs {
+pub(crate) struct ProjectArgs {
     /// The dataset definition.
     #[arg(long, short = 'c', default_value = "dataset.toml", value_name = "FILE")]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Apply the overrides of [profile.NAME] (for example `dev` or `prod`).
     #[arg(long, short = 'p', value_name = "NAME")]
-    pub profile: Option<String>,
+    pub(crate) profile: Option<String>,
     /// Build this many tickets instead of `dataset.rows`.
     #[arg(long, value_name = "N")]
-    pub rows: Option<u64>,
+    pub(crate) rows: Option<u64>,
     /// Use this cache folder instead of `dataset.cache`.
     #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    pub(crate) cache: Option<PathBuf>,
     /// Write the dataset to this folder instead of `dataset.output`.
     #[arg(long, value_name = "DIR")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 }
 
 impl ProjectArgs {
-    pub fn overrides(&self) -> Overrides {
+    pub(crate) fn overrides(&self) -> Overrides {
         Overrides {
             profile: self.profile.clone(),
             rows: self.rows,
@@ -209,12 +209,12 @@ impl ProjectArgs {
     }
 
     /// Reads and checks the config alone (commands that need no prompts).
-    pub fn config(&self) -> Result<Config, Diagnostics> {
+    pub(crate) fn config(&self) -> Result<Config, Diagnostics> {
         Config::load(&self.config, &self.overrides())
     }
 
     /// Reads and checks the config and its prompts.
-    pub fn load(&self) -> Result<(Config, Graph), Diagnostics> {
+    pub(crate) fn load(&self) -> Result<(Config, Graph), Diagnostics> {
         let config = Config::load(&self.config, &self.overrides())?;
         let graph = Graph::load(&config)?;
         Ok((config, graph))

@@ -8,7 +8,7 @@
 //! `cache::gc`, a status is `status`, a plan is `plan`. Everything goes to stdout through
 //! [`out`], where a reader that has gone away (`ticketbuild status | head -1`) is not an error.
 
-pub mod args;
+pub(crate) mod args;
 mod build;
 mod cache;
 mod cost;
@@ -21,8 +21,9 @@ mod watch;
 use std::io::Write;
 use std::sync::Arc;
 
+pub use args::Cli;
+use args::Command;
 use args::{CacheCommand, ProjectArgs};
-pub use args::{Cli, Command};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -91,6 +92,29 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     match result {
         Err(CliError::ClosedPipe) => Ok(Outcome::Success),
         other => other,
+    }
+}
+
+/// Prints `error` on stderr, once: each input problem on its line and a count, or the error and
+/// one `caused by:` line per cause. A closed stdout prints nothing.
+pub fn report(error: &CliError) {
+    match error {
+        CliError::Input(problems) => {
+            for problem in &problems.0 {
+                eprintln!("error: {problem}");
+            }
+            let count = problems.len();
+            let noun = if count == 1 { "problem" } else { "problems" };
+            eprintln!("ticketbuild: {count} {noun} in the input; nothing was built");
+        }
+        CliError::Runtime(error) => {
+            eprintln!("ticketbuild: error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+        }
+        // Nobody reads stdout any more; there is nothing to say and nobody to say it to.
+        CliError::ClosedPipe => {}
     }
 }
 

@@ -26,10 +26,10 @@ use crate::value::OutputKind;
 pub use models::{ModelConfig, ModelLimits, OFFLINE_MODEL, Params, ProviderKind};
 
 /// Names every template sees besides tables and nodes.
-pub const BUILTIN_VARIABLES: [&str; 3] = ["ticket_id", "language", "language_name"];
+pub(crate) const BUILTIN_VARIABLES: [&str; 3] = ["ticket_id", "language", "language_name"];
 
 /// Default output columns, in order; each is used when something of that name exists.
-pub const DEFAULT_COLUMNS: [&str; 9] = [
+pub(crate) const DEFAULT_COLUMNS: [&str; 9] = [
     "ticket_id",
     "subject",
     "body",
@@ -45,62 +45,62 @@ pub const DEFAULT_COLUMNS: [&str; 9] = [
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The config file as the user named it.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The folder relative paths in the config are resolved against.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The text of the config file, for diagnostics found later (prompts referenced from it).
-    pub source: String,
-    pub name: String,
+    pub(crate) source: String,
+    pub(crate) name: String,
     pub rows: u64,
     pub seed: u64,
-    pub output_dir: PathBuf,
-    pub cache_dir: PathBuf,
-    pub formats: Vec<Format>,
+    pub(crate) output_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) formats: Vec<Format>,
     pub languages: Vec<(Language, f64)>,
     pub tables: Vec<Table>,
     pub models: BTreeMap<String, ModelConfig>,
-    pub nodes: Vec<NodeConfig>,
-    pub columns: Vec<Column>,
+    pub(crate) nodes: Vec<NodeConfig>,
+    pub(crate) columns: Vec<Column>,
     /// Write `NAME.lineage.parquet`: one row per (ticket, node) telling how it was made.
-    pub lineage: bool,
+    pub(crate) lineage: bool,
     /// Prefix CSV cells that start with `=`, `+`, `-` or `@` with `'`, so spreadsheets show them
     /// as text instead of running them as formulas. Off by default: it changes the data.
-    pub csv_formula_escape: bool,
+    pub(crate) csv_formula_escape: bool,
     /// Tickets in flight at once.
-    pub concurrency: usize,
-    pub profile: Option<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) profile: Option<String>,
     /// Prices, limits and currencies.
-    pub cost: CostConfig,
+    pub(crate) cost: CostConfig,
 }
 
 /// `[cost]`: limits in USD, currencies to show, and price and rate overrides.
 #[derive(Debug, Clone, Default)]
-pub struct CostConfig {
+pub(crate) struct CostConfig {
     /// USD per build: no call is issued that could take the build over it.
-    pub budget: Option<f64>,
+    pub(crate) budget: Option<f64>,
     /// USD per single call: a warning above it.
-    pub warn_per_call: Option<f64>,
+    pub(crate) warn_per_call: Option<f64>,
     /// USD per single call: the build stops issuing calls above it.
-    pub error_per_call: Option<f64>,
+    pub(crate) error_per_call: Option<f64>,
     /// Currencies every cost summary shows; `["USD"]` by default.
-    pub currencies: Vec<String>,
+    pub(crate) currencies: Vec<String>,
     /// Units per USD, overriding the built-in rates.
-    pub rates: BTreeMap<String, f64>,
+    pub(crate) rates: BTreeMap<String, f64>,
     /// USD per million tokens by model name, overriding or adding to the built-in table.
-    pub prices: BTreeMap<String, crate::cost::Price>,
+    pub(crate) prices: BTreeMap<String, crate::cost::Price>,
     /// Build even when some model has no known price (its cost is then shown as unknown).
-    pub allow_unpriced: bool,
+    pub(crate) allow_unpriced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Format {
+pub(crate) enum Format {
     Parquet,
     Csv,
     Jsonl,
 }
 
 impl Format {
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             Format::Parquet => "parquet",
             Format::Csv => "csv",
@@ -110,33 +110,33 @@ impl Format {
 }
 
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub name: String,
+pub(crate) struct NodeConfig {
+    pub(crate) name: String,
     /// As written in the config (relative to `root`).
-    pub prompt: PathBuf,
-    pub model: String,
-    pub output: OutputKind,
+    pub(crate) prompt: PathBuf,
+    pub(crate) model: String,
+    pub(crate) output: OutputKind,
     /// Template expression; the node runs for a ticket only when it is true.
-    pub when: Option<String>,
+    pub(crate) when: Option<String>,
     /// The offline task this node asks for (defaults to the node name).
-    pub task: String,
+    pub(crate) task: String,
     /// USD this node may spend in one build.
-    pub max_cost: Option<f64>,
+    pub(crate) max_cost: Option<f64>,
     /// Where `prompt` and `when` sit in the config, for diagnostics about them.
-    pub prompt_span: std::ops::Range<usize>,
-    pub when_span: Option<std::ops::Range<usize>>,
+    pub(crate) prompt_span: std::ops::Range<usize>,
+    pub(crate) when_span: Option<std::ops::Range<usize>>,
 }
 
 /// One output column and where its value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
+pub(crate) struct Column {
+    pub(crate) name: String,
     /// Tried in order; the first that has a value (not a node skipped by `when`) wins.
-    pub sources: Vec<Source>,
+    pub(crate) sources: Vec<Source>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     TicketId,
     Language,
     Table(String),
@@ -195,13 +195,13 @@ impl Config {
         }
     }
 
-    pub fn model_of(&self, node: &NodeConfig) -> &ModelConfig {
+    pub(crate) fn model_of(&self, node: &NodeConfig) -> &ModelConfig {
         // Invariant: `check` verified that every node's model exists.
         &self.models[&node.model]
     }
 
     /// Resolves a config-relative path.
-    pub fn resolve(&self, relative: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, relative: &Path) -> PathBuf {
         self.root.join(relative)
     }
 }
@@ -214,7 +214,7 @@ pub(crate) fn io_reason(error: &std::io::Error) -> String {
     }
 }
 
-pub fn is_identifier(name: &str) -> bool {
+pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -31,7 +31,7 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// Every provider, in the order messages list them.
-    pub const ALL: [ProviderKind; 7] = [
+    pub(crate) const ALL: [ProviderKind; 7] = [
         ProviderKind::Offline,
         ProviderKind::OpenAi,
         ProviderKind::OpenRouter,
@@ -54,19 +54,19 @@ impl ProviderKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<ProviderKind> {
+    pub(crate) fn from_name(name: &str) -> Option<ProviderKind> {
         ProviderKind::ALL
             .into_iter()
             .find(|kind| kind.name() == name)
     }
 
-    pub fn is_offline(self) -> bool {
+    pub(crate) fn is_offline(self) -> bool {
         self == ProviderKind::Offline
     }
 
     /// The API root used when the model sets no `base_url`; `None` when there is none (the
     /// offline model, and an OpenAI-compatible server, which must name its own).
-    pub fn default_base_url(self) -> Option<&'static str> {
+    pub(crate) fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
             ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
@@ -79,7 +79,7 @@ impl ProviderKind {
 
     /// The environment variable the API key is read from when the model sets no
     /// `api_key_env`; `None` when no key is needed.
-    pub fn default_key_env(self) -> Option<&'static str> {
+    pub(crate) fn default_key_env(self) -> Option<&'static str> {
         match self {
             ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
             ProviderKind::OpenRouter => Some("OPENROUTER_API_KEY"),
@@ -91,7 +91,7 @@ impl ProviderKind {
 
     /// True for the providers that speak Anthropic's Messages API; the others (but offline)
     /// speak OpenAI's chat completions.
-    pub fn speaks_messages_api(self) -> bool {
+    pub(crate) fn speaks_messages_api(self) -> bool {
         self == ProviderKind::Anthropic
     }
 
@@ -110,24 +110,24 @@ impl std::fmt::Display for ProviderKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    pub name: String,
+    pub(crate) name: String,
     pub provider: ProviderKind,
     /// The model identifier sent to the provider.
     pub model: String,
     pub base_url: Option<String>,
-    pub api_key_env: Option<String>,
+    pub(crate) api_key_env: Option<String>,
     pub params: Params,
     /// Offline only: simulated latency per call, for trying progress and watch without a server.
     /// Not part of the key: it never changes an output.
-    pub latency_ms: u64,
+    pub(crate) latency_ms: u64,
     /// How calls to this model are scheduled and retried. Not part of the key: none of it changes
     /// what is sent, only when and how often.
-    pub limits: ModelLimits,
+    pub(crate) limits: ModelLimits,
 }
 
 impl ModelConfig {
     /// The built-in offline model under `name`: what `default` is when the file defines none.
-    pub fn offline(name: &str) -> ModelConfig {
+    pub(crate) fn offline(name: &str) -> ModelConfig {
         ModelConfig {
             name: name.to_string(),
             provider: ProviderKind::Offline,
@@ -142,7 +142,10 @@ impl ModelConfig {
 
     /// What this model's tokens cost: free offline, else the price `overrides` or the built-in
     /// table give; `None` when unknown.
-    pub fn price(&self, overrides: &BTreeMap<String, crate::cost::Price>) -> Option<PriceEntry> {
+    pub(crate) fn price(
+        &self,
+        overrides: &BTreeMap<String, crate::cost::Price>,
+    ) -> Option<PriceEntry> {
         if self.provider.is_offline() {
             return Some(PriceEntry::free());
         }
@@ -155,19 +158,19 @@ impl ModelConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelLimits {
     /// Requests in flight at once (lowered for a while when the server answers 429).
-    pub max_concurrency: usize,
+    pub(crate) max_concurrency: usize,
     /// Requests started in any 60-second window; `None` is unlimited.
-    pub requests_per_minute: Option<u64>,
+    pub(crate) requests_per_minute: Option<u64>,
     /// Estimated tokens (prompt characters / 4 + max_tokens) in any 60-second window.
-    pub tokens_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
     /// Attempts per artifact on transient errors (429, 408, 409, 5xx, timeouts, connection errors).
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Attempts per artifact whose reply is malformed, empty or does not validate.
-    pub max_invalid_attempts: u32,
+    pub(crate) max_invalid_attempts: u32,
     /// Seconds one attempt may take.
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Seconds one artifact may take from its first attempt, backoff included.
-    pub deadline_secs: u64,
+    pub(crate) deadline_secs: u64,
 }
 
 impl Default for ModelLimits {

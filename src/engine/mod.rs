@@ -17,9 +17,9 @@
 //! memory does not grow with rows (at most `concurrency` tickets are in flight, and rows leave for
 //! the writer as soon as they are next in order).
 
-pub mod report;
-pub mod spend;
-pub mod ticket;
+pub(crate) mod report;
+pub(crate) mod spend;
+pub(crate) mod ticket;
 mod window;
 
 use std::collections::BTreeMap;
@@ -36,13 +36,13 @@ use crate::output::{DatasetWriter, Failure, OutputError, TicketRecord};
 use crate::provider::{self, Provider, Request, Secrets};
 use crate::sampling::Sampler;
 
-pub use report::{BuildError, BuildReport, NodeStats, NodeSummary};
-pub use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
-pub use ticket::{Mode, NodeState, TicketOutcome};
+pub(crate) use report::{BuildError, BuildReport, NodeStats, NodeSummary};
+pub(crate) use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
+pub(crate) use ticket::{Mode, NodeState, TicketOutcome};
 use window::TicketWindow;
 
 /// What a build tells whoever runs it, as it happens. Every method does nothing by default.
-pub trait BuildObserver: Send + Sync {
+pub(crate) trait BuildObserver: Send + Sync {
     /// The build is about to start `tickets` tickets.
     fn started(&self, _tickets: u64) {}
     /// An artifact was generated for `ticket_id` and is durable.
@@ -56,7 +56,7 @@ pub trait BuildObserver: Send + Sync {
 }
 
 /// An observer that ignores everything.
-pub struct Silent;
+pub(crate) struct Silent;
 
 impl BuildObserver for Silent {}
 
@@ -64,15 +64,15 @@ impl BuildObserver for Silent {}
 #[derive(Clone)]
 pub struct BuildOptions {
     /// Wait for group commits before counting a ticket done. Off only to measure what it costs.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// When the build is cancelled: write the complete tickets (`build` after Ctrl-C) or leave the
     /// previous files untouched (`watch`, where the last good dataset must stay until a build
     /// finishes).
-    pub write_when_cancelled: bool,
+    pub(crate) write_when_cancelled: bool,
     /// Nodes to regenerate even where the cache has their artifacts (`--force NODE`).
-    pub force: Vec<String>,
+    pub(crate) force: Vec<String>,
     /// Told what happens as the build goes.
-    pub observer: Arc<dyn BuildObserver>,
+    pub(crate) observer: Arc<dyn BuildObserver>,
 }
 
 impl Default for BuildOptions {
@@ -131,7 +131,7 @@ impl Engine {
 
     /// Like [`Engine::new`] with the providers given, one per graph node (tests count calls this
     /// way, and planning passes providers that are never called).
-    pub fn with_providers(
+    pub(crate) fn with_providers(
         config: Arc<Config>,
         graph: Arc<Graph>,
         store: Arc<dyn ArtifactStore>,
@@ -169,7 +169,7 @@ impl Engine {
 
     /// An engine that walks tickets without calling any model (`plan`, `status`, `explain`), so
     /// none needs a key.
-    pub fn for_planning(
+    pub(crate) fn for_planning(
         config: Arc<Config>,
         graph: Arc<Graph>,
         store: Arc<dyn ArtifactStore>,
@@ -186,7 +186,7 @@ impl Engine {
 
     /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build
     /// obsolete).
-    pub fn use_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+    pub(crate) fn use_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
         self.cancelled = flag;
     }
 
@@ -302,7 +302,7 @@ impl Engine {
 
     /// Walks every ticket without calling a model or writing a file: which artifacts are cached and
     /// which would be generated. Tickets reach `each` in ticket order.
-    pub async fn plan(
+    pub(crate) async fn plan(
         self: Arc<Self>,
         mut each: impl FnMut(TicketOutcome) + Send,
     ) -> Result<(), BuildError> {
@@ -316,13 +316,13 @@ impl Engine {
     }
 
     /// The outcome of one ticket as planned now, by index.
-    pub async fn plan_ticket(&self, index: u64) -> Result<TicketOutcome, BuildError> {
+    pub(crate) async fn plan_ticket(&self, index: u64) -> Result<TicketOutcome, BuildError> {
         self.run_ticket(index, Mode::Plan).await
     }
 
     /// The rendered request `node` would send for ticket `index` now, when its upstream outputs
     /// are all available (cached); `None` otherwise.
-    pub async fn request_for(
+    pub(crate) async fn request_for(
         &self,
         index: u64,
         node: usize,

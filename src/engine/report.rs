@@ -16,32 +16,32 @@ use crate::output::OutputError;
 
 /// What happened to one node across the build.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct NodeStats {
+pub(crate) struct NodeStats {
     /// Artifacts found in the cache.
-    pub reused: u64,
+    pub(crate) reused: u64,
     /// Artifacts produced by a model call in this build.
-    pub generated: u64,
+    pub(crate) generated: u64,
     /// Tickets for which the node's `when` condition was false.
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// Tickets for which the node failed (or an upstream node did).
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Cache entries that did not decode and were regenerated.
-    pub corrupt: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
     /// Spent in this build, in USD.
-    pub cost_usd: f64,
+    pub(crate) cost_usd: f64,
     /// What the artifacts reused from the cache cost when they were generated, in USD.
-    pub reused_cost_usd: f64,
+    pub(crate) reused_cost_usd: f64,
     /// What generating every artifact of this build again would cost at today's prices, in USD.
-    pub regenerate_cost_usd: f64,
+    pub(crate) regenerate_cost_usd: f64,
     /// Artifacts whose cost is unknown (a model without a price); not counted in the sums.
-    pub unknown_cost: u64,
+    pub(crate) unknown_cost: u64,
 }
 
 impl NodeStats {
     /// Adds one ticket's figures for the node to the build's.
-    pub fn add(&mut self, ticket: &NodeStats) {
+    pub(crate) fn add(&mut self, ticket: &NodeStats) {
         self.reused += ticket.reused;
         self.generated += ticket.generated;
         self.skipped += ticket.skipped;
@@ -58,42 +58,42 @@ impl NodeStats {
 
 /// A node's name with its statistics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeSummary {
-    pub name: String,
+pub(crate) struct NodeSummary {
+    pub(crate) name: String,
     #[serde(flatten)]
-    pub stats: NodeStats,
+    pub(crate) stats: NodeStats,
 }
 
 /// The outcome of a build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildReport {
-    pub dataset: String,
-    pub profile: Option<String>,
-    pub tickets: u64,
-    pub written: u64,
-    pub failed: u64,
+    pub(crate) dataset: String,
+    pub(crate) profile: Option<String>,
+    pub(crate) tickets: u64,
+    pub(crate) written: u64,
+    pub(crate) failed: u64,
     /// Tickets never started because the build was interrupted.
-    pub not_started: u64,
-    pub interrupted: bool,
+    pub(crate) not_started: u64,
+    pub(crate) interrupted: bool,
     /// True when the inputs matched the last build and its files were intact: nothing ran.
-    pub up_to_date: bool,
+    pub(crate) up_to_date: bool,
     /// Spent in this build per model and per ticket language, in USD.
-    pub cost_by_model: BTreeMap<String, f64>,
-    pub cost_by_language: BTreeMap<String, f64>,
+    pub(crate) cost_by_model: BTreeMap<String, f64>,
+    pub(crate) cost_by_language: BTreeMap<String, f64>,
     /// Why the build stopped issuing calls early (a budget or a per-call limit), if it did.
-    pub stopped_by: Option<String>,
+    pub(crate) stopped_by: Option<String>,
     /// The currencies summaries show, and the rates used (units per USD).
-    pub currencies: Vec<(String, f64)>,
+    pub(crate) currencies: Vec<(String, f64)>,
     /// Per node, in graph order.
-    pub nodes: Vec<NodeSummary>,
-    pub files: Vec<String>,
-    pub failures_file: Option<String>,
-    pub wall_ms: u64,
+    pub(crate) nodes: Vec<NodeSummary>,
+    pub(crate) files: Vec<String>,
+    pub(crate) failures_file: Option<String>,
+    pub(crate) wall_ms: u64,
 }
 
 impl BuildReport {
     /// The report of a build that found nothing to do: everything the last build made is reused.
-    pub fn up_to_date(last: &Manifest, config: &Config) -> BuildReport {
+    pub(crate) fn up_to_date(last: &Manifest, config: &Config) -> BuildReport {
         BuildReport {
             dataset: config.name.clone(),
             profile: config.profile.clone(),
@@ -129,10 +129,10 @@ impl BuildReport {
         }
     }
 
-    pub fn generated(&self) -> u64 {
+    pub(crate) fn generated(&self) -> u64 {
         self.nodes.iter().map(|n| n.stats.generated).sum()
     }
-    pub fn reused(&self) -> u64 {
+    pub(crate) fn reused(&self) -> u64 {
         self.nodes.iter().map(|n| n.stats.reused).sum()
     }
 }
@@ -157,7 +157,7 @@ pub enum BuildError {
 }
 
 /// The configured currencies with their rates.
-pub fn currencies(config: &Config) -> Vec<(String, f64)> {
+pub(crate) fn currencies(config: &Config) -> Vec<(String, f64)> {
     config
         .cost
         .currencies
@@ -169,39 +169,39 @@ pub fn currencies(config: &Config) -> Vec<(String, f64)> {
 /// What `ticketbuild cost --json` prints: the money side of a build report, per node, model and
 /// language, in USD.
 #[derive(Debug, Clone, Serialize)]
-pub struct CostReport {
-    pub dataset: String,
-    pub profile: Option<String>,
+pub(crate) struct CostReport {
+    pub(crate) dataset: String,
+    pub(crate) profile: Option<String>,
     /// The currency of every `_usd` figure.
-    pub currency: &'static str,
-    pub spent_usd: f64,
-    pub reused_usd: f64,
-    pub regenerate_usd: f64,
-    pub nodes: Vec<NodeCost>,
-    pub by_model: BTreeMap<String, f64>,
-    pub by_language: BTreeMap<String, f64>,
-    pub currencies: Vec<(String, f64)>,
-    pub stopped_by: Option<String>,
+    pub(crate) currency: &'static str,
+    pub(crate) spent_usd: f64,
+    pub(crate) reused_usd: f64,
+    pub(crate) regenerate_usd: f64,
+    pub(crate) nodes: Vec<NodeCost>,
+    pub(crate) by_model: BTreeMap<String, f64>,
+    pub(crate) by_language: BTreeMap<String, f64>,
+    pub(crate) currencies: Vec<(String, f64)>,
+    pub(crate) stopped_by: Option<String>,
 }
 
 /// One node's line of a [`CostReport`].
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeCost {
-    pub name: String,
-    pub spent_usd: f64,
-    pub reused_usd: f64,
-    pub regenerate_usd: f64,
+pub(crate) struct NodeCost {
+    pub(crate) name: String,
+    pub(crate) spent_usd: f64,
+    pub(crate) reused_usd: f64,
+    pub(crate) regenerate_usd: f64,
     /// Artifacts whose cost is unknown (a model without a price); not in the sums.
-    pub unknown_cost_artifacts: u64,
-    pub generated: u64,
-    pub reused: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    pub(crate) unknown_cost_artifacts: u64,
+    pub(crate) generated: u64,
+    pub(crate) reused: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
 }
 
 impl BuildReport {
     /// The money side of this report.
-    pub fn cost_report(&self) -> CostReport {
+    pub(crate) fn cost_report(&self) -> CostReport {
         let sum = |figure: fn(&NodeStats) -> f64| self.nodes.iter().map(|n| figure(&n.stats)).sum();
         CostReport {
             dataset: self.dataset.clone(),

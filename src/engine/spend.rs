@@ -20,7 +20,7 @@ use crate::provider::{ProviderError, Request};
 use crate::sampling::TicketSample;
 
 /// The output tokens assumed for a call's worst case when the model sets no `max_tokens`.
-pub const WORST_CASE_OUTPUT_TOKENS: u64 = 4096;
+pub(crate) const WORST_CASE_OUTPUT_TOKENS: u64 = 4096;
 
 /// Why a node was not generated.
 pub(super) enum GenerateError {
@@ -32,13 +32,13 @@ pub(super) enum GenerateError {
 
 /// A call that cost more than a per-call limit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExpensiveCall {
-    pub node: String,
-    pub ticket_id: u64,
-    pub cost: f64,
-    pub limit: f64,
+pub(crate) struct ExpensiveCall {
+    pub(crate) node: String,
+    pub(crate) ticket_id: u64,
+    pub(crate) cost: f64,
+    pub(crate) limit: f64,
     /// Over `error_per_call`: the build issues no further calls. Else over `warn_per_call`.
-    pub stops_the_build: bool,
+    pub(crate) stops_the_build: bool,
 }
 
 impl Engine {

@@ -24,7 +24,7 @@ use crate::value::NodeOutput;
 
 /// Whether a walk may call models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Reuse what is cached, generate what is not.
     Build,
     /// Reuse what is cached, record what is not: `plan`, `status` and `explain`. Calls nothing.
@@ -33,7 +33,7 @@ pub enum Mode {
 
 /// What became of one node for one ticket.
 #[derive(Debug, Clone, PartialEq)]
-pub enum NodeState {
+pub(crate) enum NodeState {
     /// The output, reused or generated, under its key.
     Done(NodeOutput, ArtifactKey),
     /// The node's `when` condition was false.
@@ -47,7 +47,7 @@ pub enum NodeState {
 }
 
 impl NodeState {
-    pub fn key(&self) -> Option<ArtifactKey> {
+    pub(crate) fn key(&self) -> Option<ArtifactKey> {
         match self {
             NodeState::Done(_, key) | NodeState::Missing(key) => Some(*key),
             _ => None,
@@ -57,30 +57,30 @@ impl NodeState {
 
 /// One ticket after the build (or the plan) walked its nodes.
 #[derive(Debug)]
-pub struct TicketOutcome {
-    pub sample: TicketSample,
+pub(crate) struct TicketOutcome {
+    pub(crate) sample: TicketSample,
     /// In graph order.
-    pub states: Vec<NodeState>,
-    pub failure: Option<Failure>,
-    pub stats: Vec<NodeStats>,
+    pub(crate) states: Vec<NodeState>,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) stats: Vec<NodeStats>,
     /// Nodes generated in this build, with their keys.
-    pub generated: Vec<(usize, ArtifactKey)>,
+    pub(crate) generated: Vec<(usize, ArtifactKey)>,
     /// How each node's output was made, in graph order (`None` when it has no artifact).
-    pub lineage: Vec<Option<LineageEntry>>,
+    pub(crate) lineage: Vec<Option<LineageEntry>>,
     /// Planning only: the rendered request text (system and user) of each missing node.
-    pub pending_prompts: Vec<Option<String>>,
+    pub(crate) pending_prompts: Vec<Option<String>>,
 }
 
 /// The variables a ticket's templates see, kept twice in step: as template values (for
 /// minijinja) and as JSON (the offline model's structured inputs).
-pub struct TicketContext {
+pub(crate) struct TicketContext {
     template: BTreeMap<String, minijinja::Value>,
     json: BTreeMap<String, serde_json::Value>,
 }
 
 impl TicketContext {
     /// The variables every template sees before any node runs: built-ins and table categories.
-    pub fn new(config: &Config, sample: &TicketSample) -> TicketContext {
+    pub(crate) fn new(config: &Config, sample: &TicketSample) -> TicketContext {
         let mut context = TicketContext {
             template: BTreeMap::new(),
             json: BTreeMap::new(),
@@ -107,25 +107,25 @@ impl TicketContext {
     }
 
     /// A node's output, under the node's name.
-    pub fn set_output(&mut self, node: &str, output: &NodeOutput) {
+    pub(crate) fn set_output(&mut self, node: &str, output: &NodeOutput) {
         self.template
             .insert(node.to_string(), output.to_template_value());
         self.json.insert(node.to_string(), output.to_json());
     }
 
     /// A node skipped by its condition: `none` in templates, `null` for the offline model.
-    pub fn set_skipped(&mut self, node: &str) {
+    pub(crate) fn set_skipped(&mut self, node: &str) {
         self.template
             .insert(node.to_string(), minijinja::Value::from(()));
         self.json.insert(node.to_string(), serde_json::Value::Null);
     }
 
     /// The context as templates render it (a copy: later nodes add to this one).
-    pub fn template_value(&self) -> minijinja::Value {
+    pub(crate) fn template_value(&self) -> minijinja::Value {
         minijinja::Value::from(self.template.clone())
     }
 
-    pub fn json(&self, name: &str) -> Option<&serde_json::Value> {
+    pub(crate) fn json(&self, name: &str) -> Option<&serde_json::Value> {
         self.json.get(name)
     }
 }

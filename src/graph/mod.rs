@@ -11,9 +11,9 @@
 //! condition).
 
 mod compile;
-pub mod render;
+pub(crate) mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -25,20 +25,18 @@ use compile::{Loaded, Scope, check_offline, compile_node, cycle_error, topologic
 /// One node, ready to render.
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub name: String,
-    pub config: NodeConfig,
-    pub model: ModelConfig,
+    pub(crate) name: String,
+    pub(crate) config: NodeConfig,
+    pub(crate) model: ModelConfig,
     /// The prompt file as shown to users.
-    pub prompt_display: PathBuf,
+    pub(crate) prompt_display: PathBuf,
     /// Indices (into [`Graph::nodes`]) of the nodes this one reads.
-    pub upstream: Vec<usize>,
-    /// Every variable the template and condition use.
-    pub variables: BTreeSet<String>,
-    pub has_system: bool,
+    pub(crate) upstream: Vec<usize>,
+    pub(crate) has_system: bool,
     /// BLAKE3 of the prompt file's bytes: trace metadata, never key material.
-    pub template_hash: String,
+    pub(crate) template_hash: String,
     /// For the offline model: the variables passed to it as structured inputs.
-    pub offline_inputs: Vec<String>,
+    pub(crate) offline_inputs: Vec<String>,
 }
 
 /// All nodes in dependency order, with their compiled templates. Cloning it is cheap next to
@@ -46,7 +44,7 @@ pub struct Node {
 #[derive(Clone)]
 pub struct Graph {
     env: Environment<'static>,
-    pub nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -123,7 +121,6 @@ impl Graph {
                 model,
                 prompt_display: prompt.display.clone(),
                 upstream,
-                variables: variables.clone(),
                 has_system: prompt.system.is_some(),
                 template_hash: blake3::hash(prompt.source.as_bytes()).to_hex().to_string(),
                 offline_inputs,

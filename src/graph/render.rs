@@ -8,7 +8,7 @@ use super::{Graph, Node};
 use crate::value::OutputKind;
 
 /// The lines of `graph` as text: one node per line, with its condition and upstream nodes.
-pub fn text(graph: &Graph) -> Vec<String> {
+pub(crate) fn text(graph: &Graph) -> Vec<String> {
     graph
         .nodes
         .iter()
@@ -33,7 +33,7 @@ pub fn text(graph: &Graph) -> Vec<String> {
 }
 
 /// The lines of `graph` as a Graphviz digraph.
-pub fn dot(graph: &Graph) -> Vec<String> {
+pub(crate) fn dot(graph: &Graph) -> Vec<String> {
     let mut lines = vec![
         "digraph ticketbuild {".to_string(),
         "  rankdir=LR;".to_string(),
@@ -53,7 +53,7 @@ pub fn dot(graph: &Graph) -> Vec<String> {
 }
 
 /// The lines of `graph` as a Mermaid flowchart.
-pub fn mermaid(graph: &Graph) -> Vec<String> {
+pub(crate) fn mermaid(graph: &Graph) -> Vec<String> {
     let mut lines = vec!["flowchart LR".to_string()];
     for node in &graph.nodes {
         lines.push(format!(

@@ -43,25 +43,25 @@ const CONTEXT: &str = "ticketbuild offline v1";
 
 /// What a task needs from the node's template context.
 #[derive(Debug)]
-pub struct TaskSpec {
+pub(crate) struct TaskSpec {
     /// Variables that must be referenced by the node's template (the engine checks at load time).
-    pub required: &'static [&'static str],
+    pub(crate) required: &'static [&'static str],
     /// Variables read when the template references them.
-    pub optional: &'static [&'static str],
+    pub(crate) optional: &'static [&'static str],
     /// The output kind the node must declare.
-    pub output: TaskOutput,
+    pub(crate) output: TaskOutput,
 }
 
 /// The output kind of a task; `Json` lists the keys of the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskOutput {
+pub(crate) enum TaskOutput {
     Text,
     List,
     Json(&'static [&'static str]),
 }
 
 /// Tasks the offline model can serve, by name, in pipeline order.
-pub const TASKS: &[&str] = &[
+pub(crate) const TASKS: &[&str] = &[
     "topic",
     "subject",
     "body",
@@ -138,11 +138,11 @@ static SPECS: [(&str, TaskSpec); 7] = [
 
 /// The spec of a task the offline model can serve, or `None` for any other name.
 /// Identifies the phrase bank and generator this binary carries; part of every offline key.
-pub fn bank_fingerprint() -> &'static str {
+pub(crate) fn bank_fingerprint() -> &'static str {
     bank::fingerprint()
 }
 
-pub fn task_spec(task: &str) -> Option<&'static TaskSpec> {
+pub(crate) fn task_spec(task: &str) -> Option<&'static TaskSpec> {
     SPECS
         .iter()
         .find(|(name, _)| *name == task)

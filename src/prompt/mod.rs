@@ -26,12 +26,12 @@ mod scan;
 use crate::config::io_reason;
 use crate::diag::{Diagnostic, Diagnostics};
 
-pub use scan::{Tag, Token, tags, tokens, unclosed_block};
+pub(crate) use scan::{Token, tags, tokens, unclosed_block};
 use scan::{find_identifier, strip_comments};
 
 /// Prompt files larger than this are refused: a prompt that size is a mistake, and reading it for
 /// every ticket would be slow.
-pub const MAX_PROMPT_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_PROMPT_BYTES: u64 = 1024 * 1024;
 
 const SYSTEM_MARKER: &str = "--- system";
 const USER_MARKER: &str = "--- user";
@@ -40,9 +40,9 @@ const USER_MARKER: &str = "--- user";
 #[derive(Debug, Clone)]
 pub struct PromptFile {
     /// The path as shown to the user (relative to where the config lives).
-    pub display: PathBuf,
-    pub source: String,
-    pub system: Option<Part>,
+    pub(crate) display: PathBuf,
+    pub(crate) source: String,
+    pub(crate) system: Option<Part>,
     pub user: Part,
 }
 
@@ -59,7 +59,7 @@ pub struct Part {
 
 /// Why a prompt file could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum PromptError {
+pub(crate) enum PromptError {
     /// The path is the problem (missing, a folder, outside the project): the message is about the
     /// path as written in the config, and belongs at its `prompt = ...` line.
     #[error("{0}")]
@@ -78,7 +78,7 @@ impl From<Diagnostics> for PromptError {
 impl PromptFile {
     /// Reads and splits `path`, which must lie inside `project_root`. `written` is the path as the
     /// config names it, for messages about the path itself.
-    pub fn load(
+    pub(crate) fn load(
         display: &Path,
         written: &Path,
         path: &Path,
@@ -254,7 +254,7 @@ impl PromptFile {
     }
 
     /// A diagnostic at `line` (1-based, within `part`) of this file.
-    pub fn error_at(
+    pub(crate) fn error_at(
         &self,
         part: &Part,
         line: Option<usize>,
@@ -274,7 +274,7 @@ impl PromptFile {
     }
 
     /// A diagnostic at `span`, a byte range of `part.text`, underlined in the file.
-    pub fn error_at_span(
+    pub(crate) fn error_at_span(
         &self,
         part: &Part,
         span: Range<usize>,
@@ -289,7 +289,7 @@ impl PromptFile {
     }
 
     /// The 1-based (line, column) in the file of byte `offset` of `part.text`.
-    pub fn position(&self, part: &Part, offset: usize) -> (usize, usize) {
+    pub(crate) fn position(&self, part: &Part, offset: usize) -> (usize, usize) {
         let at = (part.offset + offset).min(self.source.len());
         let before = &self.source[..floor_boundary(&self.source, at)];
         let line = before.matches('\n').count() + 1;
@@ -315,7 +315,7 @@ impl PromptFile {
 }
 
 /// Byte offset in `text` (a template) of the first use of `variable` inside a tag.
-pub fn find_variable(text: &str, variable: &str) -> Option<usize> {
+pub(crate) fn find_variable(text: &str, variable: &str) -> Option<usize> {
     tags(text).iter().find_map(|tag| {
         find_identifier(&text[tag.body.clone()], variable).map(|at| tag.body.start + at)
     })

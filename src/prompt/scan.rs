@@ -12,18 +12,18 @@ use std::ops::Range;
 
 /// A `{{ ... }}` or `{% ... %}` tag of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tag {
+pub(crate) struct Tag {
     /// `{% %}` rather than `{{ }}`.
-    pub block: bool,
+    pub(crate) block: bool,
     /// The whole tag, delimiters included, as a byte range of the template.
-    pub span: Range<usize>,
+    pub(crate) span: Range<usize>,
     /// The code between the delimiters (without whitespace control), as a byte range.
-    pub body: Range<usize>,
+    pub(crate) body: Range<usize>,
 }
 
 /// The tags of `text`, in order. The content of a `{% raw %}` block is text, so neither it nor its
 /// `{% endraw %}` is listed.
-pub fn tags(text: &str) -> Vec<Tag> {
+pub(crate) fn tags(text: &str) -> Vec<Tag> {
     let mut out = Vec::new();
     let mut search = 0;
     while let Some(open) = text[search..].find('{').map(|i| search + i) {
@@ -115,7 +115,7 @@ fn first_word(code: &str) -> Option<&str> {
 
 /// A token of template code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Token<'a> {
+pub(crate) enum Token<'a> {
     Ident(&'a str),
     /// A string literal's content, without quotes and with escapes left as written.
     Str(&'a str),
@@ -124,7 +124,7 @@ pub enum Token<'a> {
 }
 
 /// The tokens of `code`, each with its byte range in `code`.
-pub fn tokens(code: &str) -> Vec<(Range<usize>, Token<'_>)> {
+pub(crate) fn tokens(code: &str) -> Vec<(Range<usize>, Token<'_>)> {
     let bytes = code.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -183,7 +183,7 @@ const BLOCK_STATEMENTS: [&str; 9] = [
 
 /// The block tag of `text` that is opened but never closed (the innermost one), if any: the tag
 /// `{% if %}` of `{% if x %}...` without `{% endif %}`, with the statement's name.
-pub fn unclosed_block(text: &str) -> Option<(Tag, &'static str)> {
+pub(crate) fn unclosed_block(text: &str) -> Option<(Tag, &'static str)> {
     let mut open: Vec<(Tag, &'static str)> = Vec::new();
     for tag in tags(text).into_iter().filter(|t| t.block) {
         let code = &text[tag.body.clone()];

@@ -21,18 +21,18 @@ use crate::value::OutputKind;
 
 /// `max_tokens` when the model sets none. Part of the wire format of provider `anthropic`; see the
 /// module comment before changing it.
-pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+pub(crate) const DEFAULT_MAX_TOKENS: u64 = 1024;
 
 /// The API version this adapter speaks.
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
-pub struct Anthropic {
+pub(crate) struct Anthropic {
     endpoint: String,
 }
 
 impl Anthropic {
     /// `root` is the API root (`https://api.anthropic.com/v1`); requests go to `{root}/messages`.
-    pub fn new(root: &str) -> Anthropic {
+    pub(crate) fn new(root: &str) -> Anthropic {
         Anthropic {
             endpoint: format!("{}/messages", root.trim_end_matches('/')),
         }
@@ -41,7 +41,7 @@ impl Anthropic {
 
 /// What `list` and `json` nodes are told, since the API has no response format. The mock server
 /// reads these sentences back, so keep them in step with tests/support/mock_llm.rs.
-pub fn format_instruction(request: &Request) -> Option<String> {
+pub(crate) fn format_instruction(request: &Request) -> Option<String> {
     if request.params.response_format.as_deref() == Some("text") {
         return None;
     }
@@ -61,7 +61,7 @@ pub fn format_instruction(request: &Request) -> Option<String> {
 }
 
 /// The request body.
-pub fn body(request: &Request) -> Value {
+pub(crate) fn body(request: &Request) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
     let p = &request.params;

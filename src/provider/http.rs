@@ -23,7 +23,7 @@ use crate::cost::Usage;
 use crate::value::InvalidOutput;
 
 /// The header that names the artifact a request is for.
-pub const KEY_HEADER: &str = "x-ticketbuild-key";
+pub(crate) const KEY_HEADER: &str = "x-ticketbuild-key";
 
 /// First backoff step; attempt `n` waits a random time up to `BACKOFF_BASE * 2^(n-1)`.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -39,7 +39,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Installs rustls' ring crypto provider as the process default, once. reqwest is built with
 /// `rustls-no-provider`, so a client cannot be built before this has run.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // An error means a provider is already installed (by an embedding program): keep it.
@@ -49,10 +49,10 @@ pub fn install_crypto_provider() {
 
 /// An API key. Never printed: `Debug` hides it and [`Secret::redact`] removes it from text.
 #[derive(Clone)]
-pub struct Secret(Arc<str>);
+pub(crate) struct Secret(Arc<str>);
 
 impl Secret {
-    pub fn new(value: String) -> Secret {
+    pub(crate) fn new(value: String) -> Secret {
         Secret(Arc::from(value.trim()))
     }
 
@@ -62,7 +62,7 @@ impl Secret {
 
     /// `text` with the key, and any word holding eight or more of its characters in a row (providers
     /// echo keys partly masked, as `sk-abc***wxyz`), replaced by `[redacted]`.
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         let key = self.expose();
         if key.is_empty() {
             return text.to_string();
@@ -103,17 +103,17 @@ impl std::fmt::Debug for Secret {
 
 /// What an [`HttpProvider`] needs besides its adapter.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The provider as configured (`openai`, `anthropic`, ...), for messages.
-    pub provider: String,
+    pub(crate) provider: String,
     /// The model name as sent, for messages.
-    pub model: String,
-    pub limits: ModelLimits,
-    pub secret: Option<Secret>,
+    pub(crate) model: String,
+    pub(crate) limits: ModelLimits,
+    pub(crate) secret: Option<Secret>,
 }
 
 impl Settings {
-    pub fn new(model: &ModelConfig, secret: Option<Secret>) -> Settings {
+    pub(crate) fn new(model: &ModelConfig, secret: Option<Secret>) -> Settings {
         Settings {
             provider: model.provider.name().to_string(),
             model: model.model.clone(),
@@ -126,11 +126,11 @@ impl Settings {
 /// A reply in the provider's success shape, before the output is validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    pub text: String,
-    pub usage: Usage,
+    pub(crate) text: String,
+    pub(crate) usage: Usage,
     /// The model that answered, when the reply names it.
-    pub served_model: Option<String>,
-    pub reported_cost_usd: Option<f64>,
+    pub(crate) served_model: Option<String>,
+    pub(crate) reported_cost_usd: Option<f64>,
 }
 
 /// Why a 2xx body is no usable reply.
@@ -146,7 +146,7 @@ pub enum ReplyError {
 
 /// One API: its endpoint, headers, request bodies and reply shapes. Pure functions of their
 /// arguments, so they are unit-tested without a server.
-pub trait Adapter: Send + Sync + 'static {
+pub(crate) trait Adapter: Send + Sync + 'static {
     /// The URL requests are posted to.
     fn endpoint(&self) -> &str;
     /// Headers sent on every request besides the content type and [`KEY_HEADER`] (authentication,
@@ -163,7 +163,7 @@ pub trait Adapter: Send + Sync + 'static {
 }
 
 /// A provider over HTTP: an adapter plus the client, limiter and retry policy of one model.
-pub struct HttpProvider<A> {
+pub(crate) struct HttpProvider<A> {
     adapter: A,
     /// The adapter's endpoint, parsed once: parsing it for every request was 4% of a build's CPU.
     endpoint: reqwest::Url,
@@ -253,7 +253,7 @@ enum Attempt {
 }
 
 impl<A: Adapter> HttpProvider<A> {
-    pub fn new(adapter: A, settings: Settings) -> Result<HttpProvider<A>, ProviderError> {
+    pub(crate) fn new(adapter: A, settings: Settings) -> Result<HttpProvider<A>, ProviderError> {
         let mut headers = adapter
             .headers(settings.secret.as_ref())
             .map_err(|e| ProviderError::Fatal(redact(&settings, &e)))?;

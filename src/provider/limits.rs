@@ -28,7 +28,7 @@ const CUT_COOLDOWN: Duration = Duration::from_secs(1);
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// Concurrency and rate limits of one model.
-pub struct Limiter {
+pub(crate) struct Limiter {
     max: usize,
     semaphore: Semaphore,
     adaptive: Mutex<Adaptive>,
@@ -52,13 +52,13 @@ struct Budgets {
 }
 
 /// Leave to make one attempt; give it back by dropping it.
-pub struct Permit<'a> {
+pub(crate) struct Permit<'a> {
     limiter: &'a Limiter,
     permit: Option<SemaphorePermit<'a>>,
 }
 
 impl Limiter {
-    pub fn new(
+    pub(crate) fn new(
         max_concurrency: usize,
         requests_per_minute: Option<u64>,
         tokens_per_minute: Option<u64>,
@@ -82,7 +82,7 @@ impl Limiter {
     }
 
     /// Waits for a concurrency slot, then for room in the request and token budgets.
-    pub async fn acquire(&self, tokens: u64) -> Permit<'_> {
+    pub(crate) async fn acquire(&self, tokens: u64) -> Permit<'_> {
         // The semaphore is never closed, so `acquire` cannot fail; if it ever did, the call would
         // still be bounded by the budgets below.
         let permit = self.semaphore.acquire().await.ok();
@@ -103,8 +103,9 @@ impl Limiter {
         }
     }
 
-    /// Permits that may be out at once right now.
-    pub fn effective_concurrency(&self) -> usize {
+    /// Permits that may be out at once right now (what the tests watch adapt).
+    #[cfg(test)]
+    pub(crate) fn effective_concurrency(&self) -> usize {
         self.adaptive().effective
     }
 
@@ -150,12 +151,12 @@ impl Limiter {
 
 impl Permit<'_> {
     /// The attempt was answered 429 (too many requests).
-    pub fn throttled(self) {
+    pub(crate) fn throttled(self) {
         self.limiter.throttled();
     }
 
     /// The server answered (whatever the content) without asking us to slow down.
-    pub fn answered(self) {
+    pub(crate) fn answered(self) {
         self.limiter.succeeded();
     }
 }

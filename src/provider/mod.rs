@@ -12,8 +12,8 @@
 
 pub mod anthropic;
 pub mod http;
-pub mod limits;
-pub mod offline;
+pub(crate) mod limits;
+pub(crate) mod offline;
 pub mod openai;
 
 use std::collections::BTreeMap;
@@ -29,29 +29,29 @@ use crate::value::{InvalidOutput, NodeOutput, OutputKind};
 
 /// One model request, exactly as it will be sent. Its [`Request::key`] is the artifact key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub provider: String,
-    pub base_url: Option<String>,
-    pub model: String,
-    pub params: Params,
-    pub output: OutputKind,
-    pub system: Option<String>,
-    pub user: String,
+pub(crate) struct Request {
+    pub(crate) provider: String,
+    pub(crate) base_url: Option<String>,
+    pub(crate) model: String,
+    pub(crate) params: Params,
+    pub(crate) output: OutputKind,
+    pub(crate) system: Option<String>,
+    pub(crate) user: String,
     /// Offline model only: the task and the structured inputs it reads.
-    pub offline: Option<OfflineInputs>,
-    pub sample_seed: u64,
+    pub(crate) offline: Option<OfflineInputs>,
+    pub(crate) sample_seed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct OfflineInputs {
-    pub task: String,
+pub(crate) struct OfflineInputs {
+    pub(crate) task: String,
     /// The phrase bank's fingerprint: a bank edit changes what the offline model writes.
-    pub bank: String,
-    pub inputs: BTreeMap<String, serde_json::Value>,
+    pub(crate) bank: String,
+    pub(crate) inputs: BTreeMap<String, serde_json::Value>,
 }
 
 impl Request {
-    pub fn key(&self) -> ArtifactKey {
+    pub(crate) fn key(&self) -> ArtifactKey {
         KeyInput {
             provider: &self.provider,
             base_url: self.base_url.as_deref(),
@@ -70,7 +70,7 @@ impl Request {
     }
 
     /// The request as recorded with its artifact.
-    pub fn record(&self) -> RecordedRequest {
+    pub(crate) fn record(&self) -> RecordedRequest {
         RecordedRequest {
             provider: self.provider.clone(),
             base_url: self.base_url.clone(),
@@ -92,13 +92,13 @@ impl Request {
     }
 
     /// Characters of prompt text, for token estimates.
-    pub fn prompt_chars(&self) -> usize {
+    pub(crate) fn prompt_chars(&self) -> usize {
         self.system.as_ref().map_or(0, String::len) + self.user.len()
     }
 }
 
 /// The parameters that are set, as canonical JSON with sorted keys.
-pub fn params_json(params: &Params) -> String {
+pub(crate) fn params_json(params: &Params) -> String {
     let mut map = BTreeMap::new();
     if let Some(v) = params.temperature {
         map.insert("temperature".to_string(), serde_json::json!(v));
@@ -129,17 +129,17 @@ pub fn params_json(params: &Params) -> String {
 
 /// A validated answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Response {
-    pub output: NodeOutput,
-    pub usage: Usage,
-    pub served_model: String,
+pub(crate) struct Response {
+    pub(crate) output: NodeOutput,
+    pub(crate) usage: Usage,
+    pub(crate) served_model: String,
     /// The cost the provider itself reported (OpenRouter's `usage.cost`), in USD.
-    pub reported_cost_usd: Option<f64>,
+    pub(crate) reported_cost_usd: Option<f64>,
 }
 
 /// Why a call produced no output.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ProviderError {
+pub(crate) enum ProviderError {
     /// The offline model cannot serve this request; retrying will not help.
     #[error("{0}")]
     Offline(String),
@@ -158,12 +158,12 @@ pub enum ProviderError {
     Malformed(String),
 }
 
-pub type CallFuture<'a> =
+pub(crate) type CallFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Response, ProviderError>> + Send + 'a>>;
 
 /// An adapter that answers requests. Implementations handle their own retries and rate limits, so
 /// that a returned error is final for this build.
-pub trait Provider: Send + Sync {
+pub(crate) trait Provider: Send + Sync {
     fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a>;
 
     /// True when an answer costs nothing and the same request always gets the same answer, byte
@@ -184,15 +184,15 @@ pub struct Secrets {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read `{path}`: {reason}")]
 pub struct SecretsError {
-    pub path: std::path::PathBuf,
-    pub reason: String,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) reason: String,
 }
 
 impl Secrets {
     /// Reads `.env` in `root` when there is one (dotenvy's format: `NAME=value`, `export`,
     /// quotes, comments). A line that does not parse is reported by its number, never its text,
     /// which may hold a key.
-    pub fn load(root: &std::path::Path) -> Result<Secrets, SecretsError> {
+    pub(crate) fn load(root: &std::path::Path) -> Result<Secrets, SecretsError> {
         let path = root.join(".env");
         if !path.exists() {
             return Ok(Secrets::default());
@@ -226,7 +226,7 @@ impl Secrets {
     }
 
     /// The value of `name`: the environment wins over `.env`.
-    pub fn get(&self, name: &str) -> Option<String> {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
         std::env::var(name)
             .ok()
             .filter(|v| !v.is_empty())
@@ -245,7 +245,7 @@ impl std::fmt::Debug for Secrets {
 
 /// Builds the adapter for a model. Fails before any call when a needed key is missing, naming the
 /// environment variable (never a value).
-pub fn for_model(
+pub(crate) fn for_model(
     model: &ModelConfig,
     secrets: &Secrets,
 ) -> Result<Arc<dyn Provider>, ProviderError> {

@@ -13,12 +13,12 @@ use crate::cost::Usage;
 use crate::offline::{self, OfflineOutput, OfflineRequest};
 use crate::value::NodeOutput;
 
-pub struct OfflineProvider {
+pub(crate) struct OfflineProvider {
     latency: Duration,
 }
 
 impl OfflineProvider {
-    pub fn new(latency_ms: u64) -> OfflineProvider {
+    pub(crate) fn new(latency_ms: u64) -> OfflineProvider {
         OfflineProvider {
             latency: Duration::from_millis(latency_ms),
         }

@@ -20,14 +20,14 @@ use crate::value::OutputKind;
 /// Estimated output tokens when the request sets no `max_tokens`, for rate-limit estimates only.
 const UNSET_MAX_TOKENS_ESTIMATE: u64 = 1024;
 
-pub struct OpenAi {
+pub(crate) struct OpenAi {
     provider: ProviderKind,
     endpoint: String,
 }
 
 impl OpenAi {
     /// `root` is the API root (`https://api.openai.com/v1`); requests go to `{root}/chat/completions`.
-    pub fn new(provider: ProviderKind, root: &str) -> OpenAi {
+    pub(crate) fn new(provider: ProviderKind, root: &str) -> OpenAi {
         OpenAi {
             provider,
             endpoint: format!("{}/chat/completions", root.trim_end_matches('/')),
@@ -36,7 +36,7 @@ impl OpenAi {
 }
 
 /// The request body for `provider`.
-pub fn body(provider: ProviderKind, request: &Request) -> Value {
+pub(crate) fn body(provider: ProviderKind, request: &Request) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
     let mut messages = Vec::new();
@@ -78,7 +78,7 @@ pub fn body(provider: ProviderKind, request: &Request) -> Value {
 
 /// The `response_format` for a node: a strict JSON schema for `list` and `json` nodes unless the
 /// model's `response_format` says `json_object` or `text`; nothing for `text` nodes.
-pub fn response_format(request: &Request) -> Option<Value> {
+pub(crate) fn response_format(request: &Request) -> Option<Value> {
     if request.output == OutputKind::Text {
         return None;
     }
@@ -95,7 +95,7 @@ pub fn response_format(request: &Request) -> Option<Value> {
 }
 
 /// The JSON schema of a node's reply: its fields as required strings, or `{"items": [...]}`.
-pub fn schema(kind: &OutputKind) -> Option<Value> {
+pub(crate) fn schema(kind: &OutputKind) -> Option<Value> {
     match kind {
         OutputKind::Text => None,
         OutputKind::List { min, max } => Some(json!({
