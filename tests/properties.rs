@@ -174,13 +174,41 @@ type Change = (&'static str, Box<dyn Fn(&mut Request)>);
 
 /// Every single-field change of `base`, named by the field it changes.
 fn single_field_changes(base: &Request) -> Vec<(&'static str, Request)> {
-    let changes: Vec<Change> = vec![
+    let changes: Vec<Change> = [
+        destination_changes(),
+        sampling_param_changes(),
+        other_param_changes(),
+        prompt_changes(),
+        offline_and_seed_changes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    changes
+        .into_iter()
+        .map(|(name, change)| {
+            let mut changed = base.clone();
+            change(&mut changed);
+            (name, changed)
+        })
+        .collect()
+}
+
+/// Changes of where the request goes: provider, base_url and model.
+fn destination_changes() -> Vec<Change> {
+    vec![
         ("provider", Box::new(|r| r.provider.push('x'))),
         (
             "base_url",
             Box::new(|r| r.base_url = toggled(&r.base_url, "http://localhost:1".into())),
         ),
         ("model", Box::new(|r| r.model.push('x'))),
+    ]
+}
+
+/// Changes of the sampling parameters: temperature, top_p, max_tokens and seed.
+fn sampling_param_changes() -> Vec<Change> {
+    vec![
         (
             "temperature set/unset",
             Box::new(|r| r.params.temperature = toggled(&r.params.temperature, 0.5)),
@@ -213,6 +241,12 @@ fn single_field_changes(base: &Request) -> Vec<(&'static str, Request)> {
             "seed set/unset",
             Box::new(|r| r.params.seed = toggled(&r.params.seed, 0)),
         ),
+    ]
+}
+
+/// Changes of the other parameters: stop, response_format and the extra ones.
+fn other_param_changes() -> Vec<Change> {
+    vec![
         (
             "stop set/unset",
             Box::new(|r| r.params.stop = toggled(&r.params.stop, Vec::new())),
@@ -247,6 +281,12 @@ fn single_field_changes(base: &Request) -> Vec<(&'static str, Request)> {
                 }
             }),
         ),
+    ]
+}
+
+/// Changes of the prompt: the output kind, the system and user messages.
+fn prompt_changes() -> Vec<Change> {
+    vec![
         (
             "output kind",
             Box::new(|r| {
@@ -271,6 +311,12 @@ fn single_field_changes(base: &Request) -> Vec<(&'static str, Request)> {
             Box::new(|r| r.system.get_or_insert_with(String::new).push('x')),
         ),
         ("user", Box::new(|r| r.user.push(' '))),
+    ]
+}
+
+/// Changes of the offline generator's inputs and of the sample seed.
+fn offline_and_seed_changes() -> Vec<Change> {
+    vec![
         (
             "offline set/unset",
             Box::new(|r| {
@@ -298,15 +344,7 @@ fn single_field_changes(base: &Request) -> Vec<(&'static str, Request)> {
             "sample_seed",
             Box::new(|r| r.sample_seed = r.sample_seed.wrapping_add(1)),
         ),
-    ];
-    changes
-        .into_iter()
-        .map(|(name, change)| {
-            let mut changed = base.clone();
-            change(&mut changed);
-            (name, changed)
-        })
-        .collect()
+    ]
 }
 
 /// `entries` as a JSON object, inserted in the given order.

@@ -197,29 +197,25 @@ fn example_upstream(node: &str) -> &'static [&'static str] {
     }
 }
 
-#[test]
-fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_paying_twice() {
-    const ROWS: u64 = 60;
-    const CONCURRENCY: u64 = 8;
-    const LATENCY_MS: u64 = 30;
-    let kills = if long_tests() { 20 } else { 3 };
-    let seed = 0x5eed_0008;
-    let mut rng = Rng(seed);
+/// The uninterrupted build the killed ones are compared with, and what its `-vv` log names.
+struct Uninterrupted {
+    project: Project,
+    /// How many artifacts it generated.
+    artifacts: u64,
+    /// The node and ticket of every artifact key.
+    artifact_of: HashMap<String, (String, String)>,
+    /// The artifact key of every node and ticket.
+    key_of: HashMap<(String, String), String>,
+}
 
-    // One mock for both projects: `base_url` is part of the artifact key and the mock's answers
-    // depend on the key, so only the same mock gives the same dataset.
-    let mock = MockServer::start(MockConfig {
-        latency_ms: LATENCY_MS,
-        ..MockConfig::default()
-    });
-
-    // The uninterrupted build of the same dataset, in another folder with its own cache. Its
-    // `generated` lines name the node and ticket of every artifact key.
-    let reference = example_on(&mock, ROWS, CONCURRENCY, "");
+/// The uninterrupted build of the same dataset, in another folder with its own cache. Its
+/// `generated` lines name the node and ticket of every artifact key.
+fn build_uninterrupted(mock: &MockServer, rows: u64, concurrency: u64) -> Uninterrupted {
+    let reference = example_on(mock, rows, concurrency, "");
     let run = reference.run(&["build", "--json", "-vv", "--no-progress"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let reference_summary: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(reference_summary["written"], ROWS);
+    assert_eq!(reference_summary["written"], rows);
     let artifacts = total(&reference_summary, "generated");
     let mut artifact_of: HashMap<String, (String, String)> = HashMap::new();
     let mut key_of: HashMap<(String, String), String> = HashMap::new();
@@ -230,17 +226,26 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
         }
     }
     assert_eq!(artifact_of.len() as u64, artifacts);
-    let reference_requests = mock.log().len();
+    Uninterrupted {
+        project: reference,
+        artifacts,
+        artifact_of,
+        key_of,
+    }
+}
 
-    let p = example_on(&mock, ROWS, CONCURRENCY, "");
+/// Kills `kills` builds of `p` at moments drawn from `seed`; returns when each trial started and
+/// what it left. Stops early when a build finishes before its kill.
+fn kill_builds(p: &Project, kills: u64, seed: u64) -> Vec<(Instant, Killed)> {
+    let mut rng = Rng(seed);
     let mut trials: Vec<(Instant, Killed)> = Vec::new();
     for trial in 0..kills {
         // Spread the kills over the work that is left, so the last one still lands mid-build.
-        let left = left_to_generate(&p);
+        let left = left_to_generate(p);
         let lines = rng.up_to(left / (kills - trial + 1));
         let delay = Duration::from_millis(rng.up_to(40));
         let started = Instant::now();
-        let killed = build_and_kill(&p, lines, delay);
+        let killed = build_and_kill(p, lines, delay);
         if !killed.by_signal {
             // Little work was left and the build finished before the planned kill: nothing more
             // to interrupt, so the remaining trials would be no-ops.
@@ -258,13 +263,16 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
         );
         trials.push((started, killed));
     }
+    trials
+}
 
-    // The last rebuild completes every ticket, byte-identical to the uninterrupted build.
+/// The last rebuild completes every ticket, byte-identical to the uninterrupted build.
+fn assert_rebuild_is_identical(p: &Project, reference: &Project, expected_rows: u64) {
     let summary = p.build_json(&["--no-progress"]);
-    assert_eq!(summary["written"], ROWS, "{summary}");
+    assert_eq!(summary["written"], expected_rows, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     let rows = read_jsonl(&p.file("out/tickets.jsonl"));
-    assert_eq!(rows.len() as u64, ROWS);
+    assert_eq!(rows.len() as u64, expected_rows);
     assert_rows_complete(&rows);
     let ours = p.snapshot("out");
     let theirs = reference.snapshot("out");
@@ -278,20 +286,20 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
     }
     let verify = p.run(&["cache", "verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+}
 
-    // The mock's log for this project only.
-    let log: Vec<Logged> = mock.log().split_off(reference_requests);
-    assert!(log.iter().all(|l| l.status == 200));
-    let asked_after = |instant: Instant| -> HashSet<&str> {
-        log.iter()
-            .filter(|l| l.at > instant)
-            .filter_map(|l| l.key.as_deref())
-            .collect()
-    };
+/// The artifact keys requested in `log` after `instant`.
+fn asked_after(log: &[Logged], instant: Instant) -> HashSet<&str> {
+    log.iter()
+        .filter(|l| l.at > instant)
+        .filter_map(|l| l.key.as_deref())
+        .collect()
+}
 
-    // What a `generated` line reported before a kill is never asked for again.
+/// What a `generated` line reported before a kill is never asked for again.
+fn assert_durable_artifacts_not_asked_again(trials: &[(Instant, Killed)], log: &[Logged]) {
     for (trial, (_, killed)) in trials.iter().enumerate() {
-        let after = asked_after(killed.dead_at);
+        let after = asked_after(log, killed.dead_at);
         let again: Vec<&String> = killed
             .generated
             .iter()
@@ -303,12 +311,18 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
             again.len()
         );
     }
+}
 
-    // Any other artifact asked for again after a success was answered only because that success
-    // was in flight when a kill came: a kill falls between the two requests, within a second.
+/// Any other artifact asked for again after a success was answered only because that success
+/// was in flight when a kill came: a kill falls between the two requests, within a second.
+/// Returns the keys paid again, by kill.
+fn repaid_per_kill<'a>(
+    trials: &[(Instant, Killed)],
+    log: &'a [Logged],
+) -> BTreeMap<usize, Vec<&'a str>> {
     let kill_times: Vec<Instant> = trials.iter().map(|(_, k)| k.dead_at).collect();
     let mut by_key: HashMap<&str, Vec<&Logged>> = HashMap::new();
-    for l in &log {
+    for l in log {
         by_key
             .entry(l.key.as_deref().unwrap_or(""))
             .or_default()
@@ -333,19 +347,20 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
             repaid_per_kill.entry(kill).or_default().push(key);
         }
     }
-    let repaid: usize = repaid_per_kill.values().map(Vec::len).sum();
-    eprintln!(
-        "crash suite: {kills} kills, {} requests for {artifacts} artifacts, {repaid} answered before a kill and requested again (per kill: {:?})",
-        log.len(),
-        repaid_per_kill
-            .iter()
-            .map(|(kill, keys)| (*kill, keys.len()))
-            .collect::<Vec<_>>()
-    );
+    repaid_per_kill
+}
 
-    // "In flight" means not yet received. A killed build that had already sent the request of a
-    // node had received the answers that request's prompt is made of; none of those answers may be
-    // paid for again. (A request for `subject` of ticket T proves `topic` of T had arrived.)
+/// "In flight" means not yet received. A killed build that had already sent the request of a
+/// node had received the answers that request's prompt is made of; none of those answers may be
+/// paid for again. (A request for `subject` of ticket T proves `topic` of T had arrived.) Returns
+/// one line per answer that was paid again all the same.
+fn used_answers_lost_at_kills(
+    trials: &[(Instant, Killed)],
+    log: &[Logged],
+    reference: &Uninterrupted,
+    latency_ms: u64,
+) -> Vec<String> {
+    let (artifact_of, key_of) = (&reference.artifact_of, &reference.key_of);
     let mut lost = Vec::new();
     for (trial, (started, killed)) in trials.iter().enumerate() {
         let during: Vec<&Logged> = log
@@ -353,7 +368,7 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
             .filter(|l| l.at >= *started && l.at <= killed.dead_at)
             .collect();
         let answered: HashSet<&str> = during.iter().filter_map(|l| l.key.as_deref()).collect();
-        let after = asked_after(killed.dead_at);
+        let after = asked_after(log, killed.dead_at);
         let mut reported = HashSet::new();
         for request in &during {
             let Some((node, ticket)) = request.key.as_ref().and_then(|k| artifact_of.get(k)) else {
@@ -374,12 +389,57 @@ fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_pa
                         .at;
                     lost.push(format!(
                         "kill {trial}: `{upstream}` of ticket {ticket} (answered {:?} before the kill; its `{node}` request had gone out)",
-                        killed.dead_at.duration_since(answered_at) - Duration::from_millis(LATENCY_MS)
+                        killed.dead_at.duration_since(answered_at) - Duration::from_millis(latency_ms)
                     ));
                 }
             }
         }
     }
+    lost
+}
+
+#[test]
+fn issue_8_builds_killed_at_random_moments_resume_to_identical_output_without_paying_twice() {
+    const ROWS: u64 = 60;
+    const CONCURRENCY: u64 = 8;
+    const LATENCY_MS: u64 = 30;
+    let kills = if long_tests() { 20 } else { 3 };
+    let seed = 0x5eed_0008;
+
+    // One mock for both projects: `base_url` is part of the artifact key and the mock's answers
+    // depend on the key, so only the same mock gives the same dataset.
+    let mock = MockServer::start(MockConfig {
+        latency_ms: LATENCY_MS,
+        ..MockConfig::default()
+    });
+
+    let reference = build_uninterrupted(&mock, ROWS, CONCURRENCY);
+    let artifacts = reference.artifacts;
+    let reference_requests = mock.log().len();
+
+    let p = example_on(&mock, ROWS, CONCURRENCY, "");
+    let trials = kill_builds(&p, kills, seed);
+
+    assert_rebuild_is_identical(&p, &reference.project, ROWS);
+
+    // The mock's log for this project only.
+    let log: Vec<Logged> = mock.log().split_off(reference_requests);
+    assert!(log.iter().all(|l| l.status == 200));
+
+    assert_durable_artifacts_not_asked_again(&trials, &log);
+
+    let repaid_per_kill = repaid_per_kill(&trials, &log);
+    let repaid: usize = repaid_per_kill.values().map(Vec::len).sum();
+    eprintln!(
+        "crash suite: {kills} kills, {} requests for {artifacts} artifacts, {repaid} answered before a kill and requested again (per kill: {:?})",
+        log.len(),
+        repaid_per_kill
+            .iter()
+            .map(|(kill, keys)| (*kill, keys.len()))
+            .collect::<Vec<_>>()
+    );
+
+    let lost = used_answers_lost_at_kills(&trials, &log, &reference, LATENCY_MS);
     assert!(
         lost.is_empty(),
         "{} answers that ticketbuild had received (and used in a later prompt) were lost at a kill and paid again:\n{}",
@@ -486,37 +546,8 @@ fn fault_script() -> Vec<Fault> {
     .concat()
 }
 
-#[test]
-fn issue_8_faults_are_retried_within_limits_never_cached_and_a_rebuild_finishes_without_repeats() {
-    let script = fault_script();
-    let mock = MockServer::start(MockConfig {
-        script: script.clone(),
-        ..MockConfig::default()
-    });
-    let p = example_on(
-        &mock,
-        7,
-        1,
-        "timeout_secs = 1\nmax_attempts = 3\nmax_invalid_attempts = 2\ndeadline_secs = 10\n",
-    );
-    p.edit(
-        "dataset.toml",
-        "DE = 3\nEN = 3\nFR = 1.5\nES = 1.5\nPT = 1",
-        "EN = 1",
-    );
-
-    let started = Instant::now();
-    let first = p.run(&["build", "--json", "-v", "--no-progress"]);
-    assert_eq!(first.code, 1, "some tickets fail: {}", first.stderr);
-    assert!(!first.stderr.contains("panicked"), "{}", first.stderr);
-    let s: Value = serde_json::from_str(&first.stdout).expect("the summary is JSON");
-    assert_eq!(s["written"], 3, "{s}");
-    assert_eq!(s["failed"], 4, "{s}");
-    // Every scripted answer was used, plus the six good ones of ticket 7: no extra attempt.
-    assert_eq!(mock.requests(), script.len() as u64 + 6);
-    eprintln!("faults suite: first build in {:?}", started.elapsed());
-
-    // The failures file names the node and the reason of each failed ticket.
+/// The failures file names the node and the reason of each failed ticket.
+fn assert_failures_name_node_and_reason(p: &Project) {
     let failures = read_jsonl(&p.file("out/tickets.failures.jsonl"));
     let mut failed: Vec<(u64, String, String)> = failures
         .iter()
@@ -547,6 +578,82 @@ fn issue_8_faults_are_retried_within_limits_never_cached_and_a_rebuild_finishes_
     );
     assert!(reason(2).to_lowercase().contains("empty"), "{}", reason(2));
     assert!(!reason(3).is_empty());
+}
+
+/// The second build asked only for what had not succeeded: the four failed artifacts (an
+/// invalid or empty answer was not cached) and what depends on them. Nothing answered in the
+/// first build is paid again, and every key that got only faults is asked for again.
+fn assert_second_build_asked_only_for_failures(
+    mock: &MockServer,
+    first_log: &[Logged],
+    first_successes: &HashMap<String, u64>,
+    first_requests: &HashMap<String, u64>,
+    s2: &Value,
+) {
+    let second_log: Vec<Logged> = mock.log().split_off(first_log.len());
+    let second_keys: HashSet<&str> = second_log.iter().filter_map(|l| l.key.as_deref()).collect();
+    assert_eq!(second_log.len(), second_keys.len(), "one request per key");
+    assert!(second_log.iter().all(|l| l.status == 200));
+    // Ticket 1: body and the three after it; ticket 2: all six; ticket 3: four; ticket 4: tags.
+    assert_eq!(second_log.len(), 4 + 6 + 4 + 1);
+    assert_eq!(total(s2, "generated"), 15);
+    for key in &second_keys {
+        assert!(
+            !first_successes.contains_key(*key),
+            "{key} was answered in the first build and paid again"
+        );
+    }
+    let failed_keys: Vec<&str> = first_requests
+        .keys()
+        .filter(|k| !first_successes.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    for key in &failed_keys {
+        assert!(
+            second_keys.contains(key),
+            "{key} got only faults in the first build but was not asked for again: a bad answer was cached"
+        );
+    }
+    let repeated: Vec<_> = mock
+        .successes_per_key()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(repeated.is_empty(), "answered twice: {repeated:?}");
+    assert_eq!(stat(s2, "tags", "generated"), 4, "tickets 1 to 4");
+}
+
+#[test]
+fn issue_8_faults_are_retried_within_limits_never_cached_and_a_rebuild_finishes_without_repeats() {
+    let script = fault_script();
+    let mock = MockServer::start(MockConfig {
+        script: script.clone(),
+        ..MockConfig::default()
+    });
+    let p = example_on(
+        &mock,
+        7,
+        1,
+        "timeout_secs = 1\nmax_attempts = 3\nmax_invalid_attempts = 2\ndeadline_secs = 10\n",
+    );
+    p.edit(
+        "dataset.toml",
+        "DE = 3\nEN = 3\nFR = 1.5\nES = 1.5\nPT = 1",
+        "EN = 1",
+    );
+
+    let started = Instant::now();
+    let first = p.run(&["build", "--json", "-v", "--no-progress"]);
+    assert_eq!(first.code, 1, "some tickets fail: {}", first.stderr);
+    assert!(!first.stderr.contains("panicked"), "{}", first.stderr);
+    let s: Value = serde_json::from_str(&first.stdout).expect("the summary is JSON");
+    assert_eq!(s["written"], 3, "{s}");
+    assert_eq!(s["failed"], 4, "{s}");
+    // Every scripted answer was used, plus the six good ones of ticket 7: no extra attempt.
+    assert_eq!(mock.requests(), script.len() as u64 + 6);
+    eprintln!("faults suite: first build in {:?}", started.elapsed());
+
+    assert_failures_name_node_and_reason(&p);
 
     // The written rows are complete and valid; the cache holds only entries that decode.
     let rows = read_jsonl(&p.file("out/tickets.jsonl"));
@@ -579,39 +686,13 @@ fn issue_8_faults_are_retried_within_limits_never_cached_and_a_rebuild_finishes_
     assert_eq!(rows.len(), 7);
     assert_rows_complete(&rows);
 
-    // The second build asked only for what had not succeeded: the four failed artifacts (an
-    // invalid or empty answer was not cached) and what depends on them.
-    let second_log: Vec<Logged> = mock.log().split_off(first_log.len());
-    let second_keys: HashSet<&str> = second_log.iter().filter_map(|l| l.key.as_deref()).collect();
-    assert_eq!(second_log.len(), second_keys.len(), "one request per key");
-    assert!(second_log.iter().all(|l| l.status == 200));
-    // Ticket 1: body and the three after it; ticket 2: all six; ticket 3: four; ticket 4: tags.
-    assert_eq!(second_log.len(), 4 + 6 + 4 + 1);
-    assert_eq!(total(&s2, "generated"), 15);
-    for key in &second_keys {
-        assert!(
-            !first_successes.contains_key(*key),
-            "{key} was answered in the first build and paid again"
-        );
-    }
-    let failed_keys: Vec<&str> = first_requests
-        .keys()
-        .filter(|k| !first_successes.contains_key(*k))
-        .map(String::as_str)
-        .collect();
-    for key in &failed_keys {
-        assert!(
-            second_keys.contains(key),
-            "{key} got only faults in the first build but was not asked for again: a bad answer was cached"
-        );
-    }
-    let repeated: Vec<_> = mock
-        .successes_per_key()
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
-    assert!(repeated.is_empty(), "answered twice: {repeated:?}");
-    assert_eq!(stat(&s2, "tags", "generated"), 4, "tickets 1 to 4");
+    assert_second_build_asked_only_for_failures(
+        &mock,
+        &first_log,
+        &first_successes,
+        &first_requests,
+        &s2,
+    );
     let verify = p.run(&["cache", "verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }
@@ -826,26 +907,18 @@ fn run_logged(
     run
 }
 
-#[test]
-fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes_it() {
-    // The scan finds the key whole, in part, and masked, and nothing in its redacted form.
+/// The scan finds the key whole, in part, and masked, and nothing in its redacted form.
+fn assert_key_trace_finds_every_form() {
     assert!(key_trace(format!("Bearer {FAKE_KEY}").as_bytes(), FAKE_KEY).is_some());
     assert!(key_trace(&FAKE_KEY.as_bytes()[5..20], FAKE_KEY).is_some());
     assert!(key_trace(b"provided: sk-tbrel****************Zk6N.", FAKE_KEY).is_some());
     assert!(key_trace(b"Incorrect API key provided: [redacted].", FAKE_KEY).is_none());
+}
 
-    // `accepting` takes the fake key; `rejecting` wants another one and answers 401 with an
-    // error that quotes the key it got, as some providers do.
-    let accepting = MockServer::start(MockConfig {
-        api_key: Some(FAKE_KEY.to_string()),
-        script: vec![Fault::status(500), Fault::Malformed],
-        ..MockConfig::default()
-    });
-    let rejecting = MockServer::start(MockConfig {
-        api_key: Some("sk-the-right-one-0000000000".to_string()),
-        ..MockConfig::default()
-    });
-    let p = example_on(&accepting, 3, 2, &format!("api_key_env = \"{KEY_ENV}\"\n"));
+/// The example on `accepting`, with lineage and the key in [`KEY_ENV`]; first_response uses a
+/// second model, `strict`, on `rejecting`.
+fn project_with_two_keyed_models(accepting: &MockServer, rejecting: &MockServer) -> Project {
+    let p = example_on(accepting, 3, 2, &format!("api_key_env = \"{KEY_ENV}\"\n"));
     p.edit(
         "dataset.toml",
         "[output.columns]",
@@ -865,13 +938,20 @@ fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes
             rejecting.base_url()
         ),
     );
-    let mut outputs: Vec<(String, String)> = Vec::new();
+    p
+}
 
-    // 1. Failures: every ticket fails at first_response with a 401 that quotes the key; the
-    //    other nodes (one 500 and one truncated body on the way) are generated and cached.
+/// 1. Failures: every ticket fails at first_response with a 401 that quotes the key; the
+///    other nodes (one 500 and one truncated body on the way) are generated and cached.
+///    Returns the requests `rejecting` answered with the key quoted.
+fn build_failing_with_an_echoed_key(
+    p: &Project,
+    outputs: &mut Vec<(String, String)>,
+    rejecting: &MockServer,
+) -> Vec<Logged> {
     let failing = run_logged(
-        &p,
-        &mut outputs,
+        p,
+        outputs,
         "the build with failures",
         &["build", "-vv", "--no-progress"],
         FAKE_KEY,
@@ -898,13 +978,16 @@ fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes
             "{reason}"
         );
     }
-    assert_key_nowhere(&p, &["cache", "out"], &outputs, FAKE_KEY);
+    echoed
+}
 
-    // 2. Success with debug logging and lineage: first_response back on the default model.
+/// 2. Success with debug logging and lineage: first_response back on the default model; then
+///    the commands that show what is cached.
+fn build_and_inspect_with_the_key(p: &Project, outputs: &mut Vec<(String, String)>) {
     p.edit("dataset.toml", "model = \"strict\"\n", "");
     let building = run_logged(
-        &p,
-        &mut outputs,
+        p,
+        outputs,
         "the successful build",
         &["build", "-vv", "--json", "--no-progress"],
         FAKE_KEY,
@@ -920,46 +1003,32 @@ fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes
     // 3. The commands that show what is cached.
     let ticket_id = read_jsonl(&p.file("out/tickets.jsonl"))[0]["ticket_id"].to_string();
     run_logged(
-        &p,
-        &mut outputs,
+        p,
+        outputs,
         "explain",
         &["explain", ticket_id.trim_matches('"')],
         FAKE_KEY,
     );
-    run_logged(&p, &mut outputs, "status", &["status"], FAKE_KEY);
-    run_logged(&p, &mut outputs, "plan", &["plan"], FAKE_KEY);
-    run_logged(&p, &mut outputs, "cost", &["cost"], FAKE_KEY);
-    run_logged(
-        &p,
-        &mut outputs,
-        "cache stats",
-        &["cache", "stats"],
-        FAKE_KEY,
-    );
-    run_logged(
-        &p,
-        &mut outputs,
-        "cache verify",
-        &["cache", "verify"],
-        FAKE_KEY,
-    );
+    run_logged(p, outputs, "status", &["status"], FAKE_KEY);
+    run_logged(p, outputs, "plan", &["plan"], FAKE_KEY);
+    run_logged(p, outputs, "cost", &["cost"], FAKE_KEY);
+    run_logged(p, outputs, "cache stats", &["cache", "stats"], FAKE_KEY);
+    run_logged(p, outputs, "cache verify", &["cache", "verify"], FAKE_KEY);
+}
 
-    for request in accepting.log().iter().chain(&echoed) {
-        assert!(
-            key_trace(request.body.to_string().as_bytes(), FAKE_KEY).is_none(),
-            "a request body holds the key"
-        );
-    }
-    assert_key_nowhere(&p, &["cache", "out"], &outputs, FAKE_KEY);
-
-    // 4. The key is not part of the artifact key either: with another key and a fresh cache the
-    //    same requests carry the same artifact keys (the mock refuses that key; its log is enough).
+/// 4. The key is not part of the artifact key either: with another key and a fresh cache the
+///    same requests carry the same artifact keys (the mock refuses that key; its log is enough).
+fn assert_artifact_keys_ignore_the_api_key(
+    p: &Project,
+    outputs: &mut Vec<(String, String)>,
+    accepting: &MockServer,
+) {
     let sent_with_fake: HashSet<Option<String>> =
         accepting.log().into_iter().map(|l| l.key).collect();
     let before = accepting.log().len();
     let other = run_logged(
-        &p,
-        &mut outputs,
+        p,
+        outputs,
         "the build with another key",
         &[
             "build",
@@ -986,11 +1055,44 @@ fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes
         );
     }
     assert_key_nowhere(
-        &p,
+        p,
         &["other-cache", "other-out"],
-        &outputs,
+        outputs,
         "sk-another-key-1234567890",
     );
+}
+
+#[test]
+fn issue_8_the_api_key_appears_in_no_file_and_no_log_even_when_a_provider_echoes_it() {
+    assert_key_trace_finds_every_form();
+
+    // `accepting` takes the fake key; `rejecting` wants another one and answers 401 with an
+    // error that quotes the key it got, as some providers do.
+    let accepting = MockServer::start(MockConfig {
+        api_key: Some(FAKE_KEY.to_string()),
+        script: vec![Fault::status(500), Fault::Malformed],
+        ..MockConfig::default()
+    });
+    let rejecting = MockServer::start(MockConfig {
+        api_key: Some("sk-the-right-one-0000000000".to_string()),
+        ..MockConfig::default()
+    });
+    let p = project_with_two_keyed_models(&accepting, &rejecting);
+    let mut outputs: Vec<(String, String)> = Vec::new();
+
+    let echoed = build_failing_with_an_echoed_key(&p, &mut outputs, &rejecting);
+    assert_key_nowhere(&p, &["cache", "out"], &outputs, FAKE_KEY);
+
+    build_and_inspect_with_the_key(&p, &mut outputs);
+    for request in accepting.log().iter().chain(&echoed) {
+        assert!(
+            key_trace(request.body.to_string().as_bytes(), FAKE_KEY).is_none(),
+            "a request body holds the key"
+        );
+    }
+    assert_key_nowhere(&p, &["cache", "out"], &outputs, FAKE_KEY);
+
+    assert_artifact_keys_ignore_the_api_key(&p, &mut outputs, &accepting);
 }
 
 /// A cache folder without room for what the build will pay for is refused before any call.

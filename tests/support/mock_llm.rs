@@ -308,12 +308,21 @@ enum Api {
     Anthropic,
 }
 
-async fn handle(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    let counters = &state.counters;
-    let at = Instant::now();
+/// What the mock keeps of a request: the headers it logs, the path, and the body.
+struct Received {
+    /// The `x-ticketbuild-key` header.
+    key: Option<String>,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+    anthropic_version: Option<String>,
+    path: String,
+    is_post: bool,
+    /// The JSON body, or `Null` when it is not JSON.
+    body: Value,
+}
+
+/// Reads the request's headers, path and body.
+async fn receive(request: Request<Incoming>) -> Received {
     let header = |name: &str| {
         request
             .headers()
@@ -332,27 +341,46 @@ async fn handle(
         Err(_) => Bytes::new(),
     };
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Received {
+        key,
+        authorization,
+        x_api_key,
+        anthropic_version,
+        path,
+        is_post,
+        body,
+    }
+}
 
+/// Counts a request as it arrives: in total, in flight and per key. Returns its number (from 0)
+/// and the guard that takes it out of flight.
+fn count_arrival<'a>(counters: &'a Counters, key: &Option<String>) -> (u64, InFlight<'a>) {
     let n = counters.total.fetch_add(1, Ordering::SeqCst);
     let now_in_flight = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     counters
         .max_in_flight
         .fetch_max(now_in_flight, Ordering::SeqCst);
-    let _in_flight = InFlight(counters);
+    let in_flight = InFlight(counters);
     *lock(&counters.per_key)
         .entry(key.clone().unwrap_or_default())
         .or_default() += 1;
+    (n, in_flight)
+}
 
-    let config = &state.config;
-    if config.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
-    }
-    let api = match path.as_str() {
+/// The API a path serves (only for POST).
+fn api_of(path: &str, is_post: bool) -> Option<Api> {
+    match path {
         "/v1/chat/completions" if is_post => Some(Api::OpenAi),
         "/v1/messages" if is_post => Some(Api::Anthropic),
         _ => None,
-    };
-    let fault = lock(&state.script).pop_front().unwrap_or_else(|| {
+    }
+}
+
+/// The answer to request `n`: the next scripted one, or once the script is used up a random
+/// fault at the configured rates.
+fn next_fault(state: &State, n: u64) -> Fault {
+    let config = &state.config;
+    lock(&state.script).pop_front().unwrap_or_else(|| {
         let draw = unit(config.seed, n);
         if draw < config.rate_429 {
             Fault::Status {
@@ -364,19 +392,35 @@ async fn handle(
         } else {
             Fault::Ok
         }
-    });
-    let answers_normally = matches!(fault, Fault::Ok | Fault::Stall(_));
-    let sent_key = match api {
-        Some(Api::Anthropic) => x_api_key.clone(),
-        _ => authorization
+    })
+}
+
+/// The API key the request sent: `x-api-key` for Anthropic, the bearer token otherwise.
+fn key_sent(api: Option<Api>, received: &Received) -> Option<String> {
+    match api {
+        Some(Api::Anthropic) => received.x_api_key.clone(),
+        _ => received
+            .authorization
             .as_deref()
             .map(|a| a.trim_start_matches("Bearer ").to_string()),
-    };
-    let (status, retry_after, answer) = match api {
+    }
+}
+
+/// The status, `Retry-After` and body to answer with: 404 off the routes, 400 for a body that is
+/// not JSON, 401 (echoing the key) for a wrong key, and otherwise what `fault` says.
+async fn reply(
+    api: Option<Api>,
+    config: &MockConfig,
+    received: &Received,
+    sent_key: Option<String>,
+    fault: Fault,
+) -> (u16, Option<String>, String) {
+    let body = &received.body;
+    match api {
         None => (
             404,
             None,
-            error_body(Api::OpenAi, 404, &format!("no route for {path}")),
+            error_body(Api::OpenAi, 404, &format!("no route for {}", received.path)),
         ),
         Some(api) if body.is_null() => (400, None, error_body(api, 400, "the body is not JSON")),
         Some(api) if config.api_key.is_some() && sent_key != config.api_key => {
@@ -386,77 +430,92 @@ async fn handle(
             );
             (401, None, error_body(api, 401, &message))
         }
-        Some(api) => match fault {
-            Fault::Status {
-                status,
-                retry_after,
-            } => (
-                status,
-                retry_after,
-                error_body(api, status, "the mock was told to fail this request"),
-            ),
-            Fault::Malformed => {
-                let full =
-                    answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string();
-                let cut: String = full.chars().take(full.chars().count() / 2).collect();
-                (200, None, cut)
-            }
-            Fault::Empty => (
+        Some(api) => reply_with_fault(api, config, body, received.key.as_deref(), fault).await,
+    }
+}
+
+/// The status, `Retry-After` and body of a routed, authorised request answered as `fault` says.
+async fn reply_with_fault(
+    api: Api,
+    config: &MockConfig,
+    body: &Value,
+    key: Option<&str>,
+    fault: Fault,
+) -> (u16, Option<String>, String) {
+    match fault {
+        Fault::Status {
+            status,
+            retry_after,
+        } => (
+            status,
+            retry_after,
+            error_body(api, status, "the mock was told to fail this request"),
+        ),
+        Fault::Malformed => {
+            let full = answer(api, config, body, key.unwrap_or(""), None).to_string();
+            let cut: String = full.chars().take(full.chars().count() / 2).collect();
+            (200, None, cut)
+        }
+        Fault::Empty => (
+            200,
+            None,
+            answer(api, config, body, "", Some(String::new())).to_string(),
+        ),
+        Fault::Invalid => (
+            200,
+            None,
+            answer(
+                api,
+                config,
+                body,
+                "",
+                Some("I am not sure what you mean.".into()),
+            )
+            .to_string(),
+        ),
+        Fault::Stall(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (
                 200,
                 None,
-                answer(api, config, &body, "", Some(String::new())).to_string(),
-            ),
-            Fault::Invalid => (
-                200,
-                None,
-                answer(
-                    api,
-                    config,
-                    &body,
-                    "",
-                    Some("I am not sure what you mean.".into()),
-                )
-                .to_string(),
-            ),
-            Fault::Stall(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                (
-                    200,
-                    None,
-                    answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string(),
-                )
-            }
-            Fault::Ok => (
-                200,
-                None,
-                answer(api, config, &body, key.as_deref().unwrap_or(""), None).to_string(),
-            ),
-            // Status 0 in the log: no response was sent at all.
-            Fault::Drop => (0, None, String::new()),
-        },
-    };
-    let success = status == 200 && api.is_some() && answers_normally;
+                answer(api, config, body, key.unwrap_or(""), None).to_string(),
+            )
+        }
+        Fault::Ok => (
+            200,
+            None,
+            answer(api, config, body, key.unwrap_or(""), None).to_string(),
+        ),
+        // Status 0 in the log: no response was sent at all.
+        Fault::Drop => (0, None, String::new()),
+    }
+}
+
+/// Records an answered request: one more success for its key when it succeeded, and its log entry.
+fn record(counters: &Counters, received: Received, at: Instant, status: u16, success: bool) {
     if success {
         *lock(&counters.successes)
-            .entry(key.clone().unwrap_or_default())
+            .entry(received.key.clone().unwrap_or_default())
             .or_default() += 1;
     }
     lock(&counters.log).push(Logged {
-        path,
-        key,
-        authorization,
-        x_api_key,
-        anthropic_version,
-        body,
+        path: received.path,
+        key: received.key,
+        authorization: received.authorization,
+        x_api_key: received.x_api_key,
+        anthropic_version: received.anthropic_version,
+        body: received.body,
         at,
         status,
     });
-    if status == 0 {
-        // An error from the service makes hyper close the connection without a response.
-        return Err(std::io::Error::other(
-            "the mock was told to drop this connection",
-        ));
-    }
+}
+
+/// The HTTP response: `status`, a JSON content type, `Retry-After` when given, and `answer`.
+fn http_response(
+    status: u16,
+    retry_after: Option<String>,
+    answer: String,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -468,7 +527,36 @@ async fn handle(
     if let Some(value) = retry_after.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok()) {
         headers.insert("retry-after", value);
     }
-    Ok(response)
+    response
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let counters = &state.counters;
+    let at = Instant::now();
+    let received = receive(request).await;
+    let (n, _in_flight) = count_arrival(counters, &received.key);
+
+    let config = &state.config;
+    if config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
+    }
+    let api = api_of(&received.path, received.is_post);
+    let fault = next_fault(&state, n);
+    let answers_normally = matches!(fault, Fault::Ok | Fault::Stall(_));
+    let sent_key = key_sent(api, &received);
+    let (status, retry_after, answer) = reply(api, config, &received, sent_key, fault).await;
+    let success = status == 200 && api.is_some() && answers_normally;
+    record(counters, received, at, status, success);
+    if status == 0 {
+        // An error from the service makes hyper close the connection without a response.
+        return Err(std::io::Error::other(
+            "the mock was told to drop this connection",
+        ));
+    }
+    Ok(http_response(status, retry_after, answer))
 }
 
 fn error_body(api: Api, status: u16, message: &str) -> String {
