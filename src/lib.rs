@@ -3,14 +3,16 @@
 //! of exactly what determines it, responses are cached, and a rebuild calls a model only where
 //! something changed.
 //!
-//! The modules, in the order data flows through them:
+//! The modules, in the order data flows through them (each uses only those before it; the
+//! README's "Where things live" has a line per module):
 //! - [`config`] reads and checks dataset.toml; [`prompt`] reads prompt files; [`graph`] compiles
 //!   templates and orders the nodes.
 //! - [`sampling`] draws each ticket's language, categories, id and seed.
-//! - [`key`] derives artifact keys; [`cache`] stores artifacts durably.
+//! - [`key`] derives artifact keys; [`cache`] stores artifacts durably; [`cost`] prices them.
 //! - [`provider`] talks to models (the built-in [`offline`] model among them).
-//! - [`engine`] runs a build; [`output`] writes Parquet, CSV and JSONL.
-//! - [`cli`] is the command line; [`diag`] formats input errors.
+//! - [`engine`] runs a build; `output` writes Parquet, CSV and JSONL; `build` records it.
+//! - `status` and `plan` say what a build would do; `watch` tells edits apart.
+//! - `cli` is the command line; `diag` formats input errors.
 
 mod build;
 pub mod cache;

@@ -89,7 +89,7 @@ pub enum CacheError {
     Io { path: PathBuf, reason: String },
 }
 
-/// Where artifacts live. Small on purpose: tests swap in [`MemoryStore`] to count lookups, and the
+/// Where artifacts live. Small on purpose: tests swap in `MemoryStore` (cfg(test)) to count lookups, and the
 /// backend can be replaced without touching the engine.
 ///
 /// Lookups name the ticket (its index in the dataset) beside the key. The ticket is not key

@@ -170,7 +170,7 @@ pub(super) fn compile_node(
 ///
 /// The condition is compiled as the expression it is, so that a parse error speaks of the
 /// expression and not of a template around it. It is evaluated through a template, `{% if WHEN
-/// %}1{% endif %}`, added to `env` here: a [`Graph`] cannot hold an `Expression`, which borrows the
+/// %}1{% endif %}`, added to `env` here: a [`Graph`](super::Graph) cannot hold an `Expression`, which borrows the
 /// environment.
 fn when_variables(
     env: &mut Environment<'static>,
