@@ -262,6 +262,15 @@ fn floor_char_boundary(source: &str, mut index: usize) -> usize {
     index
 }
 
+/// `` `a`, `b`, `c` ``: names as messages list them.
+pub(crate) fn backticked<T: std::fmt::Display>(names: impl IntoIterator<Item = T>) -> String {
+    names
+        .into_iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// ` (did you mean `x`?)` when one of `candidates` is a near miss of `name`, or nothing: the
 /// suffix every "unknown name" message ends with.
 pub(crate) fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {

@@ -311,11 +311,7 @@ fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<
                 }
                 OutputKind::Json { fields } => {
                     let hint = suggestion(field, fields.iter().map(String::as_str));
-                    let list = fields
-                        .iter()
-                        .map(|f| format!("`{f}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = crate::diag::backticked(fields);
                     let noun = if fields.len() == 1 {
                         "field is"
                     } else {

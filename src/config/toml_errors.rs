@@ -145,12 +145,7 @@ fn unknown_key(rest: &str) -> String {
     };
     let expected: Vec<&str> = quoted.filter(|k| !HIDDEN_KEYS.contains(k)).collect();
     let hint = suggestion(name, expected.iter().copied());
-    let list = |keys: &[&str]| {
-        keys.iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |keys: &[&str]| crate::diag::backticked(keys);
     let expected = match expected.as_slice() {
         [] => "this table takes no keys".to_string(),
         [one] => format!("expected `{one}`"),

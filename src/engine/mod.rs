@@ -500,6 +500,15 @@ mod tests {
         calls: AtomicU64,
     }
 
+    impl Counting {
+        fn offline() -> Arc<Counting> {
+            Arc::new(Counting {
+                inner: OfflineProvider::new(0),
+                calls: AtomicU64::new(0),
+            })
+        }
+    }
+
     impl Provider for Counting {
         fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a> {
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -556,10 +565,7 @@ prompt = "p/reply.jinja"
     async fn a_rebuild_calls_no_model_and_an_edit_calls_only_its_node() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MemoryStore::new());
-        let counter = Arc::new(Counting {
-            inner: OfflineProvider::new(0),
-            calls: AtomicU64::new(0),
-        });
+        let counter = Counting::offline();
         let reply = "Reply in {{ language }} about {{ topic }}.";
         let (config, graph) = project(dir.path(), reply);
         let first = run(config, graph, store.clone(), counter.clone()).await;
@@ -597,10 +603,7 @@ prompt = "p/reply.jinja"
     async fn secrets_paths_and_scheduling_change_no_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MemoryStore::new());
-        let counter = Arc::new(Counting {
-            inner: OfflineProvider::new(0),
-            calls: AtomicU64::new(0),
-        });
+        let counter = Counting::offline();
         let reply = "Reply in {{ language }} about {{ topic }}.";
         let (config, graph) = project(dir.path(), reply);
         run(config, graph, store.clone(), counter.clone()).await;

@@ -113,7 +113,7 @@ pub(super) fn compile_node(
                     span,
                     format!(
                         "unknown variable `{variable}`{hint}; templates see the tables, the nodes and {}",
-                        BUILTIN_VARIABLES.map(|b| format!("`{b}`")).join(", ")
+                        crate::diag::backticked(BUILTIN_VARIABLES)
                     ),
                 ));
                 ok = false;
@@ -318,11 +318,7 @@ fn check_code(
                     field.filter(|(_, field)| !fields.iter().any(|x| x == field))
                 {
                     let hint = suggestion(field, fields.iter().map(String::as_str));
-                    let list = fields
-                        .iter()
-                        .map(|f| format!("`{f}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = crate::diag::backticked(fields.iter());
                     let noun = if fields.len() == 1 { "field" } else { "fields" };
                     problems.push((
                         at(f),
@@ -371,11 +367,7 @@ pub(super) fn cycle_error(config: &Config, loaded: &[Loaded], cycle: &[usize]) -
         path.push_str(&format!(" -> {}", names[0]));
         format!(
             "the nodes {} form a cycle: {path} (each uses the next)",
-            names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::diag::backticked(&names)
         )
     };
     Diagnostic::at(
