@@ -1,6 +1,7 @@
 //! Token counts of prompt text, before a model sees it.
 //!
-//! This module owns the one estimator that `plan` and the budget reservation share: exact for
+//! This module owns the one estimator that `plan`, the budget reservation and the
+//! `tokens_per_minute` limiter share: exact for
 //! OpenAI-family models (tiktoken's o200k and cl100k encodings, by model name, also behind
 //! OpenRouter's `openai/` prefix), about four characters per token for every other model. It
 //! counts; pricing tokens is `cost`'s. The invariant: for a given model and text, everything that

@@ -1,7 +1,9 @@
 //! What a cache holds and what it can let go: `cache stats`, `cache gc` and `cache verify`.
 //!
 //! This module owns reachability: the roots are the last `keep` manifests and every pinned one, and
-//! an artifact is reachable when one of their keys names it. It works through the store traits
+//! an artifact is reachable when one of their keys names it. A manifest counts only when the
+//! caller can read it (`readable`, which `manifest` answers): one that does not decode is neither
+//! a root nor deleted. It works through the store traits
 //! and returns typed reports; printing them is the CLI's job. The invariants: gc never deletes an
 //! artifact a root reaches, and verify never deletes a bad entry, it moves it to quarantine.
 
@@ -18,15 +20,27 @@ pub(crate) struct Reachable {
     pub(crate) keys: HashSet<ArtifactKey>,
 }
 
+/// Whether a stored manifest's bytes are a manifest this ticketbuild reads.
+pub(crate) type Readable<'a> = &'a dyn Fn(&[u8]) -> bool;
+
+/// The ids of the stored manifests that are `readable`, oldest first.
+fn manifest_ids(cache: &dyn Cache, readable: Readable<'_>) -> Result<Vec<u64>, CacheError> {
+    Ok(cache
+        .manifests()?
+        .into_iter()
+        .filter(|(_, bytes)| readable(bytes))
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Keys reachable from the kept manifests: the last `keep` plus every pinned one.
-pub(crate) fn reachable(cache: &dyn Cache, keep: usize) -> Result<Reachable, CacheError> {
-    let manifests = cache.manifests()?;
-    let mut roots: Vec<u64> = manifests
-        .iter()
-        .rev()
-        .take(keep)
-        .map(|(id, _)| *id)
-        .collect();
+pub(crate) fn reachable(
+    cache: &dyn Cache,
+    keep: usize,
+    readable: Readable<'_>,
+) -> Result<Reachable, CacheError> {
+    let manifests = manifest_ids(cache, readable)?;
+    let mut roots: Vec<u64> = manifests.iter().rev().take(keep).copied().collect();
     for (_, id) in cache.pins()? {
         if !roots.contains(&id) {
             roots.push(id);
@@ -56,8 +70,12 @@ pub(crate) struct CacheStats {
 }
 
 /// Counts the entries of `cache`, and how many the last `keep` manifests (and the pinned) reach.
-pub(crate) fn stats(cache: &dyn Cache, keep: usize) -> Result<CacheStats, CacheError> {
-    let reachable = reachable(cache, keep)?;
+pub(crate) fn stats(
+    cache: &dyn Cache,
+    keep: usize,
+    readable: Readable<'_>,
+) -> Result<CacheStats, CacheError> {
+    let reachable = reachable(cache, keep, readable)?;
     let mut stats = CacheStats {
         entries: 0,
         bytes_on_disk: cache.size_on_disk(),
@@ -98,8 +116,9 @@ pub(crate) fn collect(
     cache: &dyn Cache,
     keep: usize,
     dry_run: bool,
+    readable: Readable<'_>,
 ) -> Result<GcReport, CacheError> {
-    let reachable = reachable(cache, keep)?;
+    let reachable = reachable(cache, keep, readable)?;
     let mut doomed = Vec::new();
     let mut freed_bytes = 0u64;
     for entry in cache.entries() {
@@ -109,10 +128,8 @@ pub(crate) fn collect(
             doomed.push(entry.slot);
         }
     }
-    let old_manifests: Vec<u64> = cache
-        .manifests()?
+    let old_manifests: Vec<u64> = manifest_ids(cache, readable)?
         .into_iter()
-        .map(|(id, _)| id)
         .filter(|id| !reachable.roots.contains(id))
         .chain(cache.unfinished_manifest_ids()?)
         .collect();
@@ -189,10 +206,11 @@ mod tests {
                 store.pin("first", id).unwrap();
             }
         }
-        let dry = collect(&store, 1, true).unwrap();
+        let any: Readable<'_> = &|_| true;
+        let dry = collect(&store, 1, true, any).unwrap();
         assert_eq!((dry.deleted_artifacts, dry.deleted_manifests), (1, 1));
         assert_eq!(store.len(), 3, "a dry run deletes nothing");
-        let report = collect(&store, 1, false).unwrap();
+        let report = collect(&store, 1, false, any).unwrap();
         assert_eq!(report.kept_manifests, 2, "the last one and the pinned one");
         assert_eq!(report.kept_artifacts, 2);
         let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
@@ -210,5 +228,31 @@ mod tests {
         assert_eq!(report.bad.len(), 1);
         assert_eq!(report.bad[0].0, ArtifactKey([2; 32]));
         assert_eq!(verify(&store).unwrap().bad.len(), 0, "moved aside");
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_decode_is_neither_a_root_nor_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for (byte, bytes) in [(1u8, &b"good"[..]), (2, b"unreadable")] {
+            store.put(0, &artifact(byte)).unwrap();
+            let id = store.next_manifest_id().unwrap();
+            let mut recorder = store.key_recorder(id, 1).unwrap();
+            recorder
+                .record(0, &[Some(ArtifactKey([byte; 32]))])
+                .unwrap();
+            recorder.finish().unwrap();
+            store.put_manifest(id, bytes).unwrap();
+        }
+        let good: Readable<'_> = &|bytes| bytes == b"good";
+        let report = collect(&store, 1, false, good).unwrap();
+        assert_eq!((report.kept_manifests, report.deleted_manifests), (1, 0));
+        assert_eq!(
+            store.manifests().unwrap().len(),
+            2,
+            "the unreadable one is left alone"
+        );
+        let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
+        assert_eq!(left, [1]);
     }
 }

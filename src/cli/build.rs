@@ -53,10 +53,7 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
     });
     let report = report.map_err(runtime_error)?;
     // The dataset is written: a reader of the summary that has gone away changes nothing.
-    match print_report(&report, args.json) {
-        Ok(()) | Err(CliError::ClosedPipe) => {}
-        Err(e) => return Err(e),
-    }
+    super::unless_closed(print_report(&report, args.json))?;
     if args.verbose >= 1 && report.failed > 0 {
         if let Some(text) = report
             .failures_file

@@ -175,6 +175,15 @@ macro_rules! say {
 }
 use say;
 
+/// `result`, with a closed stdout taken as success: for output printed after the work is done,
+/// when the command's outcome must not depend on whether anyone read it.
+fn unless_closed(result: Result<(), CliError>) -> Result<(), CliError> {
+    match result {
+        Err(CliError::ClosedPipe) => Ok(()),
+        other => other,
+    }
+}
+
 /// The width of the node-name column of a table: the longest name, at least "node".
 fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     names.map(str::len).max().unwrap_or(0).max(4)

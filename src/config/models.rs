@@ -161,7 +161,8 @@ pub struct ModelLimits {
     pub(crate) max_concurrency: usize,
     /// Requests started in any 60-second window; `None` is unlimited.
     pub(crate) requests_per_minute: Option<u64>,
-    /// Estimated tokens (prompt characters / 4 + max_tokens) in any 60-second window.
+    /// Estimated tokens (the prompt's tokens as `plan` counts them, plus max_tokens) in any
+    /// 60-second window.
     pub(crate) tokens_per_minute: Option<u64>,
     /// Attempts per artifact on transient errors (429, 408, 409, 5xx, timeouts, connection errors).
     pub(crate) max_attempts: u32,

@@ -65,7 +65,10 @@ pub(crate) struct NodeSummary {
 }
 
 /// The outcome of a build.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Fields a report read back lacks (`last-report.json` of an older ticketbuild) take their
+/// defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BuildReport {
     pub(crate) dataset: String,
     pub(crate) profile: Option<String>,

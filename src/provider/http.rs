@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::limits::Limiter;
 use super::{CallFuture, Provider, ProviderError, Request, Response};
-use crate::config::{ModelConfig, ModelLimits};
+use crate::config::{ModelConfig, ModelLimits, ProviderKind};
 use crate::cost::Usage;
 use crate::value::InvalidOutput;
 
@@ -104,8 +104,8 @@ impl std::fmt::Debug for Secret {
 /// What an [`HttpProvider`] needs besides its adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// The provider as configured (`openai`, `anthropic`, ...), for messages.
-    pub(crate) provider: String,
+    /// The provider as configured (`openai`, `anthropic`, ...).
+    pub(crate) provider: ProviderKind,
     /// The model name as sent, for messages.
     pub(crate) model: String,
     pub(crate) limits: ModelLimits,
@@ -115,7 +115,7 @@ pub(crate) struct Settings {
 impl Settings {
     pub(crate) fn new(model: &ModelConfig, secret: Option<Secret>) -> Settings {
         Settings {
-            provider: model.provider.name().to_string(),
+            provider: model.provider,
             model: model.model.clone(),
             limits: model.limits.clone(),
             secret,
@@ -328,7 +328,12 @@ impl<A: Adapter> HttpProvider<A> {
         let key = request.key().to_hex();
         let body = serde_json::to_vec(&self.adapter.body(request))
             .map_err(|e| ProviderError::Fatal(format!("cannot encode the request body: {e}")))?;
-        let tokens = crate::tokens::estimate(request.prompt_chars())
+        // The same estimate of the prompt the budget reserves for.
+        let prompt = [
+            request.system.as_deref().unwrap_or(""),
+            request.user.as_str(),
+        ];
+        let tokens = crate::tokens::count(self.settings.provider, &self.settings.model, &prompt)
             + self.adapter.max_output_tokens(request);
         let limits = &self.settings.limits;
         let deadline = Duration::from_secs(limits.deadline_secs);
