@@ -57,6 +57,7 @@ fn key_derivation(bencher: divan::Bencher) {
             user: divan::black_box(&user),
             offline: None,
             sample_seed: 42,
+            draw: 0,
         }
         .key()
     });

@@ -88,6 +88,12 @@ pub struct KeyInput<'a> {
     pub offline: Option<(&'a str, &'a str, &'a BTreeMap<String, serde_json::Value>)>,
     /// 9. The ticket's sample seed: two tickets with identical prompts are still two samples.
     pub sample_seed: u64,
+    /// 10. The draw: the node's answer asked for again after checks rejected the earlier ones (or
+    ///     after its ticket was found a duplicate). Each draw is a sample of its own, paid once.
+    ///     Draw 0 adds nothing to the encoding, so the first answer keeps the key it had before
+    ///     draws existed and no cache is invalidated; a later draw adds a tagged field that no
+    ///     draw-0 encoding has, so draws never share a key.
+    pub draw: u32,
 }
 
 impl KeyInput<'_> {
@@ -141,6 +147,10 @@ impl KeyInput<'_> {
         }
         encoder.tag(9, 1);
         encoder.u64(self.sample_seed);
+        if self.draw > 0 {
+            encoder.tag(10, 1);
+            encoder.u64(u64::from(self.draw));
+        }
         ArtifactKey(*encoder.0.finalize().as_bytes())
     }
 }
@@ -278,6 +288,7 @@ mod tests {
             user: "Write a ticket.",
             offline: Some(("topic", "bank-1", &o.inputs)),
             sample_seed: 99,
+            draw: 0,
         }
     }
 
@@ -299,6 +310,7 @@ mod tests {
         user: String,
         offline: Option<(String, String, BTreeMap<String, serde_json::Value>)>,
         sample_seed: u64,
+        draw: u32,
     }
 
     impl Inputs {
@@ -314,6 +326,7 @@ mod tests {
                 user: "Write a ticket.".into(),
                 offline: Some(("topic".into(), "bank-1".into(), o.inputs)),
                 sample_seed: 99,
+                draw: 0,
             }
         }
 
@@ -331,6 +344,7 @@ mod tests {
                     .as_ref()
                     .map(|(task, bank, inputs)| (task.as_str(), bank.as_str(), inputs)),
                 sample_seed: self.sample_seed,
+                draw: self.draw,
             }
             .key()
         }
@@ -496,6 +510,18 @@ mod tests {
     #[test]
     fn the_sample_seed_changes_the_key() {
         assert_each_changes_the_key(&[("the sample seed", |i| i.sample_seed = 100)]);
+    }
+
+    #[test]
+    fn the_draw_changes_the_key() {
+        assert_each_changes_the_key(&[
+            ("draw 1", |i| i.draw = 1),
+            ("draw 2", |i| i.draw = 2),
+            ("draw 1 of another ticket", |i| {
+                i.draw = 1;
+                i.sample_seed = 100;
+            }),
+        ]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod output;
 mod plan;
 pub mod prompt;
 pub mod provider;
+mod quality;
 pub mod sampling;
 mod status;
 mod tokens;

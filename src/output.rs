@@ -152,23 +152,31 @@ impl RowBuilder {
         self.columns.iter().map(|c| c.name.as_str()).collect()
     }
 
+    /// The position of the column called `name`.
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
     pub(crate) fn row(&self, record: &TicketRecord) -> Vec<Cell> {
-        self.columns
-            .iter()
-            .map(|column| {
-                let cell = column
-                    .sources
-                    .iter()
-                    .map(|source| cell_of(source, record))
-                    .find(|cell| *cell != Cell::Null)
-                    .unwrap_or(Cell::Null);
-                match (cell, column.is_list) {
-                    (Cell::Str(s), true) => Cell::List(vec![s]),
-                    (Cell::List(items), false) => Cell::Str(items.join(",")),
-                    (cell, _) => cell,
-                }
-            })
+        (0..self.columns.len())
+            .map(|i| self.cell(i, record))
             .collect()
+    }
+
+    /// Column `index` of `record`'s row.
+    pub(crate) fn cell(&self, index: usize, record: &TicketRecord) -> Cell {
+        let column = &self.columns[index];
+        let cell = column
+            .sources
+            .iter()
+            .map(|source| cell_of(source, record))
+            .find(|cell| *cell != Cell::Null)
+            .unwrap_or(Cell::Null);
+        match (cell, column.is_list) {
+            (Cell::Str(s), true) => Cell::List(vec![s]),
+            (Cell::List(items), false) => Cell::Str(items.join(",")),
+            (cell, _) => cell,
+        }
     }
 }
 

@@ -90,6 +90,8 @@ pub(crate) enum Cause {
     UpstreamChanged(String),
     /// The tickets are drawn differently (seed, tables or languages).
     TicketSetChanged(String),
+    /// The cached answer fails the node's checks (the kind of check): a new draw is needed.
+    Rejected(String),
     /// Same inputs as recorded, but the artifact is not in the cache (removed by `cache gc`).
     NotCached,
 }
@@ -103,6 +105,9 @@ impl Cause {
             Cause::ModelChanged(detail) => format!("model or parameter changed ({detail})"),
             Cause::UpstreamChanged(node) => format!("upstream output changed (`{node}`)"),
             Cause::TicketSetChanged(detail) => format!("ticket set changed ({detail})"),
+            Cause::Rejected(kind) => {
+                format!("cached answer fails its checks ({kind}): drawn again")
+            }
             Cause::NotCached => "not in the cache".to_string(),
         }
     }
@@ -205,8 +210,14 @@ impl<'a> StatusBuilder<'a> {
     pub(crate) fn add(&mut self, outcome: &TicketOutcome, upstream: &[Vec<usize>]) {
         let index = outcome.sample.index;
         for (i, state) in outcome.states.iter().enumerate() {
-            let cause = matches!(state, NodeState::Missing(_) | NodeState::Blocked)
-                .then(|| self.cause(index, i, &outcome.states, upstream));
+            let rejected = outcome.rejected[i].last().map(|(_, r)| r.kind.name());
+            let cause = match (state, rejected) {
+                (NodeState::Missing(_), Some(kind)) => Some(Cause::Rejected(kind.to_string())),
+                (NodeState::Missing(_) | NodeState::Blocked, _) => {
+                    Some(self.cause(index, i, &outcome.states, upstream))
+                }
+                _ => None,
+            };
             let (status, causes) = &mut self.nodes[i];
             match state {
                 NodeState::Done(..) => status.up_to_date += 1,

@@ -62,6 +62,7 @@ impl Request {
                 .as_ref()
                 .map(|(t, b, i)| (t.as_str(), b.as_str(), i)),
             sample_seed: self.sample_seed,
+            draw: 0,
         }
         .key()
     }
@@ -472,6 +473,7 @@ fn model_key(config: &Config) -> ArtifactKey {
         user: "hello",
         offline: None,
         sample_seed: 1,
+        draw: 0,
     }
     .key()
 }

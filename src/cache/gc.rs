@@ -51,6 +51,7 @@ pub(crate) fn reachable(
         cache.manifest_keys(*id, &mut |_, chunk, _| {
             keys.extend(chunk.iter().flatten().copied())
         })?;
+        cache.kept_keys(*id, &mut |kept| keys.extend(kept.iter().copied()))?;
     }
     Ok(Reachable { roots, keys })
 }
@@ -198,7 +199,7 @@ mod tests {
             let id = store.next_manifest_id().unwrap();
             let mut recorder = store.key_recorder(id, 1).unwrap();
             recorder
-                .record(0, &[Some(ArtifactKey([byte; 32]))])
+                .record(0, &[Some(ArtifactKey([byte; 32]))], &[])
                 .unwrap();
             recorder.finish().unwrap();
             store.put_manifest(id, b"manifest").unwrap();
@@ -239,7 +240,7 @@ mod tests {
             let id = store.next_manifest_id().unwrap();
             let mut recorder = store.key_recorder(id, 1).unwrap();
             recorder
-                .record(0, &[Some(ArtifactKey([byte; 32]))])
+                .record(0, &[Some(ArtifactKey([byte; 32]))], &[])
                 .unwrap();
             recorder.finish().unwrap();
             store.put_manifest(id, bytes).unwrap();
@@ -254,5 +255,30 @@ mod tests {
         );
         let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
         assert_eq!(left, [1]);
+    }
+
+    #[test]
+    fn rejected_draws_a_manifest_keeps_survive_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for byte in [1u8, 2, 3] {
+            store.put(0, &artifact(byte)).unwrap();
+        }
+        let id = store.next_manifest_id().unwrap();
+        let mut recorder = store.key_recorder(id, 1).unwrap();
+        let rejected = [ArtifactKey([2; 32])];
+        recorder
+            .record(0, &[Some(ArtifactKey([1; 32]))], &rejected)
+            .unwrap();
+        recorder.finish().unwrap();
+        store.put_manifest(id, b"m").unwrap();
+        let report = collect(&store, 1, false, &|_| true).unwrap();
+        assert_eq!(report.deleted_artifacts, 1);
+        let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
+        assert_eq!(left, [1, 2], "the rejected draw is kept with the manifest");
+        store.remove_manifest(id).unwrap();
+        let mut kept = 0;
+        store.kept_keys(id, &mut |k| kept += k.len()).unwrap();
+        assert_eq!(kept, 0, "removing the manifest removes its kept keys");
     }
 }

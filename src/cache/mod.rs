@@ -137,6 +137,9 @@ pub(crate) trait ManifestStore: Send + Sync {
     fn last_manifest(&self) -> Result<Option<(u64, Vec<u8>)>, CacheError>;
     /// The keys of manifest `id`, chunk by chunk: `each(first ticket, keys, nodes per ticket)`.
     fn manifest_keys(&self, id: u64, each: &mut KeyChunks<'_>) -> Result<(), CacheError>;
+    /// The keys manifest `id` keeps though no row of its build uses them (rejected draws: paid
+    /// for, so gc keeps them as long as the manifest).
+    fn kept_keys(&self, id: u64, each: &mut dyn FnMut(&[ArtifactKey])) -> Result<(), CacheError>;
     /// The recorded key of (ticket, node) in manifest `id`.
     fn manifest_key(
         &self,
@@ -159,7 +162,14 @@ pub(crate) type KeyChunks<'a> = dyn FnMut(u64, &[Option<ArtifactKey>], usize) + 
 
 /// Receives every ticket's artifact keys, in ticket order, during a build: the manifest's keys.
 pub trait KeyRecorder: Send {
-    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError>;
+    /// Ticket `index`'s keys, one per node (`None` where no artifact was used), and the keys the
+    /// ticket paid for without using (`kept`: rejected draws, superseded duplicates).
+    fn record(
+        &mut self,
+        index: u64,
+        keys: &[Option<ArtifactKey>],
+        kept: &[ArtifactKey],
+    ) -> Result<(), CacheError>;
     /// Writes what is buffered; called once after the last ticket.
     fn finish(&mut self) -> Result<(), CacheError>;
 }

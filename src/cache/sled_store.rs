@@ -54,6 +54,8 @@ const META_TREE: &str = "meta";
 const ARTIFACT_TREE: &str = "artifacts";
 const MANIFEST_TREE: &str = "manifests";
 const MANIFEST_KEYS_TREE: &str = "manifest_keys";
+/// Keys a build paid for that no row uses (rejected draws), by (manifest id, chunk).
+const MANIFEST_KEPT_TREE: &str = "manifest_kept_keys";
 const PIN_TREE: &str = "pins";
 const QUARANTINE_TREE: &str = "quarantine";
 const SCHEMA_KEY: &str = "key_schema";
@@ -273,11 +275,13 @@ impl ManifestStore for SledStore {
     fn key_recorder(&self, id: u64, nodes: usize) -> Result<Box<dyn KeyRecorder>, CacheError> {
         Ok(Box::new(ManifestKeyWriter {
             tree: self.tree(MANIFEST_KEYS_TREE)?,
+            kept_tree: self.tree(MANIFEST_KEPT_TREE)?,
             path: self.path.clone(),
             id,
             nodes,
             chunk: 0,
             keys: Vec::new(),
+            kept: Vec::new(),
         }))
     }
 
@@ -321,6 +325,19 @@ impl ManifestStore for SledStore {
                 bincode::config::standard(),
             ) {
                 each(chunk * KEYS_PER_CHUNK, &keys.keys, keys.nodes);
+            }
+        }
+        Ok(())
+    }
+
+    fn kept_keys(&self, id: u64, each: &mut dyn FnMut(&[ArtifactKey])) -> Result<(), CacheError> {
+        for entry in self.tree(MANIFEST_KEPT_TREE)?.scan_prefix(id.to_be_bytes()) {
+            let (_, bytes) = entry.map_err(|e| self.io(e))?;
+            if let Ok((keys, _)) = bincode::serde::decode_from_slice::<Vec<ArtifactKey>, _>(
+                &bytes,
+                bincode::config::standard(),
+            ) {
+                each(&keys);
             }
         }
         Ok(())
@@ -370,10 +387,12 @@ impl ManifestStore for SledStore {
         self.tree(MANIFEST_TREE)?
             .remove(id.to_be_bytes())
             .map_err(|e| self.io(e))?;
-        let keys = self.tree(MANIFEST_KEYS_TREE)?;
-        for entry in keys.scan_prefix(id.to_be_bytes()) {
-            let (key, _) = entry.map_err(|e| self.io(e))?;
-            keys.remove(key).map_err(|e| self.io(e))?;
+        for name in [MANIFEST_KEYS_TREE, MANIFEST_KEPT_TREE] {
+            let keys = self.tree(name)?;
+            for entry in keys.scan_prefix(id.to_be_bytes()) {
+                let (key, _) = entry.map_err(|e| self.io(e))?;
+                keys.remove(key).map_err(|e| self.io(e))?;
+            }
         }
         Ok(())
     }
@@ -451,15 +470,31 @@ struct ChunkKeys {
 /// Writes a build's keys to the cache in chunks as tickets finish, so memory stays flat in rows.
 struct ManifestKeyWriter {
     tree: sled::Tree,
+    kept_tree: sled::Tree,
     path: PathBuf,
     id: u64,
     nodes: usize,
     chunk: u64,
     keys: Vec<Option<ArtifactKey>>,
+    kept: Vec<ArtifactKey>,
 }
 
 impl ManifestKeyWriter {
     fn write_chunk(&mut self) -> Result<(), CacheError> {
+        let io = |e: &dyn std::fmt::Display| CacheError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let mut key = self.id.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.chunk.to_be_bytes());
+        if !self.kept.is_empty() {
+            let kept = std::mem::take(&mut self.kept);
+            let bytes = bincode::serde::encode_to_vec(&kept, bincode::config::standard())
+                .map_err(|e| io(&e))?;
+            self.kept_tree
+                .insert(key.clone(), bytes)
+                .map_err(|e| io(&e))?;
+        }
         if self.keys.is_empty() {
             return Ok(());
         }
@@ -489,13 +524,19 @@ impl KeyRecorder for ManifestKeyWriter {
         self.write_chunk()
     }
 
-    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>]) -> Result<(), CacheError> {
+    fn record(
+        &mut self,
+        index: u64,
+        keys: &[Option<ArtifactKey>],
+        kept: &[ArtifactKey],
+    ) -> Result<(), CacheError> {
         let chunk = index / KEYS_PER_CHUNK;
         if chunk != self.chunk {
             self.write_chunk()?;
             self.chunk = chunk;
         }
         self.keys.extend_from_slice(keys);
+        self.kept.extend_from_slice(kept);
         Ok(())
     }
 }
@@ -504,6 +545,21 @@ impl KeyRecorder for ManifestKeyWriter {
 mod tests {
     use super::*;
     use crate::cache::artifact::test_artifact as artifact;
+
+    /// Opens a cache a dropped store had open. sled's background threads may still hold the
+    /// folder's lock for a moment after the drop; a second process would see the same (and be
+    /// told the cache is in use), but within one test it is a race, not a finding.
+    fn reopen(path: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(path) {
+                Err(CacheError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result.unwrap(),
+            }
+        }
+    }
 
     #[test]
     fn sled_round_trips_and_survives_reopen() {
@@ -517,7 +573,7 @@ mod tests {
             store.put(7, &artifact(1)).unwrap();
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         match store.get(7, &ArtifactKey([1; 32])).unwrap() {
             Lookup::Hit(a) => assert_eq!(*a, artifact(1)),
             other => panic!("expected a hit, got {other:?}"),
@@ -591,7 +647,7 @@ mod tests {
         assert_eq!(keys, [ArtifactKey([2; 32]), ArtifactKey([1; 32])]);
         drop(store);
         // The mark is kept: the old entries are still found after the cache has grown.
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(matches!(
             store.get(4, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Hit(_)

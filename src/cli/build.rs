@@ -193,6 +193,7 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         report.generated(),
         report.reused()
     );
+    print_quality(report)?;
     for file in &report.files {
         say!("  wrote {file}");
     }
@@ -224,6 +225,68 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
             "  interrupted: {} tickets not started; build again to continue from the cache",
             report.not_started
         );
+    }
+    Ok(())
+}
+
+/// What the checks and duplicate resolution did: rejected draws per node with their commonest
+/// reasons, the language of the answers used, and duplicates.
+fn print_quality(report: &BuildReport) -> Result<(), CliError> {
+    for node in report.nodes.iter().filter(|n| n.stats.rejected > 0) {
+        let mut reasons: Vec<(&String, &u64)> = node.stats.rejections.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons
+            .iter()
+            .take(3)
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        say!(
+            "  {}: {} draws rejected by its checks ({}); ${:.6} of them paid in this build",
+            node.name,
+            node.stats.rejected,
+            reasons.join(", "),
+            node.stats.rejected_cost_usd
+        );
+    }
+    for node in report.nodes.iter() {
+        let s = &node.stats;
+        let wrong = s.rejections.get("language").copied().unwrap_or(0);
+        let judged = s.language_checked + wrong;
+        if judged == 0 {
+            continue;
+        }
+        say!(
+            "  {}: language right in {:.1}% of the answers judged ({} of {}; {} drawn again; {} too short or mixed to tell)",
+            node.name,
+            100.0 * s.language_checked as f64 / judged as f64,
+            s.language_checked,
+            judged,
+            wrong,
+            s.language_unsure
+        );
+    }
+    if let Some(d) = &report.duplicates {
+        say!(
+            "  duplicates in {}: {} exact and {} near resolved by {} redraws{}; {} exact dropped, {} near remaining",
+            d.columns.join(", "),
+            d.exact_resolved,
+            d.near_resolved,
+            d.redraws,
+            d.redraw_from
+                .as_ref()
+                .map_or_else(String::new, |n| format!(" from `{n}`")),
+            d.exact_dropped,
+            d.near_remaining
+        );
+        for pair in &d.examples {
+            say!(
+                "    ticket {} is {:.0}% like ticket {} in `{}`",
+                pair.ticket_id,
+                pair.similarity * 100.0,
+                pair.of_ticket_id,
+                pair.column
+            );
+        }
     }
     Ok(())
 }

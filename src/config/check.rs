@@ -76,37 +76,7 @@ impl Checker<'_> {
         let profile = self.apply_profile(&mut raw, &mut dataset, overrides.profile.as_deref());
 
         let name = dataset.name.unwrap_or_else(|| "dataset".to_string());
-        let rows = match (overrides.rows, &dataset.rows) {
-            (Some(0), _) => {
-                self.problems.push(Diagnostic::argument(
-                    "--rows",
-                    "must be at least 1, found 0",
-                ));
-                None
-            }
-            (Some(rows), _) if rows > ID_SPACE => {
-                self.problems.push(Diagnostic::argument(
-                    "--rows",
-                    format!("{rows} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"),
-                ));
-                None
-            }
-            (Some(rows), _) => Some(rows),
-            (None, Some(rows)) => match self.positive(rows, "dataset.rows") {
-                Some(count) if count > ID_SPACE => {
-                    self.error(
-                        rows.span(),
-                        "dataset.rows",
-                        format!(
-                            "{count} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"
-                        ),
-                    );
-                    None
-                }
-                valid => valid,
-            },
-            (None, None) => Some(200),
-        };
+        let rows = self.rows(overrides.rows, dataset.rows.as_ref());
         let seed = match &dataset.seed {
             Some(seed) => *seed.get_ref() as u64,
             None => 0,
@@ -122,6 +92,7 @@ impl Checker<'_> {
         let nodes = self.nodes(&raw.nodes, &models);
         self.check_names(&raw.tables, &raw.nodes);
         let columns = self.columns(raw.output.as_ref(), &tables, &nodes);
+        let quality = self.quality(raw.quality.as_ref(), &columns, &nodes);
         let csv_formula_escape = raw
             .output
             .as_ref()
@@ -162,6 +133,7 @@ impl Checker<'_> {
             concurrency,
             profile,
             cost,
+            quality,
         })
     }
 
@@ -177,6 +149,41 @@ impl Checker<'_> {
         let mut diagnostic = Diagnostic::at(self.path, self.source, span, message).with_key(key);
         diagnostic.snippet = None;
         self.problems.push(diagnostic);
+    }
+
+    /// `dataset.rows`, or `--rows`: at least 1 and within the ticket id space; 200 when unset.
+    fn rows(&mut self, overrides_rows: Option<u64>, rows: Option<&Spanned<i64>>) -> Option<u64> {
+        match (overrides_rows, rows) {
+            (Some(0), _) => {
+                self.problems.push(Diagnostic::argument(
+                    "--rows",
+                    "must be at least 1, found 0",
+                ));
+                None
+            }
+            (Some(rows), _) if rows > ID_SPACE => {
+                self.problems.push(Diagnostic::argument(
+                    "--rows",
+                    format!("{rows} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"),
+                ));
+                None
+            }
+            (Some(rows), _) => Some(rows),
+            (None, Some(rows)) => match self.positive(rows, "dataset.rows") {
+                Some(count) if count > ID_SPACE => {
+                    self.error(
+                        rows.span(),
+                        "dataset.rows",
+                        format!(
+                            "{count} rows exceed the ticket id space of {ID_SPACE} 12-13 digit ids"
+                        ),
+                    );
+                    None
+                }
+                valid => valid,
+            },
+            (None, None) => Some(200),
+        }
     }
 
     /// A non-negative amount of money.

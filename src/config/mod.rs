@@ -9,6 +9,7 @@
 //! (a model, a table, an output column), so later stages never fail on configuration.
 
 mod check;
+mod checks;
 mod models;
 mod nodes;
 mod profile;
@@ -23,6 +24,7 @@ use crate::language::Language;
 use crate::sampling::Table;
 use crate::value::OutputKind;
 
+pub(crate) use checks::{LanguageRule, NodeChecks, Pattern, QualityConfig};
 pub use models::{ModelConfig, ModelLimits, OFFLINE_MODEL, Params, ProviderKind};
 
 /// Names every template sees besides tables and nodes.
@@ -71,6 +73,8 @@ pub struct Config {
     pub(crate) profile: Option<String>,
     /// Prices, limits and currencies.
     pub(crate) cost: CostConfig,
+    /// Columns that must not repeat across tickets (`[quality]`).
+    pub(crate) quality: Option<QualityConfig>,
 }
 
 /// `[cost]`: limits in USD, currencies to show, and price and rate overrides.
@@ -125,6 +129,8 @@ pub(crate) struct NodeConfig {
     /// Where `prompt` and `when` sit in the config, for diagnostics about them.
     pub(crate) prompt_span: std::ops::Range<usize>,
     pub(crate) when_span: Option<std::ops::Range<usize>>,
+    /// What an answer must be to be used (`[nodes.NAME.checks]`); `None`: any valid answer.
+    pub(crate) checks: Option<NodeChecks>,
 }
 
 /// One output column and where its value comes from.

@@ -65,6 +65,10 @@ impl Checker<'_> {
             let Some(output) = self.output_kind(raw, &key) else {
                 continue;
             };
+            let checks = raw
+                .checks
+                .as_ref()
+                .map(|checks| self.node_checks(checks, &output, &key));
             out.push(NodeConfig {
                 name: name.get_ref().clone(),
                 prompt: PathBuf::from(prompt.get_ref()),
@@ -81,6 +85,7 @@ impl Checker<'_> {
                     .max_cost
                     .as_ref()
                     .and_then(|m| self.money(m, &format!("{key}.max_cost"))),
+                checks,
             });
         }
         out

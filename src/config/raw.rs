@@ -27,6 +27,7 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) profile: OrderedMap<Spanned<RawProfile>>,
     pub(super) cost: Option<Spanned<RawCost>>,
+    pub(super) quality: Option<Spanned<RawQuality>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +95,34 @@ pub(super) struct RawNode {
     pub(super) when: Option<Spanned<String>>,
     pub(super) task: Option<Spanned<String>>,
     pub(super) max_cost: Option<Spanned<f64>>,
+    pub(super) checks: Option<Spanned<RawChecks>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChecks {
+    pub(super) language: Option<Spanned<String>>,
+    pub(super) language_min_chars: Option<Spanned<i64>>,
+    pub(super) min_words: Option<Spanned<i64>>,
+    pub(super) max_words: Option<Spanned<i64>>,
+    pub(super) min_chars: Option<Spanned<i64>>,
+    pub(super) max_chars: Option<Spanned<i64>>,
+    pub(super) reject: Option<Spanned<StringList>>,
+    pub(super) default_reject: Option<bool>,
+    pub(super) require: Option<Spanned<StringList>>,
+    pub(super) item_pattern: Option<Spanned<String>>,
+    pub(super) unique_items: Option<bool>,
+    pub(super) fields: Option<Spanned<StringList>>,
+    pub(super) max_draws: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuality {
+    pub(super) unique: Option<Spanned<StringList>>,
+    pub(super) similarity: Option<Spanned<f64>>,
+    pub(super) redraw_from: Option<Spanned<String>>,
+    pub(super) max_rounds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

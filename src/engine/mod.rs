@@ -17,6 +17,7 @@
 //! memory does not grow with rows (at most `concurrency` tickets are in flight, and rows leave for
 //! the writer as soon as they are next in order).
 
+mod dedup;
 pub(crate) mod report;
 pub(crate) mod spend;
 pub(crate) mod ticket;
@@ -202,7 +203,11 @@ impl Engine {
         let observer = Arc::clone(&self.options.observer);
         observer.started(self.config.rows);
         let mut tally = Tally::new(self.graph.nodes.len());
-        let mut fatal = self.take_tickets(&mut tally, &writer, &mut recorder).await;
+        let mut dedup =
+            dedup::Deduplicator::new(self.config.quality.as_ref(), &self.config, &self.graph);
+        let mut fatal = self
+            .take_tickets(&mut tally, &writer, &mut recorder, dedup.as_mut())
+            .await;
         observer.finished();
         let _ = stop_flusher.send(());
         let _ = flusher.await;
@@ -225,6 +230,7 @@ impl Engine {
             (writer.write_failures(&tally.failures)?, writer.finish()?)
         };
         let mut report = tally.into_report(&self.config, &self.graph);
+        report.duplicates = dedup.map(|d| d.report());
         report.interrupted = interrupted && stopped_by.is_none();
         report.stopped_by = stopped_by;
         report.files = files.iter().map(|p| p.display().to_string()).collect();
@@ -241,10 +247,25 @@ impl Engine {
         tally: &mut Tally,
         writer: &RowWriter,
         recorder: &mut Option<Box<dyn KeyRecorder>>,
+        mut dedup: Option<&mut dedup::Deduplicator>,
     ) -> Option<BuildError> {
         let mut fatal = None;
         let mut tickets = TicketWindow::new(Arc::clone(self), Mode::Build);
         while let Some(next) = tickets.next().await {
+            let next = match (next, dedup.as_deref_mut()) {
+                (Ok(Some(outcome)), Some(dedup)) if fatal.is_none() => {
+                    match self.deduplicate(dedup, outcome).await {
+                        Ok((outcome, superseded)) => {
+                            for old in &superseded {
+                                tally.add_superseded(old, &outcome, &self.graph);
+                            }
+                            Ok(Some(outcome))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                (next, _) => next,
+            };
             let outcome = match next {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => {
@@ -268,7 +289,8 @@ impl Engine {
             if let Some(recorder) = recorder.as_mut() {
                 let keys: Vec<Option<ArtifactKey>> =
                     outcome.states.iter().map(NodeState::key).collect();
-                if let Err(e) = recorder.record(outcome.sample.index, &keys) {
+                if let Err(e) = recorder.record(outcome.sample.index, &keys, &outcome.rejected_keys)
+                {
                     fatal = Some(e.into());
                     self.cancelled.store(true, Ordering::Release);
                     continue;
@@ -402,6 +424,28 @@ impl Tally {
         }
     }
 
+    /// A superseded version of a ticket (redrawn as a duplicate): what it paid for counts, but
+    /// for the nodes whose answer the final version uses too (counted with it).
+    fn add_superseded(&mut self, old: &TicketOutcome, last: &TicketOutcome, graph: &Graph) {
+        let nodes = self.stats.iter_mut().zip(&old.stats).zip(&old.states);
+        for (i, ((total, node), state)) in nodes.enumerate() {
+            if state.key().is_some() && state.key() == last.states[i].key() {
+                continue;
+            }
+            total.add_paid(node);
+            if node.generated > 0 {
+                *self
+                    .cost_by_model
+                    .entry(graph.nodes[i].model.name.clone())
+                    .or_insert(0.0) += node.cost_usd;
+                *self
+                    .cost_by_language
+                    .entry(old.sample.language.code().to_string())
+                    .or_insert(0.0) += node.cost_usd;
+            }
+        }
+    }
+
     fn add(&mut self, outcome: &TicketOutcome, graph: &Graph) {
         for ((total, node), graph_node) in
             self.stats.iter_mut().zip(&outcome.stats).zip(&graph.nodes)
@@ -447,6 +491,7 @@ impl Tally {
             files: Vec::new(),
             failures_file: None,
             wall_ms: 0,
+            duplicates: None,
         }
     }
 }

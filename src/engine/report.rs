@@ -16,10 +16,12 @@ use crate::output::OutputError;
 
 /// What happened to one node across the build.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub(crate) struct NodeStats {
-    /// Artifacts found in the cache.
+    /// Artifacts found in the cache and used.
     pub(crate) reused: u64,
-    /// Artifacts produced by a model call in this build.
+    /// Artifacts produced by a model call in this build (rejected draws included: they were
+    /// paid for).
     pub(crate) generated: u64,
     /// Tickets for which the node's `when` condition was false.
     pub(crate) skipped: u64,
@@ -37,9 +39,34 @@ pub(crate) struct NodeStats {
     pub(crate) regenerate_cost_usd: f64,
     /// Artifacts whose cost is unknown (a model without a price); not counted in the sums.
     pub(crate) unknown_cost: u64,
+    /// Draws the node's checks rejected, cached or generated in this build.
+    pub(crate) rejected: u64,
+    /// What the rejected draws generated in this build cost, in USD (part of `cost_usd`).
+    pub(crate) rejected_cost_usd: f64,
+    /// Rejected draws by the kind of check that rejected them (`language`, `length`, ...).
+    pub(crate) rejections: BTreeMap<String, u64>,
+    /// Texts of the answers used whose language was checked (and right).
+    pub(crate) language_checked: u64,
+    /// Texts of the answers used too short (or too mixed) to tell their language.
+    pub(crate) language_unsure: u64,
 }
 
 impl NodeStats {
+    /// Adds what a superseded version of a ticket paid for: its generated draws, their tokens
+    /// and cost, and its rejections; not what it reused, skipped or failed.
+    pub(crate) fn add_paid(&mut self, ticket: &NodeStats) {
+        self.generated += ticket.generated;
+        self.input_tokens += ticket.input_tokens;
+        self.output_tokens += ticket.output_tokens;
+        self.cost_usd += ticket.cost_usd;
+        self.unknown_cost += ticket.unknown_cost;
+        self.rejected += ticket.rejected;
+        self.rejected_cost_usd += ticket.rejected_cost_usd;
+        for (kind, count) in &ticket.rejections {
+            *self.rejections.entry(kind.clone()).or_default() += count;
+        }
+    }
+
     /// Adds one ticket's figures for the node to the build's.
     pub(crate) fn add(&mut self, ticket: &NodeStats) {
         self.reused += ticket.reused;
@@ -53,6 +80,13 @@ impl NodeStats {
         self.reused_cost_usd += ticket.reused_cost_usd;
         self.regenerate_cost_usd += ticket.regenerate_cost_usd;
         self.unknown_cost += ticket.unknown_cost;
+        self.language_checked += ticket.language_checked;
+        self.language_unsure += ticket.language_unsure;
+        self.rejected += ticket.rejected;
+        self.rejected_cost_usd += ticket.rejected_cost_usd;
+        for (kind, count) in &ticket.rejections {
+            *self.rejections.entry(kind.clone()).or_default() += count;
+        }
     }
 }
 
@@ -92,6 +126,9 @@ pub struct BuildReport {
     pub(crate) files: Vec<String>,
     pub(crate) failures_file: Option<String>,
     pub(crate) wall_ms: u64,
+    /// What `[quality] unique` found and did; absent without unique columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duplicates: Option<super::dedup::DuplicateReport>,
 }
 
 impl BuildReport {
@@ -129,6 +166,7 @@ impl BuildReport {
                 .collect(),
             failures_file: None,
             wall_ms: 0,
+            duplicates: None,
         }
     }
 

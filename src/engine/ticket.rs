@@ -19,6 +19,7 @@ use crate::graph::Node;
 use crate::key::ArtifactKey;
 use crate::output::{Failure, LineageEntry};
 use crate::provider::{OfflineInputs, Request};
+use crate::quality::{Judged, Rejection};
 use crate::sampling::TicketSample;
 use crate::value::NodeOutput;
 
@@ -69,6 +70,10 @@ pub(crate) struct TicketOutcome {
     pub(crate) lineage: Vec<Option<LineageEntry>>,
     /// Planning only: the rendered request text (system and user) of each missing node.
     pub(crate) pending_prompts: Vec<Option<String>>,
+    /// Per node, the draws its checks rejected in this walk, with why.
+    pub(crate) rejected: Vec<Vec<(u32, Rejection)>>,
+    /// The keys of every rejected draw: paid for, kept from gc by the manifest.
+    pub(crate) rejected_keys: Vec<ArtifactKey>,
 }
 
 /// The variables a ticket's templates see, kept twice in step: as template values (for
@@ -130,6 +135,17 @@ impl TicketContext {
     }
 }
 
+/// A ticket walked again because it duplicated an earlier one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Redraw<'a> {
+    /// The node that draws anew.
+    pub(crate) node: usize,
+    /// The round (1 for the first redraw): the node's draws follow those of earlier rounds.
+    pub(crate) round: u32,
+    /// What earlier versions of the ticket generated in this build.
+    pub(crate) generated_before: &'a [ArtifactKey],
+}
+
 /// One ticket's walk in progress: its context and what each node came to.
 struct Walk {
     sample: TicketSample,
@@ -145,6 +161,15 @@ struct Walk {
     stored: TicketArtifacts,
     /// Reproducible answers put but not yet known durable; one wait covers them all.
     awaiting_commit: bool,
+    /// Per node, the draws the checks rejected in this walk, with why.
+    rejected: Vec<Vec<(u32, Rejection)>>,
+    /// The keys of those draws: paid for, so the manifest keeps them from gc.
+    rejected_keys: Vec<ArtifactKey>,
+    /// A duplicate ticket's redraw: the node that draws anew, and the round.
+    redraw: Option<(usize, u32)>,
+    /// Keys generated in this build by earlier versions of this ticket (before it was found a
+    /// duplicate): found in the cache now, but paid for in this build, and counted so.
+    generated_before: Vec<ArtifactKey>,
 }
 
 impl Walk {
@@ -177,6 +202,18 @@ impl Engine {
         index: u64,
         mode: Mode,
     ) -> Result<TicketOutcome, BuildError> {
+        self.run_ticket_redrawn(index, mode, None).await
+    }
+
+    /// Like [`Engine::run_ticket`], for a ticket redrawn because it duplicated an earlier one:
+    /// `redraw` names the node that draws anew and the round (its draws follow the earlier
+    /// rounds'); the nodes downstream of it follow from their new prompts.
+    pub(super) async fn run_ticket_redrawn(
+        &self,
+        index: u64,
+        mode: Mode,
+        redraw: Option<Redraw<'_>>,
+    ) -> Result<TicketOutcome, BuildError> {
         let sample = self.sampler.sample(index);
         let nodes = self.graph.nodes.len();
         let mut walk = Walk {
@@ -191,6 +228,12 @@ impl Engine {
             lineage: vec![None; nodes],
             pending_prompts: vec![None; nodes],
             awaiting_commit: false,
+            rejected: vec![Vec::new(); nodes],
+            rejected_keys: Vec::new(),
+            redraw: redraw.map(|r| (r.node, r.round)),
+            generated_before: redraw
+                .map(|r| r.generated_before.to_vec())
+                .unwrap_or_default(),
         };
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let state = self.run_node(&mut walk, i, node).await?;
@@ -210,6 +253,8 @@ impl Engine {
             generated: walk.generated,
             lineage: walk.lineage,
             pending_prompts: walk.pending_prompts,
+            rejected: walk.rejected,
+            rejected_keys: walk.rejected_keys,
         })
     }
 
@@ -257,50 +302,154 @@ impl Engine {
                 }));
             }
         };
-        let key = request.key();
-        let lookup = if self.options.force.contains(&node.name) {
-            Lookup::Miss(MissReason::Forced)
-        } else {
-            walk.stored.get(self.store.as_ref(), &key)?
+        self.draw(walk, i, node, &request).await
+    }
+
+    /// Asks for `node`'s answer draw after draw until one passes the node's checks: each draw is
+    /// looked up first and generated (paid, made durable) only when it is not cached; a rejected
+    /// draw stays in the cache, so a rebuild judges it again instead of paying for it again.
+    async fn draw(
+        &self,
+        walk: &mut Walk,
+        i: usize,
+        node: &Node,
+        request: &Request,
+    ) -> Result<NodeState, BuildError> {
+        let checks = node.config.checks.as_ref();
+        let draws = checks.map_or(1, |c| c.max_draws);
+        // A ticket redrawn for being a duplicate starts this node's draws after the ones its
+        // earlier rounds used.
+        let first = match walk.redraw {
+            Some((node, round)) if node == i => round * draws,
+            _ => 0,
         };
-        match lookup {
-            Lookup::Hit(artifact) => Ok(self.reuse(walk, i, *artifact)),
-            Lookup::Miss(reason) => {
-                if matches!(reason, MissReason::Corrupt(_)) {
-                    walk.stats[i].corrupt += 1;
+        let mut rejected: Vec<(u32, Rejection)> = Vec::new();
+        for number in first..first + draws {
+            let request = if number == 0 {
+                request.clone()
+            } else {
+                request.redraw(number)
+            };
+            let key = request.key();
+            let lookup = if self.options.force.contains(&node.name) {
+                Lookup::Miss(MissReason::Forced)
+            } else {
+                walk.stored.get(self.store.as_ref(), &key)?
+            };
+            let (artifact, generated) = match lookup {
+                Lookup::Hit(artifact) => {
+                    let paid_now = walk.generated_before.contains(&artifact.key);
+                    (*artifact, paid_now)
                 }
-                match walk.mode {
-                    Mode::Plan => Ok(record_missing(walk, i, &request, key)),
-                    Mode::Build => self.generate_node(walk, i, node, &request, key).await,
+                Lookup::Miss(reason) => {
+                    if matches!(reason, MissReason::Corrupt(_)) {
+                        walk.stats[i].corrupt += 1;
+                    }
+                    if walk.mode == Mode::Plan {
+                        return Ok(record_missing(walk, i, &request, key, rejected));
+                    }
+                    match self.generate_draw(walk, i, node, &request, key).await? {
+                        Ok(artifact) => (artifact, true),
+                        Err(failed) => return Ok(failed),
+                    }
+                }
+            };
+            let verdict = match checks {
+                Some(checks) => {
+                    crate::quality::judge(checks, &artifact.output, walk.sample.language)
+                }
+                None => Ok(Judged::default()),
+            };
+            match verdict {
+                Ok(judged) => {
+                    walk.rejected[i] = rejected;
+                    walk.stats[i].language_checked += u64::from(judged.language_checked);
+                    walk.stats[i].language_unsure += u64::from(judged.language_unsure);
+                    return Ok(self.accept(walk, i, artifact, generated));
+                }
+                Err(rejection) => {
+                    self.count_rejected(walk, i, &artifact, generated, &rejection);
+                    rejected.push((number, rejection));
                 }
             }
         }
+        let reason = rejected_reason(&rejected);
+        walk.rejected[i] = rejected;
+        Ok(walk.fail(i, node, || reason))
     }
 
-    /// A cached answer: counted with what it cost when it was generated.
-    fn reuse(&self, walk: &mut Walk, i: usize, artifact: ArtifactSummary) -> NodeState {
+    /// An answer that passed its checks, reused or just generated: counted, and the node's state.
+    fn accept(
+        &self,
+        walk: &mut Walk,
+        i: usize,
+        artifact: ArtifactSummary,
+        generated: bool,
+    ) -> NodeState {
         let stats = &mut walk.stats[i];
-        stats.reused += 1;
-        match artifact.cost_usd {
-            Some(cost) => stats.reused_cost_usd += cost,
-            None => stats.unknown_cost += 1,
+        if generated {
+            stats.generated += 1;
+            stats.input_tokens += artifact.usage.input_tokens;
+            stats.output_tokens += artifact.usage.output_tokens;
+            match artifact.cost_usd {
+                Some(cost) => stats.cost_usd += cost,
+                None => stats.unknown_cost += 1,
+            }
+        } else {
+            stats.reused += 1;
+            match artifact.cost_usd {
+                Some(cost) => stats.reused_cost_usd += cost,
+                None => stats.unknown_cost += 1,
+            }
         }
         if let Some(price) = &self.prices[i] {
             stats.regenerate_cost_usd += price.cost(&artifact.usage);
         }
-        walk.lineage[i] = Some(LineageEntry::of(&artifact, false));
+        walk.lineage[i] = Some(LineageEntry::of(&artifact, generated));
         NodeState::Done(artifact.output, artifact.key)
     }
 
-    /// A missing answer, paid for and made durable before anything uses it.
-    async fn generate_node(
+    /// A draw the checks rejected: paid for (now or in an earlier build), so counted as spent,
+    /// and kept by the manifest so that gc does not throw away what was paid for.
+    fn count_rejected(
+        &self,
+        walk: &mut Walk,
+        i: usize,
+        artifact: &ArtifactSummary,
+        generated: bool,
+        rejection: &Rejection,
+    ) {
+        let stats = &mut walk.stats[i];
+        stats.rejected += 1;
+        *stats
+            .rejections
+            .entry(rejection.kind.name().to_string())
+            .or_default() += 1;
+        if generated {
+            stats.generated += 1;
+            stats.input_tokens += artifact.usage.input_tokens;
+            stats.output_tokens += artifact.usage.output_tokens;
+            match artifact.cost_usd {
+                Some(cost) => {
+                    stats.cost_usd += cost;
+                    stats.rejected_cost_usd += cost;
+                }
+                None => stats.unknown_cost += 1,
+            }
+        }
+        walk.rejected_keys.push(artifact.key);
+    }
+
+    /// Generates one draw and makes it durable as its use requires. The outer error stops the
+    /// build (the cache failed); the inner one is the node's failure.
+    async fn generate_draw(
         &self,
         walk: &mut Walk,
         i: usize,
         node: &Node,
         request: &Request,
         key: ArtifactKey,
-    ) -> Result<NodeState, BuildError> {
+    ) -> Result<Result<ArtifactSummary, NodeState>, BuildError> {
         let upstream = node
             .upstream
             .iter()
@@ -316,36 +465,26 @@ impl Engine {
             Ok(artifact) => artifact,
             Err(GenerateError::Cache(e)) => return Err(e.into()),
             Err(GenerateError::Refused(refusal)) => {
-                return Ok(walk.fail(i, node, || refusal.to_string()));
+                return Ok(Err(walk.fail(i, node, || refusal.to_string())));
             }
-            Err(GenerateError::Provider(e)) => return Ok(walk.fail(i, node, || e.to_string())),
+            Err(GenerateError::Provider(e)) => {
+                return Ok(Err(walk.fail(i, node, || e.to_string())));
+            }
         };
         // A paid response is durable before anything uses it: before its text goes into a
-        // downstream prompt (a kill then would lose an answer already acted on) and before the
-        // ticket counts as done. Group commits make this one shared flush for many answers, not
-        // one each. A reproducible answer (the offline model) only has to be durable before the
-        // ticket counts as done: lost, it would come back the same.
+        // downstream prompt (a kill then would lose an answer already acted on), before a
+        // rejected draw is followed by the next (a kill then would pay for it again) and before
+        // the ticket counts as done. Group commits make this one shared flush for many answers,
+        // not one each. A reproducible answer (the offline model) only has to be durable before
+        // the ticket counts as done: lost, it would come back the same.
         if self.providers[i].reproducible() {
             walk.awaiting_commit = true;
         } else {
             self.commit.durable().await?;
         }
-        let stats = &mut walk.stats[i];
-        stats.generated += 1;
-        stats.input_tokens += artifact.usage.input_tokens;
-        stats.output_tokens += artifact.usage.output_tokens;
-        match artifact.cost_usd {
-            Some(cost) => stats.cost_usd += cost,
-            None => stats.unknown_cost += 1,
-        }
-        if let Some(price) = &self.prices[i] {
-            stats.regenerate_cost_usd += price.cost(&artifact.usage);
-        }
         walk.generated.push((i, key));
-        walk.lineage[i] = Some(LineageEntry::of(&artifact, true));
-        let output = artifact.output.clone();
-        walk.stored.add_generated(artifact);
-        Ok(NodeState::Done(output, key))
+        walk.stored.add_generated(artifact.clone());
+        Ok(Ok(artifact))
     }
 
     /// The request `node` sends for a ticket in `context`.
@@ -377,6 +516,7 @@ impl Engine {
             user,
             offline,
             sample_seed,
+            draw: 0,
         })
     }
 
@@ -395,13 +535,33 @@ impl Engine {
 }
 
 /// Planning: the key a missing node would be generated under, and the prompt it would send.
-fn record_missing(walk: &mut Walk, i: usize, request: &Request, key: ArtifactKey) -> NodeState {
+fn record_missing(
+    walk: &mut Walk,
+    i: usize,
+    request: &Request,
+    key: ArtifactKey,
+    rejected: Vec<(u32, Rejection)>,
+) -> NodeState {
+    walk.rejected[i] = rejected;
     walk.stats[i].generated += 1;
     let mut text = request.system.clone().unwrap_or_default();
     text.push('\n');
     text.push_str(&request.user);
     walk.pending_prompts[i] = Some(text);
     NodeState::Missing(key)
+}
+
+/// Why a node failed when every draw was rejected: each draw with its reason.
+fn rejected_reason(rejected: &[(u32, Rejection)]) -> String {
+    let each: Vec<String> = rejected
+        .iter()
+        .map(|(number, rejection)| format!("draw {number}: {rejection}"))
+        .collect();
+    format!(
+        "all {} draws rejected by the checks: {}",
+        rejected.len(),
+        each.join("; ")
+    )
 }
 
 /// A template error as one line: what went wrong and where in the template.

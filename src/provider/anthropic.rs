@@ -212,6 +212,7 @@ mod tests {
             user: "Tag this.".into(),
             offline: None,
             sample_seed: 7,
+            draw: 0,
         }
     }
 

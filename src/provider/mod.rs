@@ -40,6 +40,9 @@ pub(crate) struct Request {
     /// Offline model only: the task and the structured inputs it reads.
     pub(crate) offline: Option<OfflineInputs>,
     pub(crate) sample_seed: u64,
+    /// Which answer to this request this is: 0 the first; later ones are asked for when checks
+    /// reject the earlier (see [`Request::redraw`]).
+    pub(crate) draw: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +68,21 @@ impl Request {
                 .as_ref()
                 .map(|o| (o.task.as_str(), o.bank.as_str(), &o.inputs)),
             sample_seed: self.sample_seed,
+            draw: self.draw,
         }
         .key()
+    }
+
+    /// This request as draw `draw`: a new sample of the same request. A model that takes a seed
+    /// gets the seed plus the draw, so it does not answer the same again; the offline model
+    /// derives its own seed from the draw.
+    pub(crate) fn redraw(&self, draw: u32) -> Request {
+        let mut request = self.clone();
+        request.draw = draw;
+        if let Some(seed) = &mut request.params.seed {
+            *seed = seed.wrapping_add(i64::from(draw));
+        }
+        request
     }
 
     /// The request as recorded with its artifact.

@@ -33,7 +33,7 @@ impl OfflineProvider {
         let output = offline::generate(&OfflineRequest {
             task: &inputs.task,
             inputs: &inputs.inputs,
-            sample_seed: request.sample_seed,
+            sample_seed: draw_seed(request.sample_seed, request.draw),
         })
         .map_err(|e| ProviderError::Offline(e.to_string()))?;
         let output = match output {
@@ -60,6 +60,18 @@ impl OfflineProvider {
             reported_cost_usd: Some(0.0),
         })
     }
+}
+
+/// The seed the offline model writes draw `draw` of a ticket's answer with: the ticket's own for
+/// the first draw, a mix of it and the draw for the others.
+fn draw_seed(sample_seed: u64, draw: u32) -> u64 {
+    if draw == 0 {
+        return sample_seed;
+    }
+    let mut z = sample_seed ^ u64::from(draw).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Provider for OfflineProvider {

@@ -279,6 +279,7 @@ mod tests {
             user: "Write a subject.".into(),
             offline: None,
             sample_seed: 7,
+            draw: 0,
         }
     }
 

@@ -684,7 +684,7 @@ fn quoted_after(text: &str, marker: &str) -> Vec<String> {
 
 /// A full success body: the generated completion, or `text` when given.
 fn answer(api: Api, config: &MockConfig, body: &Value, key: &str, text: Option<String>) -> Value {
-    let text = text.unwrap_or_else(|| completion(&wanted(api, body), key));
+    let text = text.unwrap_or_else(|| completion(&wanted(api, body), key, &asked(api, body)));
     let model = format!(
         "{}{}",
         body["model"].as_str().unwrap_or("mock"),
@@ -742,33 +742,224 @@ fn answer(api: Api, config: &MockConfig, body: &Value, key: &str, text: Option<S
     }
 }
 
-const OPENINGS: [&str; 8] = [
-    "The customer portal",
-    "Our billing dashboard",
-    "The mobile app",
-    "The order tracking page",
-    "The VPN client",
-    "The invoice export",
-    "The shared calendar",
-    "The checkout form",
-];
-const PROBLEMS: [&str; 8] = [
-    "stopped loading after the last update",
-    "shows error 0x80070005 on every attempt",
-    "charged the same order twice",
-    "keeps logging me out after a few minutes",
-    "no longer syncs with the warehouse",
-    "rejects a valid discount code",
-    "sends the confirmation to the wrong address",
-    "times out when I upload a document",
-];
-const REQUESTS: [&str; 6] = [
-    "Could you look into it and tell me the next step?",
-    "Please advise how to fix this before Friday.",
-    "I would appreciate a quick call to sort this out.",
-    "Can you confirm whether this is a known issue?",
-    "Please escalate this, it blocks our team.",
-    "Let me know which details you need from me.",
+/// What a request asks for beyond its output kind: the language to write in (from "in German",
+/// "into French (FR)", "language code ES"; English when none is named) and whether a short
+/// answer is wanted (a topic phrase or a subject line).
+struct Asked {
+    language: &'static Phrases,
+    short: bool,
+}
+
+fn asked(api: Api, body: &Value) -> Asked {
+    let mut text = messages_text(body);
+    if api == Api::Anthropic {
+        text.push('\n');
+        text.push_str(body["system"].as_str().unwrap_or(""));
+    }
+    let named = |code: &str, name: &str| {
+        text.contains(&format!("language code {code}"))
+            || text.contains(&format!("({code})"))
+            || text.contains(&format!("in {name}"))
+            || text.contains(&format!("into {name}"))
+    };
+    let language = PHRASES
+        .iter()
+        .skip(1)
+        .find(|p| named(p.code, p.name))
+        .unwrap_or(&PHRASES[0]);
+    let short = text.contains("subject line") || text.contains("short English phrase");
+    Asked { language, short }
+}
+
+/// The sentences the mock writes, in one language.
+struct Phrases {
+    code: &'static str,
+    name: &'static str,
+    openings: [&'static str; 8],
+    problems: [&'static str; 8],
+    requests: [&'static str; 6],
+    /// The word before the request's reference, the same in every language: tests look for it.
+    reference: &'static str,
+    greeting: &'static str,
+    closing: &'static str,
+}
+
+const PHRASES: [Phrases; 5] = [
+    Phrases {
+        code: "EN",
+        name: "English",
+        openings: [
+            "The customer portal",
+            "Our billing dashboard",
+            "The mobile app",
+            "The order tracking page",
+            "The VPN client",
+            "The invoice export",
+            "The shared calendar",
+            "The checkout form",
+        ],
+        problems: [
+            "stopped loading after the last update",
+            "shows error 0x80070005 on every attempt",
+            "charged the same order twice",
+            "keeps logging me out after a few minutes",
+            "no longer syncs with the warehouse",
+            "rejects a valid discount code",
+            "sends the confirmation to the wrong address",
+            "times out when I upload a document",
+        ],
+        requests: [
+            "Could you look into it and tell me the next step?",
+            "Please advise how to fix this before Friday.",
+            "I would appreciate a quick call to sort this out.",
+            "Can you confirm whether this is a known issue?",
+            "Please escalate this, it blocks our team.",
+            "Let me know which details you need from me.",
+        ],
+        reference: "reference",
+        greeting: "Hello team,",
+        closing: "Best regards, Alex",
+    },
+    Phrases {
+        code: "DE",
+        name: "German",
+        openings: [
+            "Das Kundenportal",
+            "Unser Abrechnungsportal",
+            "Die mobile App",
+            "Die Seite zur Sendungsverfolgung",
+            "Der VPN-Client",
+            "Der Export der Rechnungen",
+            "Der gemeinsame Kalender",
+            "Das Bestellformular",
+        ],
+        problems: [
+            "lädt seit dem letzten Update nicht mehr",
+            "zeigt bei jedem Versuch den Fehler 0x80070005",
+            "hat dieselbe Bestellung zweimal abgebucht",
+            "meldet mich nach wenigen Minuten immer wieder ab",
+            "wird nicht mehr mit dem Lager abgeglichen",
+            "lehnt einen gültigen Rabattcode ab",
+            "schickt die Bestätigung an die falsche Adresse",
+            "bricht beim Hochladen eines Dokuments ab",
+        ],
+        requests: [
+            "Könnten Sie sich das ansehen und mir den nächsten Schritt nennen?",
+            "Bitte sagen Sie mir, wie ich das bis Freitag beheben kann.",
+            "Ein kurzer Anruf, um das zu klären, wäre sehr hilfreich.",
+            "Können Sie bestätigen, ob das ein bekanntes Problem ist?",
+            "Bitte geben Sie das weiter, es blockiert unser ganzes Team.",
+            "Teilen Sie mir bitte mit, welche Angaben Sie von mir brauchen.",
+        ],
+        reference: "reference",
+        greeting: "Guten Tag,",
+        closing: "Mit freundlichen Grüßen, Alex",
+    },
+    Phrases {
+        code: "FR",
+        name: "French",
+        openings: [
+            "Le portail client",
+            "Notre tableau de facturation",
+            "L'application mobile",
+            "La page de suivi des commandes",
+            "Le client VPN",
+            "L'export des factures",
+            "Le calendrier partagé",
+            "Le formulaire de commande",
+        ],
+        problems: [
+            "ne se charge plus depuis la dernière mise à jour",
+            "affiche l'erreur 0x80070005 à chaque tentative",
+            "a débité deux fois la même commande",
+            "me déconnecte sans cesse au bout de quelques minutes",
+            "ne se synchronise plus avec l'entrepôt",
+            "refuse un code de réduction pourtant valable",
+            "envoie la confirmation à une mauvaise adresse",
+            "s'interrompt quand je télécharge un document",
+        ],
+        requests: [
+            "Pourriez-vous regarder cela et m'indiquer la marche à suivre ?",
+            "Merci de me dire comment corriger cela avant vendredi.",
+            "Un court appel pour régler cela me serait très utile.",
+            "Pouvez-vous confirmer s'il s'agit d'un problème connu ?",
+            "Merci de transmettre ma demande, elle bloque toute notre équipe.",
+            "Dites-moi quelles informations vous faut-il de ma part.",
+        ],
+        reference: "reference",
+        greeting: "Bonjour,",
+        closing: "Cordialement, Alex",
+    },
+    Phrases {
+        code: "ES",
+        name: "Spanish",
+        openings: [
+            "El portal de clientes",
+            "Nuestro panel de facturación",
+            "La aplicación móvil",
+            "La página de seguimiento de pedidos",
+            "El cliente VPN",
+            "La exportación de facturas",
+            "El calendario compartido",
+            "El formulario de pedido",
+        ],
+        problems: [
+            "ya no carga desde la última actualización",
+            "muestra el error 0x80070005 en cada intento",
+            "ha cobrado dos veces el mismo pedido",
+            "me desconecta una y otra vez al cabo de unos minutos",
+            "ya no se sincroniza con el almacén",
+            "rechaza un código de descuento que es válido",
+            "envía la confirmación a una dirección equivocada",
+            "se interrumpe cuando subo un documento",
+        ],
+        requests: [
+            "¿Podrían revisarlo y decirme cuál es el siguiente paso?",
+            "Les ruego que me indiquen cómo solucionarlo antes del viernes.",
+            "Les agradecería una llamada breve para aclararlo.",
+            "¿Pueden confirmarme si se trata de un problema conocido?",
+            "Por favor, escálenlo, porque bloquea a todo nuestro equipo.",
+            "Díganme qué datos necesitan de mi parte.",
+        ],
+        reference: "reference",
+        greeting: "Buenos días:",
+        closing: "Un saludo cordial, Alex",
+    },
+    Phrases {
+        code: "PT",
+        name: "Portuguese",
+        openings: [
+            "O portal do cliente",
+            "O nosso painel de faturação",
+            "O aplicativo para celular",
+            "A página de rastreamento dos pedidos",
+            "O cliente de VPN",
+            "A exportação das faturas",
+            "A agenda compartilhada",
+            "O formulário de pedido",
+        ],
+        problems: [
+            "não carrega mais desde a última atualização",
+            "mostra o erro 0x80070005 em todas as tentativas",
+            "cobrou o mesmo pedido duas vezes",
+            "me desconecta de novo depois de poucos minutos",
+            "não sincroniza mais com o estoque",
+            "recusa um código de desconto que é válido",
+            "envia a confirmação para o endereço errado",
+            "para de funcionar quando eu envio um documento",
+        ],
+        requests: [
+            "Vocês poderiam verificar isso e me dizer qual é o próximo passo?",
+            "Por favor, me digam como resolver isso até sexta-feira.",
+            "Uma ligação rápida para esclarecer isso seria muito útil.",
+            "Vocês podem confirmar se este é um problema conhecido?",
+            "Por favor, encaminhem isso, porque bloqueia toda a nossa equipe.",
+            "Me avisem quais informações vocês precisam de mim.",
+        ],
+        reference: "reference",
+        greeting: "Olá,",
+        closing: "Atenciosamente, Alex",
+    },
 ];
 const TAGS: [&str; 16] = [
     "billing",
@@ -789,20 +980,33 @@ const TAGS: [&str; 16] = [
     "feature-request",
 ];
 
-fn completion(wanted: &Wanted, key: &str) -> String {
+fn completion(wanted: &Wanted, key: &str, asked: &Asked) -> String {
     let h = hash(key);
     let reference = key.get(..10).unwrap_or("0000000000").to_uppercase();
+    let p = asked.language;
     let sentence = |salt: u64| {
         let h = splitmix(h ^ salt);
         format!(
-            "{} {} (reference {reference}).",
-            OPENINGS[(h % 8) as usize],
-            PROBLEMS[((h >> 8) % 8) as usize]
+            "{} {} ({} {reference}).",
+            p.openings[(h % 8) as usize],
+            p.problems[((h >> 8) % 8) as usize],
+            p.reference
         )
     };
-    let request = REQUESTS[((h >> 16) % 6) as usize];
+    let request = p.requests[((h >> 16) % 6) as usize];
+    // A letter: long enough to pass the example's checks on bodies and replies.
+    let letter = |salt: u64| {
+        format!(
+            "{} {} {} {request} {}",
+            p.greeting,
+            sentence(salt),
+            sentence(salt + 1),
+            p.closing
+        )
+    };
     match wanted {
-        Wanted::Text => format!("{} {request}", sentence(1)),
+        Wanted::Text if asked.short => sentence(1).trim_end_matches('.').to_string(),
+        Wanted::Text => letter(1),
         Wanted::List { min, max, bare } => {
             let n = (4 + (h >> 24) as usize % 5).clamp(*min, (*max).max(*min));
             let start = (h >> 32) as usize % TAGS.len();
@@ -830,11 +1034,7 @@ fn completion(wanted: &Wanted, key: &str) -> String {
                     let value = if field.contains("subject") || field.contains("title") {
                         sentence(10 + i as u64).trim_end_matches('.').to_string()
                     } else {
-                        format!(
-                            "Hello team, {} {} {request} Best regards, Alex",
-                            sentence(20 + i as u64),
-                            sentence(30 + i as u64)
-                        )
+                        letter(20 + 10 * i as u64)
                     };
                     (field.clone(), Value::String(value))
                 })
