@@ -17,6 +17,7 @@ mod incremental;
 mod interop;
 mod pipes;
 mod properties;
+mod quality;
 mod reliability;
 mod support;
 mod watch;

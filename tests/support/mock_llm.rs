@@ -52,6 +52,29 @@ pub struct MockConfig {
     pub script: Vec<Fault>,
     /// Seed of the random faults.
     pub seed: u64,
+    /// Decides the answer's text for some requests (bad answers for the quality tests); `None`
+    /// from it, or no rewrite, gives the mock's own answer.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// A request as a [`Rewrite`] sees it.
+pub struct Asking<'a> {
+    /// Every message of the request, joined.
+    pub text: &'a str,
+    /// The artifact key the request was sent for.
+    pub key: &'a str,
+    /// The `seed` parameter sent, if any (a redraw sends the model's seed plus the draw).
+    pub seed: Option<i64>,
+}
+
+/// What answers a request instead of the mock's own text.
+#[derive(Clone)]
+pub struct Rewrite(pub Arc<dyn Fn(&Asking<'_>) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rewrite(..)")
+    }
 }
 
 impl Default for MockConfig {
@@ -70,6 +93,7 @@ impl Default for MockConfig {
             api_key: None,
             script: Vec::new(),
             seed: 1,
+            rewrite: None,
         }
     }
 }
@@ -136,6 +160,8 @@ pub struct Counters {
     per_key: Mutex<HashMap<String, u64>>,
     successes: Mutex<HashMap<String, u64>>,
     log: Mutex<Vec<Logged>>,
+    /// Every request as it arrives (before any latency): its key and body.
+    arrivals: Mutex<Vec<(Option<String>, Value)>>,
 }
 
 struct State {
@@ -218,6 +244,11 @@ impl MockServer {
     /// Every request so far, in arrival order.
     pub fn log(&self) -> Vec<Logged> {
         lock(&self.state.counters.log).clone()
+    }
+
+    /// Every request so far as it arrived (answered or still in flight): key and body.
+    pub fn arrivals(&self) -> Vec<(Option<String>, Value)> {
+        lock(&self.state.counters.arrivals).clone()
     }
 
     /// Every request body so far, in arrival order.
@@ -538,6 +569,7 @@ async fn handle(
     let at = Instant::now();
     let received = receive(request).await;
     let (n, _in_flight) = count_arrival(counters, &received.key);
+    lock(&counters.arrivals).push((received.key.clone(), received.body.clone()));
 
     let config = &state.config;
     if config.latency_ms > 0 {
@@ -684,7 +716,20 @@ fn quoted_after(text: &str, marker: &str) -> Vec<String> {
 
 /// A full success body: the generated completion, or `text` when given.
 fn answer(api: Api, config: &MockConfig, body: &Value, key: &str, text: Option<String>) -> Value {
-    let text = text.unwrap_or_else(|| completion(&wanted(api, body), key, &asked(api, body)));
+    let rewritten = || {
+        let rewrite = config.rewrite.as_ref()?;
+        let mut all = messages_text(body);
+        all.push('\n');
+        all.push_str(body["system"].as_str().unwrap_or(""));
+        (rewrite.0)(&Asking {
+            text: &all,
+            key,
+            seed: body["seed"].as_i64(),
+        })
+    };
+    let text = text
+        .or_else(rewritten)
+        .unwrap_or_else(|| completion(&wanted(api, body), key, &asked(api, body)));
     let model = format!(
         "{}{}",
         body["model"].as_str().unwrap_or("mock"),
