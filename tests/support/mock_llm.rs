@@ -67,9 +67,12 @@ pub struct Asking<'a> {
     pub seed: Option<i64>,
 }
 
+/// Decides the text for a request, or `None` for the mock's own.
+pub type RewriteFn = dyn Fn(&Asking<'_>) -> Option<String> + Send + Sync;
+
 /// What answers a request instead of the mock's own text.
 #[derive(Clone)]
-pub struct Rewrite(pub Arc<dyn Fn(&Asking<'_>) -> Option<String> + Send + Sync>);
+pub struct Rewrite(pub Arc<RewriteFn>);
 
 impl std::fmt::Debug for Rewrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
