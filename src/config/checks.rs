@@ -83,6 +83,7 @@ pub(crate) struct NodeChecks {
     pub(crate) max_chars: Option<usize>,
     /// No text (or list item) may match any of these: the defaults, then the user's.
     pub(crate) reject: Vec<Pattern>,
+
     /// Every text must match each of these (a list: at least one item must).
     pub(crate) require: Vec<Pattern>,
     /// Every item of a list must match this, whole.

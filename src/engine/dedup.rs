@@ -17,7 +17,7 @@ use crate::config::{QualityConfig, Source};
 use crate::graph::Graph;
 use crate::key::ArtifactKey;
 use crate::output::{Cell, Failure, RowBuilder, TicketRecord};
-use crate::quality::dedup::{DedupIndex, Duplicate};
+use crate::quality::dedup::{DedupIndex, Duplicate, Prints};
 
 /// How many remaining near-duplicate pairs a report names.
 const EXAMPLES: usize = 10;
@@ -86,7 +86,12 @@ impl Deduplicator {
             None => first_node_upstream(config, graph, &quality.unique),
         };
         Some(Deduplicator {
-            index: DedupIndex::new(columns.len(), quality.similarity),
+            // Capped: a huge `rows` should not reserve memory before any ticket exists.
+            index: DedupIndex::new(
+                columns.len(),
+                quality.similarity,
+                usize::try_from(config.rows.min(1 << 22)).unwrap_or(1 << 22),
+            ),
             rows,
             columns,
             redraw_from,
@@ -130,17 +135,18 @@ impl Deduplicator {
             .collect()
     }
 
-    /// The first duplicate of `outcome` among the tickets decided so far.
-    fn find(&self, outcome: &TicketOutcome) -> (Vec<Option<String>>, Option<Duplicate>) {
+    /// The first duplicate of `outcome` among the tickets decided so far, with the ticket's
+    /// fingerprints (to insert it with, when it is kept).
+    fn find(&self, outcome: &TicketOutcome) -> (Prints, Option<Duplicate>) {
         let values = self.values(outcome);
         let refs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-        let duplicate = self.index.find(&refs);
-        (values, duplicate)
+        let prints = Prints::of(&refs);
+        let duplicate = self.index.find(&prints);
+        (prints, duplicate)
     }
 
-    fn insert(&mut self, index: u64, values: &[Option<String>]) {
-        let refs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-        self.index.insert(index, &refs);
+    fn insert(&mut self, index: u64, prints: &Prints) {
+        self.index.insert(index, prints);
     }
 
     fn column_name(&self, duplicate: &Duplicate) -> String {
@@ -167,9 +173,9 @@ impl Engine {
             if outcome.failure.is_some() {
                 break;
             }
-            let (values, duplicate) = dedup.find(&outcome);
+            let (prints, duplicate) = dedup.find(&outcome);
             let Some(duplicate) = duplicate else {
-                dedup.insert(outcome.sample.index, &values);
+                dedup.insert(outcome.sample.index, &prints);
                 match first_found {
                     Some(true) => dedup.report.exact_resolved += 1,
                     Some(false) => dedup.report.near_resolved += 1,
@@ -180,7 +186,7 @@ impl Engine {
             first_found.get_or_insert(duplicate.exact);
             let redraw_from = dedup.redraw_from.filter(|_| round <= dedup.max_rounds);
             let Some(node) = redraw_from else {
-                self.leave_duplicate(dedup, &mut outcome, &values, &duplicate);
+                self.leave_duplicate(dedup, &mut outcome, &prints, &duplicate);
                 break;
             };
             dedup.report.redraws += 1;
@@ -214,7 +220,7 @@ impl Engine {
         &self,
         dedup: &mut Deduplicator,
         outcome: &mut TicketOutcome,
-        values: &[Option<String>],
+        prints: &Prints,
         duplicate: &Duplicate,
     ) {
         let column = dedup.column_name(duplicate);
@@ -249,7 +255,7 @@ impl Engine {
                 similarity: duplicate.similarity,
             });
         }
-        dedup.insert(outcome.sample.index, values);
+        dedup.insert(outcome.sample.index, prints);
     }
 }
 

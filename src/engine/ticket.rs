@@ -325,10 +325,12 @@ impl Engine {
         };
         let mut rejected: Vec<(u32, Rejection)> = Vec::new();
         for number in first..first + draws {
+            let redrawn;
             let request = if number == 0 {
-                request.clone()
+                request
             } else {
-                request.redraw(number)
+                redrawn = request.redraw(number);
+                &redrawn
             };
             let key = request.key();
             let lookup = if self.options.force.contains(&node.name) {
@@ -346,9 +348,9 @@ impl Engine {
                         walk.stats[i].corrupt += 1;
                     }
                     if walk.mode == Mode::Plan {
-                        return Ok(record_missing(walk, i, &request, key, rejected));
+                        return Ok(record_missing(walk, i, request, key, rejected));
                     }
-                    match self.generate_draw(walk, i, node, &request, key).await? {
+                    match self.generate_draw(walk, i, node, request, key).await? {
                         Ok(artifact) => (artifact, true),
                         Err(failed) => return Ok(failed),
                     }
@@ -370,6 +372,9 @@ impl Engine {
                 Err(rejection) => {
                     self.count_rejected(walk, i, &artifact, generated, &rejection);
                     rejected.push((number, rejection));
+                    if generated {
+                        walk.stored.add_generated(artifact);
+                    }
                 }
             }
         }
@@ -406,7 +411,13 @@ impl Engine {
             stats.regenerate_cost_usd += price.cost(&artifact.usage);
         }
         walk.lineage[i] = Some(LineageEntry::of(&artifact, generated));
-        NodeState::Done(artifact.output, artifact.key)
+        if !generated {
+            return NodeState::Done(artifact.output, artifact.key);
+        }
+        // Later nodes of the ticket that send the same request find it, instead of paying again.
+        let state = NodeState::Done(artifact.output.clone(), artifact.key);
+        walk.stored.add_generated(artifact);
+        state
     }
 
     /// A draw the checks rejected: paid for (now or in an earlier build), so counted as spent,
@@ -483,7 +494,6 @@ impl Engine {
             self.commit.durable().await?;
         }
         walk.generated.push((i, key));
-        walk.stored.add_generated(artifact.clone());
         Ok(Ok(artifact))
     }
 

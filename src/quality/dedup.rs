@@ -2,9 +2,10 @@
 //!
 //! A value is normalised (lower case, digits runs as one `0`, punctuation as space) so that two
 //! tickets that differ only in an order number or a date count as the same. Exact duplicates are
-//! found by a 64-bit hash of the normalised text. Near duplicates are found by MinHash over word
-//! 3-shingles with locality-sensitive hashing: each value gets a signature of 32 min-hashes, cut
-//! into bands; two values that share a band are candidates, and a candidate whose estimated
+//! found by a 64-bit hash of the normalised words. Near duplicates are found by MinHash over word
+//! 3-shingles (one-permutation hashing: 32 bins, each keeping the least hash of the shingles that
+//! fall into it, empty bins filled from their neighbours) with locality-sensitive hashing: the
+//! signature is cut into bands; two values that share a band are candidates, and a candidate whose estimated
 //! Jaccard similarity (the share of equal min-hashes) reaches the threshold is a near duplicate.
 //! Every lookup touches a handful of buckets, never all earlier tickets, so 100,000 tickets cost
 //! 100,000 lookups, not five billion comparisons.
@@ -58,20 +59,29 @@ pub(crate) struct DedupIndex {
 }
 
 impl DedupIndex {
-    /// An empty index of `columns` unique columns with near-duplicate threshold `similarity`.
-    pub(crate) fn new(columns: usize, similarity: f64) -> DedupIndex {
+    /// An empty index of `columns` unique columns with near-duplicate threshold `similarity`,
+    /// sized for `tickets` tickets (growing it as it fills would copy it over and over).
+    pub(crate) fn new(columns: usize, similarity: f64, tickets: usize) -> DedupIndex {
+        let rows_per_band = if similarity >= 0.75 { 4 } else { 2 };
+        let bands = HASHES / rows_per_band;
         DedupIndex {
-            columns: (0..columns).map(|_| ColumnIndex::default()).collect(),
-            tickets: Vec::new(),
+            columns: (0..columns)
+                .map(|_| ColumnIndex {
+                    exact: HashMap::with_capacity(tickets),
+                    bands: HashMap::with_capacity(tickets * bands),
+                    signatures: Vec::with_capacity(tickets),
+                })
+                .collect(),
+            tickets: Vec::with_capacity(tickets),
             similarity,
-            rows_per_band: if similarity >= 0.75 { 4 } else { 2 },
+            rows_per_band,
         }
     }
 
-    /// The first duplicate of `values` (one per unique column; `None` for no value) among the
-    /// tickets inserted so far, exact ones before near ones.
-    pub(crate) fn find(&self, values: &[Option<&str>]) -> Option<Duplicate> {
-        let prints: Vec<Option<Print>> = values.iter().map(|v| v.and_then(Print::of)).collect();
+    /// The first duplicate of a ticket (its [`Prints`]) among the tickets inserted so far, exact
+    /// ones before near ones.
+    pub(crate) fn find(&self, prints: &Prints) -> Option<Duplicate> {
+        let prints = &prints.0;
         for (column, print) in prints.iter().enumerate() {
             let Some(print) = print else { continue };
             if let Some(&slot) = self.columns[column].exact.get(&print.exact) {
@@ -107,13 +117,12 @@ impl DedupIndex {
         None
     }
 
-    /// Adds ticket `index` with its `values`.
-    pub(crate) fn insert(&mut self, index: u64, values: &[Option<&str>]) {
+    /// Adds ticket `index` with its [`Prints`].
+    pub(crate) fn insert(&mut self, index: u64, prints: &Prints) {
         let slot = u32::try_from(self.tickets.len()).unwrap_or(u32::MAX);
         self.tickets.push(index);
-        for (column, value) in values.iter().enumerate() {
+        for (column, print) in prints.0.iter().enumerate() {
             let column_index = &mut self.columns[column];
-            let print = value.and_then(Print::of);
             // Every ticket has a slot in every column, so slots line up across columns.
             column_index
                 .signatures
@@ -138,6 +147,16 @@ impl DedupIndex {
     }
 }
 
+/// The fingerprints of a ticket's unique columns, computed once for a lookup and an insert.
+pub(crate) struct Prints(Vec<Option<Print>>);
+
+impl Prints {
+    /// One value per unique column; `None` for no value.
+    pub(crate) fn of(values: &[Option<&str>]) -> Prints {
+        Prints(values.iter().map(|v| v.and_then(Print::of)).collect())
+    }
+}
+
 /// A value's fingerprints.
 struct Print {
     exact: u64,
@@ -147,28 +166,28 @@ struct Print {
 impl Print {
     /// `None` for a value with no words.
     fn of(value: &str) -> Option<Print> {
-        let normal = normalise(value);
-        let words: Vec<&str> = normal.split(' ').filter(|w| !w.is_empty()).collect();
+        let words = word_hashes(value);
         if words.is_empty() {
             return None;
         }
-        let mut signature = [u16::MAX; HASHES];
-        let mut add = |shingle: &[&str]| {
-            let h = fnv(shingle.iter().flat_map(|w| w.bytes().chain([b' '])));
-            for (i, slot) in signature.iter_mut().enumerate() {
-                let v = (mix(h ^ SEEDS[i]) >> 48) as u16;
-                *slot = (*slot).min(v);
-            }
+        // One-permutation hashing: each shingle's hash falls into one of the bins and keeps the
+        // bin's minimum, one operation a shingle instead of one per min-hash function.
+        let mut signature = [EMPTY; HASHES];
+        let mut add = |shingle: u64| {
+            let bin = (shingle % HASHES as u64) as usize;
+            let value = (shingle >> 48) as u16;
+            signature[bin] = signature[bin].min(value);
         };
         if words.len() < SHINGLE_WORDS {
-            add(&words);
+            add(combine(&words));
         } else {
             for shingle in words.windows(SHINGLE_WORDS) {
-                add(shingle);
+                add(combine(shingle));
             }
         }
+        densify(&mut signature);
         Some(Print {
-            exact: fnv(words.join(" ").bytes()),
+            exact: combine(&words),
             signature,
         })
     }
@@ -185,38 +204,100 @@ impl Print {
     }
 }
 
+/// An empty bin of a one-permutation signature (no shingle fell into it).
+const EMPTY: u16 = u16::MAX;
+
+/// Fills each empty bin from the next non-empty one (rotation densification, Shrivastava and Li
+/// 2014), so short texts, with fewer shingles than bins, still compare bin by bin: two equal
+/// shingle sets get equal signatures, and the share of equal bins still estimates similarity.
+fn densify(signature: &mut [u16; HASHES]) {
+    if signature.iter().all(|v| *v == EMPTY) {
+        return;
+    }
+    for i in 0..HASHES {
+        if signature[i] != EMPTY {
+            continue;
+        }
+        let mut j = (i + 1) % HASHES;
+        let mut step = 1u16;
+        while signature[j] == EMPTY {
+            j = (j + 1) % HASHES;
+            step += 1;
+        }
+        // The offset keeps a filled bin from equalling the bin it was copied from.
+        signature[i] = signature[j].wrapping_add(step.wrapping_mul(0x9e37));
+    }
+}
+
+/// One hash of a sequence of word hashes, order included.
+fn combine(words: &[u64]) -> u64 {
+    words
+        .iter()
+        .fold(0x243f_6a88_85a3_08d3, |h, w| mix(h.rotate_left(23) ^ w))
+}
+
 /// The share of equal min-hashes: an estimate of the Jaccard similarity of the shingle sets.
 fn estimate(a: &[u16; HASHES], b: &[u16; HASHES]) -> f64 {
     let equal = a.iter().zip(b).filter(|(x, y)| x == y).count();
     equal as f64 / HASHES as f64
 }
 
-/// Lower case; runs of digits become one `0`; anything not a letter or digit separates words.
-fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+/// The hash of each word of `text`, normalised: lower case, each run of digits as one `0`,
+/// anything but letters and digits a separator. One pass, no copy of the text.
+fn word_hashes(text: &str) -> Vec<u64> {
+    let mut words = Vec::with_capacity(text.len() / 5);
+    let mut hash = FNV_OFFSET;
+    let mut in_word = false;
     let mut in_digits = false;
-    for c in text.chars().flat_map(char::to_lowercase) {
-        if c.is_numeric() {
+    let feed = |hash: &mut u64, byte: u8| *hash = (*hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    for c in text.chars() {
+        let (digit, letter) = if c.is_ascii() {
+            (c.is_ascii_digit(), c.is_ascii_alphabetic())
+        } else {
+            (c.is_numeric(), c.is_alphanumeric())
+        };
+        if digit {
             if !in_digits {
-                out.push('0');
+                feed(&mut hash, b'0');
             }
             in_digits = true;
+            in_word = true;
             continue;
         }
         in_digits = false;
-        if c.is_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with(' ') {
-            out.push(' ');
+        if letter {
+            if c.is_ascii() {
+                feed(&mut hash, c.to_ascii_lowercase() as u8);
+            } else {
+                let mut buffer = [0u8; 4];
+                for lower in c.to_lowercase() {
+                    lower
+                        .encode_utf8(&mut buffer)
+                        .bytes()
+                        .for_each(|b| feed(&mut hash, b));
+                }
+            }
+            in_word = true;
+        } else if in_word {
+            words.push(mix(hash));
+            hash = FNV_OFFSET;
+            in_word = false;
         }
     }
-    out
+    if in_word {
+        words.push(mix(hash));
+    }
+    words
 }
 
-/// FNV-1a, 64 bits: fixed across platforms and versions, so verdicts are too.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64 bits (with [`mix`], the word hash): fixed across platforms and versions, so
+/// verdicts are too.
 fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    bytes.into_iter().fold(FNV_OFFSET, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
     })
 }
 
@@ -226,19 +307,6 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
-
-/// One seed per min-hash function.
-const SEEDS: [u64; HASHES] = {
-    let mut seeds = [0u64; HASHES];
-    let mut i = 0;
-    let mut x: u64 = 0x7469_636b_6574_6275;
-    while i < HASHES {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        seeds[i] = x;
-        i += 1;
-    }
-    seeds
-};
 
 #[cfg(test)]
 mod tests {
@@ -250,9 +318,14 @@ mod tests {
 
     #[test]
     fn numbers_case_and_punctuation_do_not_make_a_ticket_new() {
-        let mut index = DedupIndex::new(1, 0.9);
-        index.insert(0, &[Some("Incident #656189: Switch to annual billing")]);
-        let found = index.find(&[Some("incident #12: switch to annual billing!")]);
+        let mut index = DedupIndex::new(1, 0.9, 4);
+        index.insert(
+            0,
+            &Prints::of(&[Some("Incident #656189: Switch to annual billing")]),
+        );
+        let found = index.find(&Prints::of(&[Some(
+            "incident #12: switch to annual billing!",
+        )]));
         assert_eq!(
             found,
             Some(Duplicate {
@@ -262,37 +335,44 @@ mod tests {
                 similarity: 1.0
             })
         );
-        assert_eq!(index.find(&[Some("Refund for a cancelled order")]), None);
-        assert_eq!(index.find(&[None]), None);
+        assert_eq!(
+            index.find(&Prints::of(&[Some("Refund for a cancelled order")])),
+            None
+        );
+        assert_eq!(index.find(&Prints::of(&[None])), None);
     }
 
     #[test]
     fn a_near_copy_is_found_and_a_different_text_is_not() {
-        let mut index = DedupIndex::new(1, 0.8);
-        index.insert(7, &[Some(BODY)]);
+        let mut index = DedupIndex::new(1, 0.8, 4);
+        index.insert(7, &Prints::of(&[Some(BODY)]));
         let near = BODY.replace("Slack Pro", "Slack Business");
-        let found = index.find(&[Some(&near)]).expect("a near duplicate");
+        let found = index
+            .find(&Prints::of(&[Some(&near)]))
+            .expect("a near duplicate");
         assert!(
             !found.exact && found.of_index == 7 && found.similarity >= 0.8,
             "{found:?}"
         );
         let other = "Our printer in the second floor office shows a paper jam error although no \
             paper is stuck anywhere; we restarted it twice and cleaned the rollers.";
-        assert_eq!(index.find(&[Some(other)]), None);
+        assert_eq!(index.find(&Prints::of(&[Some(other)])), None);
     }
 
     #[test]
     fn the_first_ticket_with_a_value_is_the_one_named() {
-        let mut index = DedupIndex::new(2, 0.9);
-        index.insert(1, &[Some("a b c d"), None]);
-        index.insert(2, &[Some("a b c d"), Some("x y z")]);
+        let mut index = DedupIndex::new(2, 0.9, 4);
+        index.insert(1, &Prints::of(&[Some("a b c d"), None]));
+        index.insert(2, &Prints::of(&[Some("a b c d"), Some("x y z")]));
         assert_eq!(
-            index.find(&[Some("A B C D"), None]).map(|d| d.of_index),
+            index
+                .find(&Prints::of(&[Some("A B C D"), None]))
+                .map(|d| d.of_index),
             Some(1)
         );
         assert_eq!(
             index
-                .find(&[None, Some("x y z")])
+                .find(&Prints::of(&[None, Some("x y z")]))
                 .map(|d| (d.column, d.of_index)),
             Some((1, 2))
         );

@@ -10,7 +10,8 @@
 //! The invariant: a verdict of [`LanguageVerdict::Differs`] always comes from lingua, the more
 //! accurate of the two; too short a text gets no verdict at all.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use lingua::{LanguageDetector, LanguageDetectorBuilder};
 
@@ -21,6 +22,29 @@ use crate::language::Language;
 /// that lingua put in another one were within 0.1 of it in five cases of seven, while 5,994 of
 /// 6,000 texts in a wrong language were further apart.
 const MARGIN: f64 = 0.1;
+
+/// The characters of a text whichlang reads: its cost grows with the text (about 1 µs per 100
+/// characters), and two sentences tell a language as well as a whole email does. (A text it
+/// misjudges on them goes to lingua, which reads more.)
+const WHICHLANG_PREFIX_CHARS: usize = 100;
+
+/// lingua's verdicts kept for texts seen again (a topic phrase, a repeated subject): lingua takes
+/// about 200 µs a text. Bounded: cleared when full.
+const VERDICT_CACHE_ENTRIES: usize = 16_384;
+
+type VerdictCache = HashMap<(blake3::Hash, Language), LanguageVerdict>;
+
+fn verdicts() -> &'static Mutex<VerdictCache> {
+    static CACHE: OnceLock<Mutex<VerdictCache>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lock(cache: &Mutex<VerdictCache>) -> std::sync::MutexGuard<'_, VerdictCache> {
+    // Only whole entries are ever inserted: a panicking holder leaves a usable map.
+    cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The characters of a text lingua reads: enough to decide, bounded so a long body costs the same
 /// as a paragraph.
@@ -41,14 +65,34 @@ pub(crate) fn judge(text: &str, expected: Language, min_chars: usize) -> Languag
     if text.chars().count() < min_chars.max(1) {
         return LanguageVerdict::Abstains;
     }
-    if whichlang_code(whichlang::detect_language(text)) == Some(expected) {
+    let guess = whichlang::detect_language(prefix(text, WHICHLANG_PREFIX_CHARS));
+    if whichlang_code(guess) == Some(expected) {
         return LanguageVerdict::Agrees;
     }
-    let prefix = match text.char_indices().nth(LINGUA_PREFIX_CHARS) {
+    let cache_key = (blake3::hash(text.as_bytes()), expected);
+    if let Some(verdict) = lock(verdicts()).get(&cache_key) {
+        return verdict.clone();
+    }
+    let verdict = lingua_verdict(prefix(text, LINGUA_PREFIX_CHARS), expected, guess);
+    let mut cache = lock(verdicts());
+    if cache.len() >= VERDICT_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(cache_key, verdict.clone());
+    verdict
+}
+
+/// The first `chars` characters of `text`.
+fn prefix(text: &str, chars: usize) -> &str {
+    match text.char_indices().nth(chars) {
         Some((end, _)) => &text[..end],
         None => text,
-    };
-    let confidences = lingua_detector().compute_language_confidence_values(prefix);
+    }
+}
+
+/// lingua's verdict on `text`, which whichlang did not find in `expected` (but in `guess`).
+fn lingua_verdict(text: &str, expected: Language, guess: whichlang::Lang) -> LanguageVerdict {
+    let confidences = detector_for(expected, guess).compute_language_confidence_values(text);
     let Some(&(found, top)) = confidences.first() else {
         return LanguageVerdict::Abstains;
     };
@@ -67,21 +111,59 @@ pub(crate) fn judge(text: &str, expected: Language, min_chars: usize) -> Languag
     LanguageVerdict::Differs(lingua_name(found))
 }
 
-fn lingua_detector() -> &'static LanguageDetector {
-    static DETECTOR: OnceLock<LanguageDetector> = OnceLock::new();
-    DETECTOR.get_or_init(|| {
-        use lingua::Language as L;
-        LanguageDetectorBuilder::from_languages(&[
-            L::German,
-            L::English,
-            L::French,
-            L::Spanish,
-            L::Portuguese,
-            L::Italian,
-            L::Dutch,
-        ])
-        .build()
+/// The detector that settles between the expected language and whichlang's guess: lingua
+/// weighing two languages is three times as fast as weighing seven (its models are shared by all
+/// detectors). A guess outside the seven gets the detector of all seven.
+fn detector_for(expected: Language, guess: whichlang::Lang) -> &'static LanguageDetector {
+    type Detectors =
+        HashMap<(lingua::Language, Option<lingua::Language>), &'static LanguageDetector>;
+    static DETECTORS: OnceLock<Mutex<Detectors>> = OnceLock::new();
+    let expected = to_lingua(expected);
+    let guess = whichlang_lingua(guess).filter(|g| *g != expected);
+    let mut detectors = DETECTORS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    detectors.entry((expected, guess)).or_insert_with(|| {
+        let languages = match guess {
+            Some(guess) => vec![expected, guess],
+            None => SEVEN.to_vec(),
+        };
+        // At most 7 x 7 detectors, each a handful of bytes (the models are global): kept for
+        // the life of the process.
+        Box::leak(Box::new(
+            LanguageDetectorBuilder::from_languages(&languages).build(),
+        ))
     })
+}
+
+/// The languages lingua knows here: a ticket's five, and the two most often confused with them.
+const SEVEN: [lingua::Language; 7] = [
+    lingua::Language::German,
+    lingua::Language::English,
+    lingua::Language::French,
+    lingua::Language::Spanish,
+    lingua::Language::Portuguese,
+    lingua::Language::Italian,
+    lingua::Language::Dutch,
+];
+
+fn to_lingua(language: Language) -> lingua::Language {
+    match language {
+        Language::De => lingua::Language::German,
+        Language::En => lingua::Language::English,
+        Language::Fr => lingua::Language::French,
+        Language::Es => lingua::Language::Spanish,
+        Language::Pt => lingua::Language::Portuguese,
+    }
+}
+
+fn whichlang_lingua(lang: whichlang::Lang) -> Option<lingua::Language> {
+    match lang {
+        whichlang::Lang::Ita => Some(lingua::Language::Italian),
+        whichlang::Lang::Nld => Some(lingua::Language::Dutch),
+        other => whichlang_code(other).map(to_lingua),
+    }
 }
 
 fn whichlang_code(lang: whichlang::Lang) -> Option<Language> {

@@ -134,8 +134,11 @@ fn quote(text: &str) -> String {
     format!("\"{short}\"")
 }
 
-fn matched(patterns: &[Pattern], text: &str) -> Option<(String, &'static str)> {
-    patterns.iter().find_map(|p| {
+/// What of `text` a `reject` pattern matches, with why it is rejected.
+fn matched(checks: &NodeChecks, text: &str) -> Option<(String, &'static str)> {
+    // Each pattern alone: regex finds their literal parts (`[`, `{{`, `as an ai`) with fast
+    // searches, which a set of them would lose.
+    checks.reject.iter().find_map(|p: &Pattern| {
         p.regex.find(text).map(|m| {
             let why = p.reason.unwrap_or("a `reject` pattern");
             (quote(m.as_str()), why)
@@ -150,13 +153,13 @@ fn judge_text(
     expected: Option<Language>,
     judged: &mut Judged,
 ) -> Result<(), Rejection> {
-    if let Some((found, why)) = matched(&checks.reject, text) {
+    if let Some((found, why)) = matched(checks, text) {
         return reject(
             RejectKind::Pattern,
             format!("{} holds {found} ({why})", what(field)),
         );
     }
-    judge_length(checks, &what(field), text)?;
+    judge_length(checks, || what(field), text)?;
     if let Some(expected) = expected {
         judge_language(text, expected, checks.language_min_chars, judged, |_| {
             what(field)
@@ -173,10 +176,23 @@ fn judge_text(
     Ok(())
 }
 
-/// `subject` names what is measured in messages: `the text`, `` field `body` ``, an item.
-fn judge_length(checks: &NodeChecks, subject: &str, text: &str) -> Result<(), Rejection> {
-    let words = text.split_whitespace().count();
-    let chars = text.chars().count();
+/// `subject` names what is measured in messages: `the text`, `` field `body` ``, an item (made
+/// only when the text fails).
+fn judge_length(
+    checks: &NodeChecks,
+    subject: impl Fn() -> String,
+    text: &str,
+) -> Result<(), Rejection> {
+    let words = if checks.min_words.is_some() || checks.max_words.is_some() {
+        count_words(text)
+    } else {
+        0
+    };
+    let chars = if checks.min_chars.is_some() || checks.max_chars.is_some() {
+        text.chars().count()
+    } else {
+        0
+    };
     let bounds = [
         (checks.min_words, words, "words", true),
         (checks.max_words, words, "words", false),
@@ -188,19 +204,37 @@ fn judge_length(checks: &NodeChecks, subject: &str, text: &str) -> Result<(), Re
             Some(min) if is_min && count < min => {
                 return reject(
                     RejectKind::Length,
-                    format!("{subject} has {count} {unit}, fewer than {min}"),
+                    format!("{} has {count} {unit}, fewer than {min}", subject()),
                 );
             }
             Some(max) if !is_min && count > max => {
                 return reject(
                     RejectKind::Length,
-                    format!("{subject} has {count} {unit}, more than {max}"),
+                    format!("{} has {count} {unit}, more than {max}", subject()),
                 );
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Words separated by whitespace, as `split_whitespace` counts them; ASCII is read byte by byte.
+fn count_words(text: &str) -> usize {
+    let mut words = 0;
+    let mut in_word = false;
+    for c in text.chars() {
+        let space = if c.is_ascii() {
+            c.is_ascii_whitespace() || c == '\u{0b}'
+        } else {
+            c.is_whitespace()
+        };
+        if !space && !in_word {
+            words += 1;
+        }
+        in_word = !space;
+    }
+    words
 }
 
 /// A list: every item against the patterns and length bounds, items unique when asked, each
@@ -213,26 +247,27 @@ fn judge_list(
 ) -> Result<(), Rejection> {
     let mut seen = std::collections::HashSet::new();
     for item in items {
-        let field = format!("item {}", quote(item));
-        if let Some((found, why)) = matched(&checks.reject, item) {
+        // Named only when something is wrong with it: most items pass.
+        let field = || format!("item {}", quote(item));
+        if let Some((found, why)) = matched(checks, item) {
             return reject(
                 RejectKind::Pattern,
-                format!("{field} holds {found} ({why})"),
+                format!("{} holds {found} ({why})", field()),
             );
         }
         if let Some(pattern) = &checks.item_pattern {
             if !pattern.regex.is_match(item) {
                 return reject(
                     RejectKind::ItemPattern,
-                    format!("{field} does not match `{}`", pattern.source),
+                    format!("{} does not match `{}`", field(), pattern.source),
                 );
             }
         }
-        judge_length(checks, &field, item)?;
+        judge_length(checks, field, item)?;
         if checks.unique_items && !seen.insert(item.trim().to_lowercase()) {
             return reject(
                 RejectKind::DuplicateItem,
-                format!("{field} is listed twice"),
+                format!("{} is listed twice", field()),
             );
         }
     }
@@ -296,6 +331,17 @@ mod tests {
             r.to_string(),
             "language: the text is in English, not German"
         );
+    }
+
+    #[test]
+    fn words_are_counted_as_split_whitespace_counts_them() {
+        for text in ["", " a  b\tc\n", "élan\u{a0}vital ", "x\u{0b}y", "one"] {
+            assert_eq!(
+                count_words(text),
+                text.split_whitespace().count(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
