@@ -10,6 +10,7 @@
 //! - [`sampling`] draws each ticket's language, categories, id and seed.
 //! - [`key`] derives artifact keys; [`cache`] stores artifacts durably; [`cost`] prices them.
 //! - [`provider`] talks to models (the built-in [`offline`] model among them).
+//! - `quality` judges answers against their checks and finds duplicate tickets.
 //! - [`engine`] runs a build; `output` writes Parquet, CSV and JSONL; `build` records it.
 //! - `status` and `plan` say what a build would do; `watch` tells edits apart.
 //! - `cli` is the command line; `diag` formats input errors.
