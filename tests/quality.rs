@@ -178,6 +178,21 @@ fn issue_12_bad_answers_are_redrawn_exactly_and_none_is_written() {
     }
     assert!(bad.given["body"] >= 3 && bad.given.contains_key("tags"));
     assert!(bad.given.contains_key("first_response") && bad.copies >= 2);
+    // The cost report counts the rejected draws as spent, per node.
+    let cost: serde_json::Value = serde_json::from_str(&p.run(&["cost", "--json"]).stdout).unwrap();
+    for node in cost["nodes"].as_array().unwrap() {
+        let given = bad
+            .given
+            .get(node["name"].as_str().unwrap())
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(node["rejected_draws"], given, "{node}");
+        assert_eq!(
+            node["rejected_usd"].as_f64().unwrap() > 0.0,
+            given > 0,
+            "{node}"
+        );
+    }
     let duplicates = &summary["duplicates"];
     assert_eq!(duplicates["exact_resolved"], bad.copies - 1);
     assert_eq!(duplicates["exact_dropped"], 0);

@@ -44,11 +44,17 @@ fn print_costs(report: &BuildReport, config: &Config) -> Result<(), CliError> {
     );
     for node in &report.nodes {
         let s = &node.stats;
-        let unknown = if s.unknown_cost > 0 {
+        let mut unknown = if s.unknown_cost > 0 {
             format!("  ({} unknown)", s.unknown_cost)
         } else {
             String::new()
         };
+        if s.rejected > 0 {
+            unknown.push_str(&format!(
+                "  ({} draws rejected by its checks, ${:.6} of it)",
+                s.rejected, s.rejected_cost_usd
+            ));
+        }
         say!(
             "  {:<width$}  {:>16}  {:>16}  {:>16}{unknown}",
             node.name,

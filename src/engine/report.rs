@@ -234,6 +234,10 @@ pub(crate) struct NodeCost {
     pub(crate) regenerate_usd: f64,
     /// Artifacts whose cost is unknown (a model without a price); not in the sums.
     pub(crate) unknown_cost_artifacts: u64,
+    /// What draws its checks rejected cost in this build (part of `spent_usd`).
+    pub(crate) rejected_usd: f64,
+    /// Draws its checks rejected.
+    pub(crate) rejected_draws: u64,
     pub(crate) generated: u64,
     pub(crate) reused: u64,
     pub(crate) input_tokens: u64,
@@ -260,6 +264,8 @@ impl BuildReport {
                     reused_usd: n.stats.reused_cost_usd,
                     regenerate_usd: n.stats.regenerate_cost_usd,
                     unknown_cost_artifacts: n.stats.unknown_cost,
+                    rejected_usd: n.stats.rejected_cost_usd,
+                    rejected_draws: n.stats.rejected,
                     generated: n.stats.generated,
                     reused: n.stats.reused,
                     input_tokens: n.stats.input_tokens,
