@@ -50,6 +50,13 @@ struct Args {
     /// Seed of the random faults.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Share of requests (by key) answered after `--slow-ms` instead of `--latency-ms`: a
+    /// latency tail (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    slow_share: f64,
+    /// Milliseconds the slow share of requests takes.
+    #[arg(long, default_value_t = 30_000)]
+    slow_ms: u64,
 }
 
 #[tokio::main]
@@ -67,6 +74,8 @@ async fn main() -> std::io::Result<()> {
         cost: args.cost,
         api_key: args.api_key,
         seed: args.seed,
+        slow_share: args.slow_share,
+        slow_ms: args.slow_ms,
         ..mock_llm::MockConfig::default()
     };
     println!("mock LLM server listening on {url}");

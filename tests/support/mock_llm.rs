@@ -55,6 +55,25 @@ pub struct MockConfig {
     /// Decides the answer's text for some requests (bad answers for the quality tests); `None`
     /// from it, or no rewrite, gives the mock's own answer.
     pub rewrite: Option<Rewrite>,
+    /// A latency tail: this share of requests (chosen by their key, so a retry of one is slow
+    /// again) takes `slow_ms` instead of `latency_ms`.
+    pub slow_share: f64,
+    pub slow_ms: u64,
+    /// Decides the latency of some requests (a call that hangs, in the tests).
+    pub delay: Option<Delay>,
+}
+
+/// Decides how long a request waits before it is answered; `None` for the usual latency.
+pub type DelayFn = dyn Fn(&Asking<'_>) -> Option<Duration> + Send + Sync;
+
+/// A per-request latency.
+#[derive(Clone)]
+pub struct Delay(pub Arc<DelayFn>);
+
+impl std::fmt::Debug for Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Delay(..)")
+    }
 }
 
 /// A request as a [`Rewrite`] sees it.
@@ -97,6 +116,9 @@ impl Default for MockConfig {
             script: Vec::new(),
             seed: 1,
             rewrite: None,
+            slow_share: 0.0,
+            slow_ms: 0,
+            delay: None,
         }
     }
 }
@@ -149,7 +171,10 @@ pub struct Logged {
     pub x_api_key: Option<String>,
     pub anthropic_version: Option<String>,
     pub body: Value,
+    /// When the request arrived.
     pub at: Instant,
+    /// When the mock answered it (or would have, had the client not gone).
+    pub answered: Instant,
     /// The status the mock answered with.
     pub status: u16,
 }
@@ -540,6 +565,7 @@ fn record(counters: &Counters, received: Received, at: Instant, status: u16, suc
         anthropic_version: received.anthropic_version,
         body: received.body,
         at,
+        answered: Instant::now(),
         status,
     });
 }
@@ -575,8 +601,9 @@ async fn handle(
     lock(&counters.arrivals).push((received.key.clone(), received.body.clone()));
 
     let config = &state.config;
-    if config.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
+    let latency = latency_of(config, &received);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let api = api_of(&received.path, received.is_post);
     let fault = next_fault(&state, n);
@@ -592,6 +619,32 @@ async fn handle(
         ));
     }
     Ok(http_response(status, retry_after, answer))
+}
+
+/// How long `received` waits: the delay hook's answer, the tail's latency for the slow share of
+/// keys, or the usual latency.
+fn latency_of(config: &MockConfig, received: &Received) -> Duration {
+    let key = received.key.as_deref().unwrap_or("");
+    if let Some(delay) = &config.delay {
+        let mut text = messages_text(&received.body);
+        text.push('\n');
+        text.push_str(received.body["system"].as_str().unwrap_or(""));
+        let asking = Asking {
+            text: &text,
+            key,
+            seed: received.body["seed"].as_i64(),
+        };
+        if let Some(wait) = (delay.0)(&asking) {
+            return wait;
+        }
+    }
+    let draw = (splitmix(hash(key) ^ config.seed) >> 11) as f64 / (1u64 << 53) as f64;
+    let slow = config.slow_share > 0.0 && draw < config.slow_share;
+    Duration::from_millis(if slow {
+        config.slow_ms
+    } else {
+        config.latency_ms
+    })
 }
 
 fn error_body(api: Api, status: u16, message: &str) -> String {
