@@ -577,8 +577,8 @@ fn issue_3_done_when_the_example_builds_1000_tickets_through_faults_without_payi
         ..MockConfig::default()
     });
     let p = example_on(&mock);
-    // The prod profile's 128 tickets in flight (instead of 64) keep the test short: the engine
-    // waits for tickets in order, so a ticket that is backing off holds up the window behind it.
+    // The prod profile's 128 tickets in flight (instead of 64) keep the test short: about a
+    // quarter of the calls back off at least once.
     let run = Run::from(
         p.command(&[
             "build",

@@ -15,6 +15,7 @@ mod fuzz;
 mod http;
 mod incremental;
 mod interop;
+mod latency;
 mod pipes;
 mod properties;
 mod quality;

@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::args::BuildArgs;
 use super::{
@@ -87,7 +88,7 @@ impl Terminal {
             indicatif::ProgressBar::hidden()
         };
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} tickets ({per_sec}, eta {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} tickets ({per_sec}, eta {eta}) {msg}",
         ) {
             bar.set_style(style);
         }
@@ -111,6 +112,10 @@ impl BuildObserver for Terminal {
         self.bar.inc(1);
     }
 
+    fn in_flight(&self, running: usize, oldest: Option<(u64, Duration)>) {
+        self.bar.set_message(in_flight_message(running, oldest));
+    }
+
     fn expensive_call(&self, call: &ExpensiveCall) {
         let (level, limit, then) = if call.stops_the_build {
             ("error", "error_per_call", "; no further calls are issued")
@@ -127,6 +132,22 @@ impl BuildObserver for Terminal {
 
     fn finished(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// How long a ticket runs before progress names it: longer than most replies take, shorter
+/// than a user waits before wondering whether the build is stuck.
+const LONG_RUNNING: Duration = Duration::from_secs(10);
+
+/// What progress says of the tickets in flight: how many, and the oldest when it has been
+/// running long (a stuck call shows as one ticket waiting, not as a frozen bar).
+fn in_flight_message(running: usize, oldest: Option<(u64, Duration)>) -> String {
+    match oldest {
+        Some((ticket_id, age)) if age >= LONG_RUNNING => format!(
+            "{running} in flight; oldest: ticket {ticket_id}, {}s",
+            age.as_secs()
+        ),
+        _ => format!("{running} in flight"),
     }
 }
 
@@ -289,4 +310,21 @@ fn print_quality(report: &BuildReport) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_names_the_oldest_ticket_only_when_it_runs_long() {
+        assert_eq!(in_flight_message(0, None), "0 in flight");
+        let young = Some((123_456_789_012, Duration::from_secs(3)));
+        assert_eq!(in_flight_message(100, young), "100 in flight");
+        let stuck = Some((123_456_789_012, Duration::from_millis(42_700)));
+        assert_eq!(
+            in_flight_message(100, stuck),
+            "100 in flight; oldest: ticket 123456789012, 42s"
+        );
+    }
 }

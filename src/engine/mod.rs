@@ -2,22 +2,25 @@
 //!
 //! This module owns running a build. Its parts, each in its own file:
 //! - here: the [`Engine`] (one build's shared, read-only state: config, graph, store, one provider
-//!   per node, prices, the ledger), the build loop that hands finished tickets to the output
-//!   writer in ticket order, the planning entry points, and the [`BuildObserver`] through which a
-//!   build says what happens (the engine prints nothing: the CLI draws a progress bar, `watch`
-//!   and tests see nothing);
+//!   per node, prices, the ledger), the planning entry points, and the [`BuildObserver`] through
+//!   which a build says what happens (the engine prints nothing: the CLI draws a progress bar,
+//!   `watch` and tests see nothing);
 //! - [`ticket`]: one ticket through the graph (where a ticket is built);
 //! - [`spend`]: one paid call, from the budget reservation to the stored artifact;
-//! - [`window`]: concurrency, with tickets handed out in order;
+//! - [`window`]: concurrency: tickets run as slots free, however slow one of them is;
+//! - [`order`]: the build loop: tickets finish in any order, rows leave in ticket order;
+//! - [`dedup`]: duplicate tickets resolved in ticket order;
 //! - [`report`]: what a build reports, and the errors that stop it.
 //!
 //! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
 //! The invariants: a ticket counts as done only after every artifact it generated is durable (a
 //! paid answer, before anything uses it); an invalid or failed response is never stored; and
-//! memory does not grow with rows (at most `concurrency` tickets are in flight, and rows leave for
-//! the writer as soon as they are next in order).
+//! memory does not grow with rows (at most `concurrency` tickets are in flight, rows leave for the
+//! writer as soon as they are next in order, and a ticket finished far ahead of its turn waits as
+//! a few bytes, not as its row).
 
 mod dedup;
+mod order;
 pub(crate) mod report;
 pub(crate) mod spend;
 pub(crate) mod ticket;
@@ -48,8 +51,11 @@ pub(crate) trait BuildObserver: Send + Sync {
     fn started(&self, _tickets: u64) {}
     /// An artifact was generated for `ticket_id` and is durable.
     fn generated(&self, _node: &str, _ticket_id: u64, _key: &ArtifactKey) {}
-    /// A ticket is done (written or failed).
+    /// A ticket is done (finished, to be written or reported failed in its turn).
     fn ticket_done(&self) {}
+    /// Tickets running now, and the oldest of them (its id) with how long it has run. Told as
+    /// tickets finish and every second, so a stuck call shows as such.
+    fn in_flight(&self, _running: usize, _oldest: Option<(u64, std::time::Duration)>) {}
     /// A call cost more than `warn_per_call` or `error_per_call`.
     fn expensive_call(&self, _call: &ExpensiveCall) {}
     /// No ticket is running any more.
@@ -239,96 +245,13 @@ impl Engine {
         Ok(report)
     }
 
-    /// Takes every ticket from the window in order, counts it, records its keys and sends its row
-    /// to the writer. Returns the error that stopped the build, if one did (the build is then
-    /// cancelled: tickets in flight finish, none starts).
-    async fn take_tickets(
-        self: &Arc<Self>,
-        tally: &mut Tally,
-        writer: &RowWriter,
-        recorder: &mut Option<Box<dyn KeyRecorder>>,
-        mut dedup: Option<&mut dedup::Deduplicator>,
-    ) -> Option<BuildError> {
-        let mut fatal = None;
-        let mut tickets = TicketWindow::new(Arc::clone(self), Mode::Build);
-        while let Some(next) = tickets.next().await {
-            let next = match (next, dedup.as_deref_mut()) {
-                (Ok(Some(outcome)), Some(dedup)) if fatal.is_none() => {
-                    match self.deduplicate(dedup, outcome).await {
-                        Ok((outcome, superseded)) => {
-                            for old in &superseded {
-                                tally.add_superseded(old, &outcome, &self.graph);
-                            }
-                            Ok(Some(outcome))
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                (next, _) => next,
-            };
-            let outcome = match next {
-                Ok(Some(outcome)) => outcome,
-                Ok(None) => {
-                    tally.not_started += 1;
-                    continue;
-                }
-                Err(e) => {
-                    fatal = Some(e);
-                    self.cancelled.store(true, Ordering::Release);
-                    continue;
-                }
-            };
-            tally.add(&outcome, &self.graph);
-            for (node, key) in &outcome.generated {
-                let name = &self.graph.nodes[*node].name;
-                self.options
-                    .observer
-                    .generated(name, outcome.sample.ticket_id, key);
-            }
-            self.options.observer.ticket_done();
-            if let Some(recorder) = recorder.as_mut() {
-                let keys: Vec<Option<ArtifactKey>> =
-                    outcome.states.iter().map(NodeState::key).collect();
-                if let Err(e) = recorder.record(outcome.sample.index, &keys, &outcome.rejected_keys)
-                {
-                    fatal = Some(e.into());
-                    self.cancelled.store(true, Ordering::Release);
-                    continue;
-                }
-            }
-            if let Some(failure) = outcome.failure {
-                tally.failures.push(failure);
-                continue;
-            }
-            tally.written += 1;
-            let outputs = outcome
-                .states
-                .into_iter()
-                .map(|s| match s {
-                    NodeState::Done(output, _) => Some(output),
-                    _ => None,
-                })
-                .collect();
-            let record = TicketRecord {
-                sample: outcome.sample,
-                outputs,
-                lineage: outcome.lineage,
-            };
-            if !writer.send(record) {
-                // The writer stopped early; its error is collected when it is joined.
-                break;
-            }
-        }
-        fatal
-    }
-
     /// Walks every ticket without calling a model or writing a file: which artifacts are cached and
     /// which would be generated. Tickets reach `each` in ticket order.
     pub(crate) async fn plan(
         self: Arc<Self>,
         mut each: impl FnMut(TicketOutcome) + Send,
     ) -> Result<(), BuildError> {
-        let mut tickets = TicketWindow::new(Arc::clone(&self), Mode::Plan);
+        let mut tickets = TicketWindow::new(Arc::clone(&self));
         while let Some(next) = tickets.next().await {
             if let Some(outcome) = next? {
                 each(outcome);
@@ -408,6 +331,8 @@ struct Tally {
     failures: Vec<Failure>,
     written: u64,
     not_started: u64,
+    /// Tickets read back from the cache in their turn (see `order`).
+    read_back: u64,
     cost_by_model: BTreeMap<String, f64>,
     cost_by_language: BTreeMap<String, f64>,
 }
@@ -419,6 +344,7 @@ impl Tally {
             failures: Vec::new(),
             written: 0,
             not_started: 0,
+            read_back: 0,
             cost_by_model: BTreeMap::new(),
             cost_by_language: BTreeMap::new(),
         }
@@ -491,6 +417,7 @@ impl Tally {
             files: Vec::new(),
             failures_file: None,
             wall_ms: 0,
+            read_back: self.read_back,
             duplicates: None,
         }
     }

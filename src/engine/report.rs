@@ -126,6 +126,9 @@ pub struct BuildReport {
     pub(crate) files: Vec<String>,
     pub(crate) failures_file: Option<String>,
     pub(crate) wall_ms: u64,
+    /// Tickets that finished far ahead of their turn to be written (behind a slow one) and were
+    /// read back from the cache in their turn instead of waiting whole in memory.
+    pub(crate) read_back: u64,
     /// What `[quality] unique` found and did; absent without unique columns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) duplicates: Option<super::dedup::DuplicateReport>,
@@ -166,6 +169,7 @@ impl BuildReport {
                 .collect(),
             failures_file: None,
             wall_ms: 0,
+            read_back: 0,
             duplicates: None,
         }
     }

@@ -30,6 +30,10 @@ pub(crate) enum Mode {
     Build,
     /// Reuse what is cached, record what is not: `plan`, `status` and `explain`. Calls nothing.
     Plan,
+    /// Read back what this build stored for a ticket that finished ahead of its turn to be
+    /// written. Calls nothing; `--force` does not apply (the answers were just made), and a miss
+    /// is an error (the answers were durable before the ticket counted as done).
+    Replay,
 }
 
 /// What became of one node for one ticket.
@@ -74,6 +78,23 @@ pub(crate) struct TicketOutcome {
     pub(crate) rejected: Vec<Vec<(u32, Rejection)>>,
     /// The keys of every rejected draw: paid for, kept from gc by the manifest.
     pub(crate) rejected_keys: Vec<ArtifactKey>,
+    /// Draws looked up in this walk.
+    pub(crate) lookups: u32,
+    /// The lookups that generated, as a bit set over their numbers in walk order (the first
+    /// 64): with it a replay of the ticket counts what this walk paid for.
+    pub(crate) paid_lookups: u64,
+}
+
+impl TicketOutcome {
+    /// Whether [`Engine::replay_ticket`] gives this outcome back from the cache alone, the same
+    /// in every field: every answer it used or rejected is cached (a failed ticket's failure
+    /// is not), none was found corrupt (a replay would find it regenerated), and its lookups
+    /// fit the bit set.
+    pub(crate) fn replayable(&self) -> bool {
+        self.failure.is_none()
+            && self.lookups <= u64::BITS
+            && self.stats.iter().all(|s| s.corrupt == 0)
+    }
 }
 
 /// The variables a ticket's templates see, kept twice in step: as template values (for
@@ -170,6 +191,12 @@ struct Walk {
     /// Keys generated in this build by earlier versions of this ticket (before it was found a
     /// duplicate): found in the cache now, but paid for in this build, and counted so.
     generated_before: Vec<ArtifactKey>,
+    /// A replay: the lookups (by number, in walk order) the first walk paid for.
+    replay_paid: u64,
+    /// Lookups made so far (one per draw looked up).
+    lookups: u32,
+    /// The lookups of this walk that generated, as a bit set (the first 64).
+    paid_lookups: u64,
 }
 
 impl Walk {
@@ -187,6 +214,15 @@ impl Walk {
         NodeState::Failed
     }
 
+    /// Whether lookup `number`, a hit on `key`, was paid for in this build by an earlier walk of
+    /// the ticket: then it counts as generated, as that walk counted it.
+    fn paid_before(&self, number: u32, key: &ArtifactKey) -> bool {
+        let replayed = self.mode == Mode::Replay
+            && number < u64::BITS
+            && self.replay_paid & (1 << number) != 0;
+        replayed || self.generated_before.contains(key)
+    }
+
     fn skip(&mut self, i: usize, node: &Node) -> NodeState {
         self.stats[i].skipped += 1;
         self.context.set_skipped(&node.name);
@@ -202,7 +238,19 @@ impl Engine {
         index: u64,
         mode: Mode,
     ) -> Result<TicketOutcome, BuildError> {
-        self.run_ticket_redrawn(index, mode, None).await
+        self.walk_ticket(index, mode, None, 0).await
+    }
+
+    /// Ticket `index` as a walk of it in this build came out (`paid_lookups` is that walk's
+    /// [`TicketOutcome::paid_lookups`]), read back from the cache without calling anything. For
+    /// a [`TicketOutcome::replayable`] outcome the result is equal to it.
+    pub(super) async fn replay_ticket(
+        &self,
+        index: u64,
+        paid_lookups: u64,
+    ) -> Result<TicketOutcome, BuildError> {
+        self.walk_ticket(index, Mode::Replay, None, paid_lookups)
+            .await
     }
 
     /// Like [`Engine::run_ticket`], for a ticket redrawn because it duplicated an earlier one:
@@ -213,6 +261,16 @@ impl Engine {
         index: u64,
         mode: Mode,
         redraw: Option<Redraw<'_>>,
+    ) -> Result<TicketOutcome, BuildError> {
+        self.walk_ticket(index, mode, redraw, 0).await
+    }
+
+    async fn walk_ticket(
+        &self,
+        index: u64,
+        mode: Mode,
+        redraw: Option<Redraw<'_>>,
+        replay_paid: u64,
     ) -> Result<TicketOutcome, BuildError> {
         let sample = self.sampler.sample(index);
         let nodes = self.graph.nodes.len();
@@ -234,6 +292,9 @@ impl Engine {
             generated_before: redraw
                 .map(|r| r.generated_before.to_vec())
                 .unwrap_or_default(),
+            replay_paid,
+            lookups: 0,
+            paid_lookups: 0,
         };
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let state = self.run_node(&mut walk, i, node).await?;
@@ -255,6 +316,8 @@ impl Engine {
             pending_prompts: walk.pending_prompts,
             rejected: walk.rejected,
             rejected_keys: walk.rejected_keys,
+            lookups: walk.lookups,
+            paid_lookups: walk.paid_lookups,
         })
     }
 
@@ -333,22 +396,35 @@ impl Engine {
                 &redrawn
             };
             let key = request.key();
-            let lookup = if self.options.force.contains(&node.name) {
+            let forced = walk.mode != Mode::Replay && self.options.force.contains(&node.name);
+            let lookup = if forced {
                 Lookup::Miss(MissReason::Forced)
             } else {
                 walk.stored.get(self.store.as_ref(), &key)?
             };
+            let lookup_number = walk.lookups;
+            walk.lookups += 1;
             let (artifact, generated) = match lookup {
                 Lookup::Hit(artifact) => {
-                    let paid_now = walk.generated_before.contains(&artifact.key);
-                    (*artifact, paid_now)
+                    let paid = walk.paid_before(lookup_number, &artifact.key);
+                    if paid && walk.mode == Mode::Replay {
+                        walk.generated.push((i, key));
+                    }
+                    (*artifact, paid)
                 }
                 Lookup::Miss(reason) => {
                     if matches!(reason, MissReason::Corrupt(_)) {
                         walk.stats[i].corrupt += 1;
                     }
-                    if walk.mode == Mode::Plan {
-                        return Ok(record_missing(walk, i, request, key, rejected));
+                    match walk.mode {
+                        Mode::Plan => return Ok(record_missing(walk, i, request, key, rejected)),
+                        Mode::Replay => {
+                            return Err(BuildError::Task(format!(
+                                "ticket {}: the answer of `{}` this build stored is gone from the cache ({reason:?})",
+                                walk.sample.ticket_id, node.name
+                            )));
+                        }
+                        Mode::Build => {}
                     }
                     match self.generate_draw(walk, i, node, request, key).await? {
                         Ok(artifact) => (artifact, true),
@@ -356,6 +432,9 @@ impl Engine {
                     }
                 }
             };
+            if generated && lookup_number < u64::BITS {
+                walk.paid_lookups |= 1 << lookup_number;
+            }
             let verdict = match checks {
                 Some(checks) => {
                     crate::quality::judge(checks, &artifact.output, walk.sample.language)

@@ -1,13 +1,17 @@
-//! The ticket window: tickets run concurrently and come out in ticket order.
+//! Running tickets concurrently: as they finish ([`TicketRunner`], for builds), or in ticket
+//! order ([`TicketWindow`], for plans).
 //!
-//! Up to `concurrency` tickets run at once, taken as soon as a slot frees (a ticket that is backing
-//! off on a rate limit does not hold up the others), but never more than `window` tickets past the
-//! oldest one not yet handed out, so the tickets waiting for their turn stay bounded: memory does
-//! not grow with rows. The invariant: tickets are handed out in index order, each exactly once.
+//! A build keeps `concurrency` tickets running no matter how far behind the slowest one is: a
+//! ticket stuck on a long reply or a backoff does not stop new tickets from starting. Putting rows
+//! back in order is the build loop's (it keeps only a small record of a ticket finished ahead of
+//! its turn: every answer is in the cache). A plan, which calls nothing and so never waits long,
+//! uses the window: tickets in order, never more than `window` past the oldest not yet handed out.
+//! The invariant of both: every ticket is started once, in index order, and handed out once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -19,9 +23,9 @@ use super::{BuildError, Engine};
 /// `None` when the ticket was not started because the build was cancelled.
 pub(super) type TicketResult = Result<Option<TicketOutcome>, BuildError>;
 
+/// Tickets of a plan, handed out in index order.
 pub(super) struct TicketWindow {
     engine: Arc<Engine>,
-    mode: Mode,
     rows: u64,
     concurrency: usize,
     window: u64,
@@ -34,12 +38,11 @@ pub(super) struct TicketWindow {
 }
 
 impl TicketWindow {
-    pub(super) fn new(engine: Arc<Engine>, mode: Mode) -> TicketWindow {
+    pub(super) fn new(engine: Arc<Engine>) -> TicketWindow {
         let concurrency = engine.config.concurrency.max(1);
         TicketWindow {
             rows: engine.config.rows,
             engine,
-            mode,
             concurrency,
             window: (concurrency as u64).saturating_mul(8).max(64),
             next: 0,
@@ -61,13 +64,9 @@ impl TicketWindow {
                 && self.next < self.emit + self.window
             {
                 let engine = Arc::clone(&self.engine);
-                let (index, mode) = (self.next, self.mode);
+                let index = self.next;
                 self.in_flight.push(tokio::spawn(async move {
-                    // A cancelled build starts no new ticket; a plan is never cancelled.
-                    if mode == Mode::Build && engine.cancelled.load(Ordering::Acquire) {
-                        return (index, Ok(None));
-                    }
-                    (index, engine.run_ticket(index, mode).await.map(Some))
+                    (index, engine.run_ticket(index, Mode::Plan).await.map(Some))
                 }));
                 self.next += 1;
             }
@@ -78,5 +77,81 @@ impl TicketWindow {
                 Err(e) => return Some(Err(BuildError::Task(e.to_string()))),
             }
         }
+    }
+}
+
+/// Keeps `concurrency` tickets of a build running and hands each out when it finishes.
+pub(super) struct TicketRunner {
+    engine: Arc<Engine>,
+    rows: u64,
+    concurrency: usize,
+    /// The next ticket to start: every ticket before it was started.
+    next: u64,
+    in_flight: FuturesUnordered<JoinHandle<(u64, TicketResult)>>,
+    /// When each running ticket started.
+    started: BTreeMap<u64, Instant>,
+}
+
+impl TicketRunner {
+    pub(super) fn new(engine: Arc<Engine>) -> TicketRunner {
+        TicketRunner {
+            rows: engine.config.rows,
+            concurrency: engine.config.concurrency.max(1),
+            engine,
+            next: 0,
+            in_flight: FuturesUnordered::new(),
+            started: BTreeMap::new(),
+        }
+    }
+
+    /// The next ticket to finish, with its index; `None` once every ticket started has
+    /// finished and no more will start (all started, or the build was cancelled). A task that
+    /// panicked is reported as the build error it is.
+    ///
+    /// Cancel safe: dropped before it returns, it loses no ticket (the tickets started stay in
+    /// flight, and the next call hands them out).
+    pub(super) async fn next(&mut self) -> Option<(u64, TicketResult)> {
+        // A cancelled build starts no new ticket.
+        while !self.engine.cancelled.load(Ordering::Acquire)
+            && self.in_flight.len() < self.concurrency
+            && self.next < self.rows
+        {
+            let engine = Arc::clone(&self.engine);
+            let index = self.next;
+            self.started.insert(index, Instant::now());
+            self.in_flight.push(tokio::spawn(async move {
+                // Cancelled between being started here and running: not started after all.
+                if engine.cancelled.load(Ordering::Acquire) {
+                    return (index, Ok(None));
+                }
+                (index, engine.run_ticket(index, Mode::Build).await.map(Some))
+            }));
+            self.next += 1;
+        }
+        match self.in_flight.next().await? {
+            Ok((index, result)) => {
+                self.started.remove(&index);
+                Some((index, result))
+            }
+            Err(e) => Some((u64::MAX, Err(BuildError::Task(e.to_string())))),
+        }
+    }
+
+    /// How many tickets were started (tickets `0..started()`).
+    pub(super) fn started(&self) -> u64 {
+        self.next
+    }
+
+    /// Tickets running now.
+    pub(super) fn running(&self) -> usize {
+        self.started.len()
+    }
+
+    /// The oldest running ticket (its index) and how long it has been running.
+    pub(super) fn oldest(&self) -> Option<(u64, Duration)> {
+        self.started
+            .iter()
+            .next()
+            .map(|(index, at)| (*index, at.elapsed()))
     }
 }
