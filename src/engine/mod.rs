@@ -373,9 +373,12 @@ impl Tally {
     }
 
     fn add(&mut self, outcome: &TicketOutcome, graph: &Graph) {
-        for ((total, node), graph_node) in
-            self.stats.iter_mut().zip(&outcome.stats).zip(&graph.nodes)
-        {
+        self.add_counts(&outcome.stats, outcome.sample.language.code(), graph);
+    }
+
+    /// One ticket's figures, per node, for a ticket in `language`.
+    fn add_counts(&mut self, stats: &[NodeStats], language: &str, graph: &Graph) {
+        for ((total, node), graph_node) in self.stats.iter_mut().zip(stats).zip(&graph.nodes) {
             total.add(node);
             if node.generated > 0 {
                 *self
@@ -384,7 +387,7 @@ impl Tally {
                     .or_insert(0.0) += node.cost_usd;
                 *self
                     .cost_by_language
-                    .entry(outcome.sample.language.code().to_string())
+                    .entry(language.to_string())
                     .or_insert(0.0) += node.cost_usd;
             }
         }

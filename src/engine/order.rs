@@ -3,20 +3,21 @@
 //! This module owns what happens to a ticket between finishing and reaching the output writer.
 //! The [`TicketRunner`] keeps `concurrency` tickets running however far behind the slowest one
 //! is, so tickets finish out of order; the files, the failures file, the manifest and duplicate
-//! resolution all want them in order. A ticket that finishes ahead of its turn waits in one of
-//! two forms:
-//! - whole, when its turn is near (within `8 x concurrency` tickets of the next to write), when
-//!   it failed (a failure is not in the cache to read back), or when a walk of the cache would
-//!   not give it back exactly;
-//! - otherwise as eight bytes: which of its lookups it paid for. Everything it used is durable
-//!   in the cache before it counted as done, so when its turn comes it is walked again in
+//! resolution all want them in order. A ticket that finishes ahead of its turn waits:
+//! - whole, when its turn is near (within `8 x concurrency` tickets of the next to write), or
+//!   when walking the cache again would not give it back exactly;
+//! - as its counts, keys and failure (no outputs), when it failed (a failure is not in the cache
+//!   to read back);
+//! - otherwise as a bit set of the lookups it generated. Everything it used is durable in the
+//!   cache before it counted as done, so in its turn it is walked again in
 //!   [`Mode::Replay`](super::Mode::Replay): answers read back, judged again, and counted as the
 //!   first walk counted them.
 //!
-//! So a ticket stuck on a long reply for the whole build costs a few dozen bytes per ticket
-//! finished behind it, never a row, and what comes out is what an in-order build writes. Progress
-//! counts a ticket when it finishes; the report counts it when it is written (after duplicate
-//! resolution, which only ticket order makes deterministic).
+//! So a ticket stuck on a long reply costs a few dozen bytes per ticket finished behind it, never
+//! a row, and what comes out is what an in-order build writes. Tickets start at most
+//! `1024 x concurrency` past the next to write, which bounds that too. Progress counts a ticket
+//! when it finishes; the report counts it when it is written (after duplicate resolution, which
+//! only ticket order makes deterministic).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,30 +28,47 @@ use futures_util::FutureExt;
 
 use super::dedup::Deduplicator;
 use super::window::{TicketResult, TicketRunner};
-use super::{BuildError, Engine, NodeState, RowWriter, Tally, TicketOutcome};
+use super::{BuildError, Engine, Mode, NodeState, NodeStats, RowWriter, Tally, TicketOutcome};
 use crate::cache::KeyRecorder;
 use crate::key::ArtifactKey;
-use crate::output::TicketRecord;
+use crate::output::{Failure, TicketRecord};
 
 /// Tickets per unit of concurrency that wait whole for their turn; past that, they wait as a
-/// replay. The same bound as the ticket window plans use, so a build without a slow ticket keeps
-/// what it kept before.
+/// replay. The ticket window of plans holds as many.
 const NEAR_PER_SLOT: u64 = 8;
 
-/// How often progress hears about the tickets in flight when none finishes.
+/// How far past the next ticket to write tickets may start, per unit of concurrency: far enough
+/// that a ticket stuck for minutes holds nothing up, near enough that what waits stays small.
+const AHEAD_PER_SLOT: u64 = 1024;
+
+/// How often progress hears about the tickets in flight.
 const IN_FLIGHT_EVERY: Duration = Duration::from_secs(1);
+
+/// How many rows are written between two yields to the runtime: a long run of rows to write
+/// (after a slow ticket) must let finished tickets be taken and new ones start.
+const ROWS_PER_YIELD: u64 = 32;
 
 /// A ticket finished ahead of its turn to be written.
 enum Waiting {
     Whole(Box<TicketOutcome>),
-    /// To be read back from the cache: the lookups the ticket's walk paid for.
+    /// Failed: what its turn needs without its outputs.
+    Failed(Box<FailedTicket>),
+    /// To be read back from the cache: the lookups the ticket's walk generated.
     Replay(u64),
     /// Not started: the build was cancelled.
     NotStarted,
 }
 
+/// What the turn of a failed ticket needs: its counts, the keys the manifest records, the failure.
+struct FailedTicket {
+    stats: Vec<NodeStats>,
+    keys: Vec<Option<ArtifactKey>>,
+    rejected_keys: Vec<ArtifactKey>,
+    failure: Failure,
+}
+
 /// What the build loop carries from ticket to ticket.
-struct InOrder<'a> {
+struct Reorder<'a> {
     engine: &'a Arc<Engine>,
     tally: &'a mut Tally,
     writer: &'a RowWriter,
@@ -58,13 +76,15 @@ struct InOrder<'a> {
     dedup: Option<&'a mut Deduplicator>,
     /// The error that stopped the build; after it, tickets in flight finish and are ignored.
     fatal: Option<BuildError>,
-    /// The writer stopped (its error is collected when it is joined).
+    /// The writer stopped (its error is collected when it is joined); tickets in flight finish.
     writer_stopped: bool,
     /// The next ticket to write.
-    next: u64,
+    next_to_write: u64,
     waiting: BTreeMap<u64, Waiting>,
-    /// Tickets up to `next + near` wait whole.
+    /// Tickets up to `next_to_write + near` wait whole.
     near: u64,
+    /// Tickets start before `next_to_write + ahead`.
+    ahead: u64,
 }
 
 impl Engine {
@@ -79,7 +99,7 @@ impl Engine {
         dedup: Option<&mut Deduplicator>,
     ) -> Option<BuildError> {
         let concurrency = self.config.concurrency.max(1) as u64;
-        let mut order = InOrder {
+        let mut order = Reorder {
             engine: self,
             tally,
             writer,
@@ -87,16 +107,17 @@ impl Engine {
             dedup,
             fatal: None,
             writer_stopped: false,
-            next: 0,
+            next_to_write: 0,
             waiting: BTreeMap::new(),
             near: concurrency.saturating_mul(NEAR_PER_SLOT),
+            ahead: concurrency.saturating_mul(AHEAD_PER_SLOT),
         };
         let mut runner = TicketRunner::new(Arc::clone(self));
         let mut every = tokio::time::interval(IN_FLIGHT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !order.writer_stopped {
+        loop {
             let finished = tokio::select! {
-                finished = runner.next() => finished,
+                finished = runner.next(order.start_before()) => finished,
                 _ = every.tick() => {
                     self.tell_in_flight(&runner);
                     continue;
@@ -105,8 +126,7 @@ impl Engine {
             let Some((index, result)) = finished else {
                 break;
             };
-            order.finished(index, result);
-            self.tell_in_flight(&runner);
+            order.on_finished(index, result);
             order.write_ready(&mut runner).await;
         }
         // Tickets never started: the build was cancelled (or stopped) before their turn.
@@ -122,9 +142,13 @@ impl Engine {
     }
 }
 
-impl InOrder<'_> {
+impl Reorder<'_> {
+    fn start_before(&self) -> u64 {
+        self.next_to_write.saturating_add(self.ahead)
+    }
+
     /// A ticket finished: progress hears of it, and it waits for its turn.
-    fn finished(&mut self, index: u64, result: TicketResult) {
+    fn on_finished(&mut self, index: u64, result: TicketResult) {
         if self.fatal.is_some() {
             return;
         }
@@ -142,8 +166,17 @@ impl InOrder<'_> {
             observer.generated(name, outcome.sample.ticket_id, key);
         }
         observer.ticket_done();
-        let waits = if index - self.next >= self.near && outcome.replayable() {
-            Waiting::Replay(outcome.paid_lookups)
+        let waits = if index - self.next_to_write < self.near {
+            Waiting::Whole(Box::new(outcome))
+        } else if let Some(failure) = outcome.failure {
+            Waiting::Failed(Box::new(FailedTicket {
+                keys: outcome.states.iter().map(NodeState::key).collect(),
+                stats: outcome.stats,
+                rejected_keys: outcome.rejected_keys,
+                failure,
+            }))
+        } else if outcome.replayable() {
+            Waiting::Replay(outcome.generated_lookups)
         } else {
             Waiting::Whole(Box::new(outcome))
         };
@@ -160,32 +193,38 @@ impl InOrder<'_> {
     /// are taken from `runner`, so a long run of rows to write (after a slow ticket) does not
     /// leave slots idle.
     async fn write_ready(&mut self, runner: &mut TicketRunner) {
-        while let Some(waiting) = self.waiting.remove(&self.next) {
-            let index = self.next;
-            self.next += 1;
+        while let Some(waiting) = self.waiting.remove(&self.next_to_write) {
+            let index = self.next_to_write;
+            self.next_to_write += 1;
             if self.fatal.is_some() || self.writer_stopped {
                 continue;
             }
-            let outcome = match waiting {
-                Waiting::Whole(outcome) => *outcome,
-                Waiting::Replay(paid) => match self.engine.replay_ticket(index, paid).await {
-                    Ok(outcome) => {
-                        self.tally.read_back += 1;
-                        outcome
+            match waiting {
+                Waiting::Whole(outcome) => self.write(*outcome).await,
+                Waiting::Failed(failed) => self.write_failed(index, *failed),
+                Waiting::Replay(generated) => {
+                    match self
+                        .engine
+                        .run_ticket(index, Mode::Replay { generated })
+                        .await
+                    {
+                        Ok(outcome) => {
+                            self.tally.read_back += 1;
+                            self.write(outcome).await;
+                        }
+                        Err(e) => self.stop(e),
                     }
-                    Err(e) => {
-                        self.stop(e);
-                        continue;
-                    }
-                },
-                Waiting::NotStarted => {
-                    self.tally.not_started += 1;
-                    continue;
                 }
-            };
-            self.write(outcome).await;
-            while let Some(Some((index, result))) = runner.next().now_or_never() {
-                self.finished(index, result);
+                Waiting::NotStarted => self.tally.not_started += 1,
+            }
+            if index % ROWS_PER_YIELD == 0 {
+                // Reading back and judging never wait, so without this the runtime's budget
+                // would run out and `now_or_never` would stop seeing finished tickets.
+                tokio::task::yield_now().await;
+            }
+            while let Some(Some((index, result))) = runner.next(self.start_before()).now_or_never()
+            {
+                self.on_finished(index, result);
             }
         }
     }
@@ -204,12 +243,9 @@ impl InOrder<'_> {
             None => outcome,
         };
         self.tally.add(&outcome, &engine.graph);
-        if let Some(recorder) = self.recorder.as_mut() {
-            let keys: Vec<Option<ArtifactKey>> =
-                outcome.states.iter().map(NodeState::key).collect();
-            if let Err(e) = recorder.record(outcome.sample.index, &keys, &outcome.rejected_keys) {
-                return self.stop(e.into());
-            }
+        let keys: Vec<Option<ArtifactKey>> = outcome.states.iter().map(NodeState::key).collect();
+        if !self.record(outcome.sample.index, &keys, &outcome.rejected_keys) {
+            return;
         }
         if let Some(failure) = outcome.failure {
             self.tally.failures.push(failure);
@@ -230,7 +266,34 @@ impl InOrder<'_> {
             lineage: outcome.lineage,
         };
         if !self.writer.send(record) {
+            // Its error is collected when it is joined; the tickets in flight finish first.
             self.writer_stopped = true;
+            self.engine.cancelled.store(true, Ordering::Release);
+        }
+    }
+
+    /// A failed ticket in its turn, from what was kept of it (duplicate resolution passes
+    /// failed tickets by).
+    fn write_failed(&mut self, index: u64, failed: FailedTicket) {
+        let language = self.engine.sampler.sample(index).language;
+        self.tally
+            .add_counts(&failed.stats, language.code(), &self.engine.graph);
+        if self.record(index, &failed.keys, &failed.rejected_keys) {
+            self.tally.failures.push(failed.failure);
+        }
+    }
+
+    /// Records a ticket's keys in the manifest; false when that failed (the build stops).
+    fn record(&mut self, index: u64, keys: &[Option<ArtifactKey>], kept: &[ArtifactKey]) -> bool {
+        let Some(recorder) = self.recorder.as_mut() else {
+            return true;
+        };
+        match recorder.record(index, keys, kept) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stop(e.into());
+                false
+            }
         }
     }
 
@@ -318,7 +381,7 @@ first_response = "first_response"
 [nodes.topic]
 prompt = "p/topic.jinja"
 [nodes.topic.checks]
-max_words = 7
+max_words = 6
 [nodes.first_response]
 prompt = "p/reply.jinja"
 [quality]
@@ -389,6 +452,66 @@ unique = ["topic"]
             serde_json::to_value(&in_order).unwrap(),
             serde_json::to_value(&behind).unwrap()
         );
+    }
+
+    /// Two nodes that send the same request share its cache entry; forcing the second one
+    /// replaces the answer the first one used, so the ticket cannot be read back as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forced_answer_that_replaces_one_the_ticket_used_is_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("p/same.jinja"), "Topic for {{ queue }}").unwrap();
+        let toml = r#"
+[dataset]
+rows = 3
+formats = ["jsonl"]
+[tables.queue]
+"IT Support" = 1
+[nodes.topic]
+prompt = "p/same.jinja"
+[nodes.topic_again]
+prompt = "p/same.jinja"
+task = "topic"
+"#;
+        let path = dir.path().join("dataset.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut config = Config::parse(&path, toml.to_string(), &Overrides::default()).unwrap();
+        config.output_dir = dir.path().join("out");
+        let graph = Arc::new(Graph::load(&config).unwrap());
+        let config = Arc::new(config);
+        let store = Arc::new(MemoryStore::new());
+        let engine = |force: &[&str]| {
+            let options = BuildOptions {
+                force: force.iter().map(|s| s.to_string()).collect(),
+                // Walked outside a build, a ticket has no group commit to wait for.
+                durable: false,
+                ..BuildOptions::default()
+            };
+            let offline: Arc<dyn Provider> = Arc::new(OfflineProvider::new(0));
+            let providers = graph.nodes.iter().map(|_| Arc::clone(&offline)).collect();
+            Arc::new(Engine::with_providers(
+                Arc::clone(&config),
+                Arc::clone(&graph),
+                store.clone(),
+                providers,
+                options,
+            ))
+        };
+        engine(&[]).build(None).await.unwrap();
+        let walked = |force: &'static [&'static str]| {
+            let engine = engine(force);
+            async move { engine.run_ticket(0, Mode::Build).await.unwrap() }
+        };
+        let unforced = walked(&[]).await;
+        assert_eq!(unforced.states[0].key(), unforced.states[1].key());
+        assert!(unforced.replayable());
+        assert!(
+            walked(&["topic"]).await.replayable(),
+            "nothing used before it"
+        );
+        let forced = walked(&["topic_again"]).await;
+        assert!(forced.overwrote);
+        assert!(!forced.replayable());
     }
 
     /// The lineage file's rows, but for when each artifact was made.

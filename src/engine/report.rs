@@ -127,7 +127,8 @@ pub struct BuildReport {
     pub(crate) failures_file: Option<String>,
     pub(crate) wall_ms: u64,
     /// Tickets that finished far ahead of their turn to be written (behind a slow one) and were
-    /// read back from the cache in their turn instead of waiting whole in memory.
+    /// read back from the cache in their turn instead of waiting whole in memory. It depends on
+    /// timing, so two builds of the same dataset may differ here and nowhere else.
     pub(crate) read_back: u64,
     /// What `[quality] unique` found and did; absent without unique columns.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,10 +4,12 @@
 //! rendering its request over the ticket's [`TicketContext`], looking its key up among the
 //! ticket's stored artifacts, and either reusing the answer or generating it (`spend`). In
 //! [`Mode::Plan`] nothing is generated: a miss is recorded as [`NodeState::Missing`] with the key
-//! it would be generated under. The invariants: a node runs only when its upstream nodes are done
-//! (a failed upstream fails it, a skipped one is `none` in its template); a paid answer is durable
-//! before its text goes into a downstream prompt; and the ticket's answers that may wait (the
-//! reproducible offline model's) are durable before the ticket counts as done.
+//! it would be generated under. In [`Mode::Replay`] nothing is generated either: a ticket that
+//! finished far ahead of its turn is walked again from the cache, to the same outcome. The
+//! invariants: a node runs only when its upstream nodes are done (a failed upstream fails it, a
+//! skipped one is `none` in its template); a paid answer is durable before its text goes into a
+//! downstream prompt; and the ticket's answers that may wait (the reproducible offline model's)
+//! are durable before the ticket counts as done.
 
 use std::collections::BTreeMap;
 
@@ -30,10 +32,12 @@ pub(crate) enum Mode {
     Build,
     /// Reuse what is cached, record what is not: `plan`, `status` and `explain`. Calls nothing.
     Plan,
-    /// Read back what this build stored for a ticket that finished ahead of its turn to be
+    /// Read back what this build stored for a ticket that finished far ahead of its turn to be
     /// written. Calls nothing; `--force` does not apply (the answers were just made), and a miss
-    /// is an error (the answers were durable before the ticket counted as done).
-    Replay,
+    /// is an error (the answers were durable before the ticket counted as done). `generated` is
+    /// the first walk's [`TicketOutcome::generated_lookups`]: those hits count as generated in
+    /// this build, as the first walk counted them.
+    Replay { generated: u64 },
 }
 
 /// What became of one node for one ticket.
@@ -81,8 +85,12 @@ pub(crate) struct TicketOutcome {
     /// Draws looked up in this walk.
     pub(crate) lookups: u32,
     /// The lookups that generated, as a bit set over their numbers in walk order (the first
-    /// 64): with it a replay of the ticket counts what this walk paid for.
-    pub(crate) paid_lookups: u64,
+    /// 64): with it a replay of the ticket counts what this walk generated.
+    pub(crate) generated_lookups: u64,
+    /// A forced node stored its answer under a key this walk had already used (two nodes that
+    /// send the same request): the cache no longer holds what the earlier node used, so a replay
+    /// would differ.
+    pub(crate) overwrote: bool,
 }
 
 impl TicketOutcome {
@@ -92,6 +100,7 @@ impl TicketOutcome {
     /// fit the bit set.
     pub(crate) fn replayable(&self) -> bool {
         self.failure.is_none()
+            && !self.overwrote
             && self.lookups <= u64::BITS
             && self.stats.iter().all(|s| s.corrupt == 0)
     }
@@ -191,12 +200,12 @@ struct Walk {
     /// Keys generated in this build by earlier versions of this ticket (before it was found a
     /// duplicate): found in the cache now, but paid for in this build, and counted so.
     generated_before: Vec<ArtifactKey>,
-    /// A replay: the lookups (by number, in walk order) the first walk paid for.
-    replay_paid: u64,
     /// Lookups made so far (one per draw looked up).
     lookups: u32,
     /// The lookups of this walk that generated, as a bit set (the first 64).
-    paid_lookups: u64,
+    generated_lookups: u64,
+    /// See [`TicketOutcome::overwrote`].
+    overwrote: bool,
 }
 
 impl Walk {
@@ -214,12 +223,13 @@ impl Walk {
         NodeState::Failed
     }
 
-    /// Whether lookup `number`, a hit on `key`, was paid for in this build by an earlier walk of
-    /// the ticket: then it counts as generated, as that walk counted it.
-    fn paid_before(&self, number: u32, key: &ArtifactKey) -> bool {
-        let replayed = self.mode == Mode::Replay
-            && number < u64::BITS
-            && self.replay_paid & (1 << number) != 0;
+    /// Whether lookup `number`, a hit on `key`, was generated in this build by an earlier walk
+    /// of the ticket: then it counts as generated, as that walk counted it.
+    fn generated_earlier(&self, number: u32, key: &ArtifactKey) -> bool {
+        let replayed = match self.mode {
+            Mode::Replay { generated } => number < u64::BITS && generated & (1 << number) != 0,
+            _ => false,
+        };
         replayed || self.generated_before.contains(key)
     }
 
@@ -238,19 +248,7 @@ impl Engine {
         index: u64,
         mode: Mode,
     ) -> Result<TicketOutcome, BuildError> {
-        self.walk_ticket(index, mode, None, 0).await
-    }
-
-    /// Ticket `index` as a walk of it in this build came out (`paid_lookups` is that walk's
-    /// [`TicketOutcome::paid_lookups`]), read back from the cache without calling anything. For
-    /// a [`TicketOutcome::replayable`] outcome the result is equal to it.
-    pub(super) async fn replay_ticket(
-        &self,
-        index: u64,
-        paid_lookups: u64,
-    ) -> Result<TicketOutcome, BuildError> {
-        self.walk_ticket(index, Mode::Replay, None, paid_lookups)
-            .await
+        self.walk_ticket(index, mode, None).await
     }
 
     /// Like [`Engine::run_ticket`], for a ticket redrawn because it duplicated an earlier one:
@@ -262,7 +260,7 @@ impl Engine {
         mode: Mode,
         redraw: Option<Redraw<'_>>,
     ) -> Result<TicketOutcome, BuildError> {
-        self.walk_ticket(index, mode, redraw, 0).await
+        self.walk_ticket(index, mode, redraw).await
     }
 
     async fn walk_ticket(
@@ -270,7 +268,6 @@ impl Engine {
         index: u64,
         mode: Mode,
         redraw: Option<Redraw<'_>>,
-        replay_paid: u64,
     ) -> Result<TicketOutcome, BuildError> {
         let sample = self.sampler.sample(index);
         let nodes = self.graph.nodes.len();
@@ -292,9 +289,9 @@ impl Engine {
             generated_before: redraw
                 .map(|r| r.generated_before.to_vec())
                 .unwrap_or_default(),
-            replay_paid,
             lookups: 0,
-            paid_lookups: 0,
+            generated_lookups: 0,
+            overwrote: false,
         };
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let state = self.run_node(&mut walk, i, node).await?;
@@ -317,7 +314,8 @@ impl Engine {
             rejected: walk.rejected,
             rejected_keys: walk.rejected_keys,
             lookups: walk.lookups,
-            paid_lookups: walk.paid_lookups,
+            generated_lookups: walk.generated_lookups,
+            overwrote: walk.overwrote,
         })
     }
 
@@ -396,8 +394,11 @@ impl Engine {
                 &redrawn
             };
             let key = request.key();
-            let forced = walk.mode != Mode::Replay && self.options.force.contains(&node.name);
+            let forced = !matches!(walk.mode, Mode::Replay { .. })
+                && self.options.force.contains(&node.name);
             let lookup = if forced {
+                walk.overwrote |= walk.states.iter().any(|s| s.key() == Some(key))
+                    || walk.rejected_keys.contains(&key);
                 Lookup::Miss(MissReason::Forced)
             } else {
                 walk.stored.get(self.store.as_ref(), &key)?
@@ -406,11 +407,14 @@ impl Engine {
             walk.lookups += 1;
             let (artifact, generated) = match lookup {
                 Lookup::Hit(artifact) => {
-                    let paid = walk.paid_before(lookup_number, &artifact.key);
-                    if paid && walk.mode == Mode::Replay {
+                    let generated = walk.generated_earlier(lookup_number, &artifact.key);
+                    // A replay gives back the first walk's list of what it generated; a
+                    // duplicate's redraw lists only what it generated itself (the earlier
+                    // versions' answers are listed with them).
+                    if generated && matches!(walk.mode, Mode::Replay { .. }) {
                         walk.generated.push((i, key));
                     }
-                    (*artifact, paid)
+                    (*artifact, generated)
                 }
                 Lookup::Miss(reason) => {
                     if matches!(reason, MissReason::Corrupt(_)) {
@@ -418,10 +422,12 @@ impl Engine {
                     }
                     match walk.mode {
                         Mode::Plan => return Ok(record_missing(walk, i, request, key, rejected)),
-                        Mode::Replay => {
+                        Mode::Replay { .. } => {
                             return Err(BuildError::Task(format!(
-                                "ticket {}: the answer of `{}` this build stored is gone from the cache ({reason:?})",
-                                walk.sample.ticket_id, node.name
+                                "ticket {}: the answer of `{}` stored earlier in this build can no longer be read from the cache ({}); `ticketbuild cache verify` checks every entry",
+                                walk.sample.ticket_id,
+                                node.name,
+                                describe(&reason)
                             )));
                         }
                         Mode::Build => {}
@@ -433,7 +439,7 @@ impl Engine {
                 }
             };
             if generated && lookup_number < u64::BITS {
-                walk.paid_lookups |= 1 << lookup_number;
+                walk.generated_lookups |= 1 << lookup_number;
             }
             let verdict = match checks {
                 Some(checks) => {
@@ -620,6 +626,15 @@ impl Engine {
             }
         }
         context
+    }
+}
+
+/// Why a lookup missed, for a message.
+fn describe(reason: &MissReason) -> String {
+    match reason {
+        MissReason::New => "nothing is stored under its key".to_string(),
+        MissReason::Corrupt(why) => format!("the entry does not decode: {why}"),
+        MissReason::Forced => "regenerated by --force".to_string(),
     }
 }
 

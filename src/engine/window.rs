@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
 use super::ticket::{Mode, TicketOutcome};
@@ -80,16 +81,20 @@ impl TicketWindow {
     }
 }
 
+/// A running ticket: its index beside what its task returns, so that even a task that panicked
+/// is known by its ticket.
+type Running = BoxFuture<'static, (u64, Result<TicketResult, tokio::task::JoinError>)>;
+
 /// Keeps `concurrency` tickets of a build running and hands each out when it finishes.
 pub(super) struct TicketRunner {
     engine: Arc<Engine>,
     rows: u64,
     concurrency: usize,
     /// The next ticket to start: every ticket before it was started.
-    next: u64,
-    in_flight: FuturesUnordered<JoinHandle<(u64, TicketResult)>>,
+    next_to_start: u64,
+    in_flight: FuturesUnordered<Running>,
     /// When each running ticket started.
-    started: BTreeMap<u64, Instant>,
+    running_since: BTreeMap<u64, Instant>,
 }
 
 impl TicketRunner {
@@ -98,58 +103,63 @@ impl TicketRunner {
             rows: engine.config.rows,
             concurrency: engine.config.concurrency.max(1),
             engine,
-            next: 0,
+            next_to_start: 0,
             in_flight: FuturesUnordered::new(),
-            started: BTreeMap::new(),
+            running_since: BTreeMap::new(),
         }
     }
 
     /// The next ticket to finish, with its index; `None` once every ticket started has
-    /// finished and no more will start (all started, or the build was cancelled). A task that
-    /// panicked is reported as the build error it is.
+    /// finished and no more will start (all started, or the build was cancelled). Tickets start
+    /// as slots free, up to (not including) ticket `start_before`. A task that panicked is
+    /// reported as the build error it is.
     ///
     /// Cancel safe: dropped before it returns, it loses no ticket (the tickets started stay in
     /// flight, and the next call hands them out).
-    pub(super) async fn next(&mut self) -> Option<(u64, TicketResult)> {
+    pub(super) async fn next(&mut self, start_before: u64) -> Option<(u64, TicketResult)> {
         // A cancelled build starts no new ticket.
         while !self.engine.cancelled.load(Ordering::Acquire)
             && self.in_flight.len() < self.concurrency
-            && self.next < self.rows
+            && self.next_to_start < self.rows.min(start_before)
         {
             let engine = Arc::clone(&self.engine);
-            let index = self.next;
-            self.started.insert(index, Instant::now());
-            self.in_flight.push(tokio::spawn(async move {
+            let index = self.next_to_start;
+            self.running_since.insert(index, Instant::now());
+            let task = tokio::spawn(async move {
                 // Cancelled between being started here and running: not started after all.
                 if engine.cancelled.load(Ordering::Acquire) {
-                    return (index, Ok(None));
+                    return Ok(None);
                 }
-                (index, engine.run_ticket(index, Mode::Build).await.map(Some))
-            }));
-            self.next += 1;
+                engine.run_ticket(index, Mode::Build).await.map(Some)
+            });
+            self.in_flight
+                .push(task.map(move |joined| (index, joined)).boxed());
+            self.next_to_start += 1;
         }
-        match self.in_flight.next().await? {
-            Ok((index, result)) => {
-                self.started.remove(&index);
-                Some((index, result))
-            }
-            Err(e) => Some((u64::MAX, Err(BuildError::Task(e.to_string())))),
-        }
+        let (index, joined) = self.in_flight.next().await?;
+        self.running_since.remove(&index);
+        let result = joined.unwrap_or_else(|e| {
+            Err(BuildError::Task(format!(
+                "ticket {}: {e}",
+                self.engine.sampler.sample(index).ticket_id
+            )))
+        });
+        Some((index, result))
     }
 
     /// How many tickets were started (tickets `0..started()`).
     pub(super) fn started(&self) -> u64 {
-        self.next
+        self.next_to_start
     }
 
     /// Tickets running now.
     pub(super) fn running(&self) -> usize {
-        self.started.len()
+        self.running_since.len()
     }
 
     /// The oldest running ticket (its index) and how long it has been running.
     pub(super) fn oldest(&self) -> Option<(u64, Duration)> {
-        self.started
+        self.running_since
             .iter()
             .next()
             .map(|(index, at)| (*index, at.elapsed()))
