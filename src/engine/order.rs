@@ -10,7 +10,7 @@
 //!   to read back);
 //! - otherwise as a bit set of the lookups it generated. Everything it used is durable in the
 //!   cache before it counted as done, so in its turn it is walked again in
-//!   [`Mode::Replay`](super::Mode::Replay): answers read back, judged again, and counted as the
+//!   [`Mode::Replay`]: answers read back, judged again, and counted as the
 //!   first walk counted them.
 //!
 //! So a ticket stuck on a long reply costs a few dozen bytes per ticket finished behind it, never

@@ -94,10 +94,10 @@ pub(crate) struct TicketOutcome {
 }
 
 impl TicketOutcome {
-    /// Whether [`Engine::replay_ticket`] gives this outcome back from the cache alone, the same
+    /// Whether a walk in [`Mode::Replay`] gives this outcome back from the cache alone, the same
     /// in every field: every answer it used or rejected is cached (a failed ticket's failure
-    /// is not), none was found corrupt (a replay would find it regenerated), and its lookups
-    /// fit the bit set.
+    /// is not), none was found corrupt (a replay would find it regenerated) or replaced by a
+    /// forced node ([`TicketOutcome::overwrote`]), and its lookups fit the bit set.
     pub(crate) fn replayable(&self) -> bool {
         self.failure.is_none()
             && !self.overwrote
