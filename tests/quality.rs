@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::mock_llm::{Asking, MockConfig, MockServer, Rewrite};
-use crate::support::{Project, read_jsonl, stat};
+use crate::support::{Project, example_on, read_jsonl, stat};
 
 /// The example's nodes, each with a phrase only its prompt holds.
 const NODES: [(&str, &str); 7] = [
@@ -56,27 +56,6 @@ const BAD_TAGS: &str = r#"{"items": ["Subject:", "billing", "Refund Request", "i
 const COPIED_REPLY: &str = "Hello, many thanks for getting in touch with us about this issue. We \
     have forwarded your request to the responsible team, who will check the details and contact \
     you again by tomorrow afternoon at the latest. Kind regards, Jordan from the support team";
-
-/// The example on the mock: `rows` tickets, `concurrency` at once, `extra` lines for the model.
-fn example_on(mock: &MockServer, rows: u64, concurrency: u64, model: &str) -> Project {
-    let p = Project::example();
-    p.edit("dataset.toml", "rows = 200", &format!("rows = {rows}"));
-    p.edit(
-        "dataset.toml",
-        "concurrency = 64",
-        &format!("concurrency = {concurrency}"),
-    );
-    p.edit(
-        "dataset.toml",
-        "[models.default]\nprovider = \"offline\"",
-        &format!(
-            "[cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n\
-             [models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"\n{model}",
-            mock.base_url()
-        ),
-    );
-    p
-}
 
 /// Replies must be unique, and a duplicate is redrawn from the reply itself.
 fn unique_replies(p: &Project) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::mock_llm::{Fault, Logged, MockConfig, MockServer};
-use crate::support::{Project, Run, read_jsonl, stat, total};
+use crate::support::{Project, Run, example_on, read_jsonl, stat, total};
 
 /// The variable the projects read their API key from, and a fake key that is easy to recognise.
 const KEY_ENV: &str = "TB_RELIABILITY_KEY";
@@ -28,28 +28,6 @@ const FAKE_KEY: &str = "sk-tbrel-7Qx2Lm9Vw4Rt8Yp3Zk6N";
 /// True when the long variants should run (`TICKETBUILD_LONG_TESTS=1`).
 fn long_tests() -> bool {
     std::env::var("TICKETBUILD_LONG_TESTS").is_ok_and(|v| v == "1")
-}
-
-/// The example dataset (all seven nodes, three formats) with `rows` tickets, `concurrency`
-/// tickets in flight, and `[models.default]` served by `mock`; `model` adds lines to the model.
-fn example_on(mock: &MockServer, rows: u64, concurrency: u64, model: &str) -> Project {
-    let p = Project::example();
-    p.edit("dataset.toml", "rows = 200", &format!("rows = {rows}"));
-    p.edit(
-        "dataset.toml",
-        "concurrency = 64",
-        &format!("concurrency = {concurrency}"),
-    );
-    p.edit(
-        "dataset.toml",
-        "[models.default]\nprovider = \"offline\"",
-        &format!(
-            "[cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n\
-             [models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"\n{model}",
-            mock.base_url()
-        ),
-    );
-    p
 }
 
 /// A small deterministic random number generator (splitmix64), so a failing trial can be replayed.

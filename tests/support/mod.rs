@@ -116,6 +116,33 @@ impl Project {
     }
 }
 
+/// The example dataset (all seven nodes, three formats) with `rows` tickets, `concurrency`
+/// tickets in flight, and `[models.default]` served by `mock`; `model` adds lines to the model.
+pub fn example_on(
+    mock: &mock_llm::MockServer,
+    rows: u64,
+    concurrency: u64,
+    model: &str,
+) -> Project {
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", &format!("rows = {rows}"));
+    p.edit(
+        "dataset.toml",
+        "concurrency = 64",
+        &format!("concurrency = {concurrency}"),
+    );
+    p.edit(
+        "dataset.toml",
+        "[models.default]\nprovider = \"offline\"",
+        &format!(
+            "[cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n\
+             [models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"\n{model}",
+            mock.base_url()
+        ),
+    );
+    p
+}
+
 /// What a run printed and how it ended.
 #[derive(Debug)]
 pub struct Run {
