@@ -57,6 +57,40 @@ struct Args {
     /// Milliseconds the slow share of requests takes.
     #[arg(long, default_value_t = 30_000)]
     slow_ms: u64,
+    /// Enforce this many requests per minute (a token bucket, full at start), answering 429 with
+    /// Retry-After when it is empty.
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Enforce this many tokens per minute (the prompt's characters / 4 plus max_tokens).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Which headers describe the limits: openai, anthropic or none.
+    #[arg(long, default_value = "openai")]
+    limit_headers: String,
+}
+
+/// The rate limit the flags ask for, if any.
+fn rate_limit(args: &Args) -> std::io::Result<Option<mock_llm::RateLimit>> {
+    if args.rpm.is_none() && args.tpm.is_none() {
+        return Ok(None);
+    }
+    let headers = match args.limit_headers.as_str() {
+        "openai" => mock_llm::HeaderStyle::OpenAi,
+        "anthropic" => mock_llm::HeaderStyle::Anthropic,
+        "none" => mock_llm::HeaderStyle::None,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "--limit-headers: `{other}` is not one of openai, anthropic, none"
+            )));
+        }
+    };
+    Ok(Some(mock_llm::RateLimit {
+        requests_per_minute: args.rpm,
+        tokens_per_minute: args.tpm,
+        headers,
+        full_at_start: true,
+        burst: None,
+    }))
 }
 
 #[tokio::main]
@@ -64,6 +98,7 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let rate_limit = rate_limit(&args)?;
     let config = mock_llm::MockConfig {
         latency_ms: args.latency_ms,
         rate_429: args.rate_429,
@@ -76,6 +111,7 @@ async fn main() -> std::io::Result<()> {
         seed: args.seed,
         slow_share: args.slow_share,
         slow_ms: args.slow_ms,
+        rate_limit,
         ..mock_llm::MockConfig::default()
     };
     println!("mock LLM server listening on {url}");

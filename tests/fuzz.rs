@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use ticketbuild::config::{Config, Overrides};
 use ticketbuild::graph::Graph;
 use ticketbuild::prompt::PromptFile;
-use ticketbuild::provider::{anthropic, http, openai};
+use ticketbuild::provider::{anthropic, openai, retry};
 use ticketbuild::value::{NodeOutput, OutputKind};
 
 use crate::support::{Project, repo_root};
@@ -1042,7 +1042,7 @@ proptest! {
             any::<String>(),
         ],
     ) {
-        let _ = http::parse_retry_after(&value, now());
+        let _ = retry::parse_retry_after(&value, now());
     }
 }
 
@@ -1054,7 +1054,7 @@ mod regressions {
     /// Duration); it must be capped or ignored instead.
     #[test]
     fn retry_after_with_more_seconds_than_a_duration_holds_does_not_panic() {
-        let _ = http::parse_retry_after("1e30", now());
+        let _ = retry::parse_retry_after("1e30", now());
     }
 
     /// Anthropic token counts near `u64::MAX` overflowed the sum of input and cache tokens (a panic

@@ -19,6 +19,7 @@ mod latency;
 mod pipes;
 mod properties;
 mod quality;
+mod ratelimit;
 mod reliability;
 mod support;
 mod watch;

@@ -112,6 +112,10 @@ impl BuildObserver for Terminal {
         self.bar.inc(1);
     }
 
+    fn notice(&self, text: &str) {
+        self.bar.suspend(|| eprintln!("ticketbuild: note: {text}"));
+    }
+
     fn in_flight(&self, running: usize, oldest: Option<(u64, Duration)>) {
         self.bar.set_message(in_flight_message(running, oldest));
     }
@@ -215,6 +219,7 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         report.reused()
     );
     print_quality(report)?;
+    print_traffic(report)?;
     for file in &report.files {
         say!("  wrote {file}");
     }
@@ -245,6 +250,36 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         say!(
             "  interrupted: {} tickets not started; build again to continue from the cache",
             report.not_started
+        );
+    }
+    Ok(())
+}
+
+/// Per model that sent requests: attempts, 429s, other retries, and how long rate limits held
+/// it, with the limits the server reported (so a user sees when their tier is the bottleneck).
+fn print_traffic(report: &BuildReport) -> Result<(), CliError> {
+    for m in report.models.iter().filter(|m| m.traffic.attempts > 0) {
+        let t = &m.traffic;
+        let reported: Vec<String> = [
+            t.reported_requests_per_minute
+                .map(|n| format!("{n} requests")),
+            t.reported_tokens_per_minute.map(|n| format!("{n} tokens")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let reported = if reported.is_empty() {
+            String::new()
+        } else {
+            format!(" (the server allows {} a minute)", reported.join(" and "))
+        };
+        say!(
+            "  model {}: {} requests, {} answered 429, {} other retries; {:.1} s waiting for rate limits{reported}",
+            m.model,
+            t.attempts,
+            t.throttled,
+            t.other_retries,
+            t.rate_limit_wait_ms as f64 / 1000.0
         );
     }
     Ok(())

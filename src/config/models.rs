@@ -164,7 +164,8 @@ pub struct ModelLimits {
     /// Estimated tokens (the prompt's tokens as `plan` counts them, plus max_tokens) in any
     /// 60-second window.
     pub(crate) tokens_per_minute: Option<u64>,
-    /// Attempts per artifact on transient errors (429, 408, 409, 5xx, timeouts, connection errors).
+    /// Attempts per call on 429s and transient errors (408, 409, 5xx, timeouts, connection
+    /// errors), together.
     pub(crate) max_attempts: u32,
     /// Attempts per artifact whose reply is malformed, empty or does not validate.
     pub(crate) max_invalid_attempts: u32,
@@ -180,7 +181,7 @@ impl Default for ModelLimits {
             max_concurrency: 16,
             requests_per_minute: None,
             tokens_per_minute: None,
-            max_attempts: 6,
+            max_attempts: 8,
             max_invalid_attempts: 3,
             timeout_secs: 60,
             deadline_secs: 300,

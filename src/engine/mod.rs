@@ -40,7 +40,7 @@ use crate::output::{DatasetWriter, Failure, OutputError, TicketRecord};
 use crate::provider::{self, Provider, Request, Secrets};
 use crate::sampling::Sampler;
 
-pub(crate) use report::{BuildError, BuildReport, NodeStats, NodeSummary};
+pub(crate) use report::{BuildError, BuildReport, ModelTraffic, NodeStats, NodeSummary};
 pub(crate) use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
 pub(crate) use ticket::{Mode, NodeState, TicketOutcome};
 use window::TicketWindow;
@@ -58,6 +58,8 @@ pub(crate) trait BuildObserver: Send + Sync {
     fn in_flight(&self, _running: usize, _oldest: Option<(u64, std::time::Duration)>) {}
     /// A call cost more than `warn_per_call` or `error_per_call`.
     fn expensive_call(&self, _call: &ExpensiveCall) {}
+    /// A provider has something to say, once (the server rejecting most attempts, say).
+    fn notice(&self, _text: &str) {}
     /// No ticket is running any more.
     fn finished(&self) {}
 }
@@ -214,6 +216,7 @@ impl Engine {
         let mut fatal = self
             .take_tickets(&mut tally, &writer, &mut recorder, dedup.as_mut())
             .await;
+        self.tell_notices();
         observer.finished();
         let _ = stop_flusher.send(());
         let _ = flusher.await;
@@ -237,12 +240,44 @@ impl Engine {
         };
         let mut report = tally.into_report(&self.config, &self.graph);
         report.duplicates = dedup.map(|d| d.report());
+        report.models = self.traffic();
         report.interrupted = interrupted && stopped_by.is_none();
         report.stopped_by = stopped_by;
         report.files = files.iter().map(|p| p.display().to_string()).collect();
         report.failures_file = failures_file.map(|p| p.display().to_string());
         report.wall_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// One provider per model (nodes of one model share it), with the model's name.
+    fn models(&self) -> Vec<(&str, &Arc<dyn Provider>)> {
+        let mut seen = BTreeMap::new();
+        for (node, provider) in self.graph.nodes.iter().zip(&self.providers) {
+            seen.entry(node.model.name.as_str()).or_insert(provider);
+        }
+        seen.into_iter().collect()
+    }
+
+    /// What each model's requests took, for the models that send requests.
+    fn traffic(&self) -> Vec<ModelTraffic> {
+        self.models()
+            .into_iter()
+            .filter_map(|(model, provider)| {
+                provider.traffic().map(|traffic| ModelTraffic {
+                    model: model.to_string(),
+                    traffic,
+                })
+            })
+            .collect()
+    }
+
+    /// Passes on what providers have to say.
+    fn tell_notices(&self) {
+        for (_, provider) in self.models() {
+            if let Some(text) = provider.take_notice() {
+                self.options.observer.notice(&text);
+            }
+        }
     }
 
     /// Walks every ticket without calling a model or writing a file: which artifacts are cached and
@@ -421,6 +456,7 @@ impl Tally {
             failures_file: None,
             wall_ms: 0,
             read_back: self.read_back,
+            models: Vec::new(),
             duplicates: None,
         }
     }

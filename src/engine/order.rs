@@ -120,6 +120,7 @@ impl Engine {
                 finished = runner.next(order.start_before()) => finished,
                 _ = every.tick() => {
                     self.tell_in_flight(&runner);
+                    self.tell_notices();
                     continue;
                 }
             };

@@ -130,9 +130,21 @@ pub struct BuildReport {
     /// read back from the cache in their turn instead of waiting whole in memory. It depends on
     /// timing, so two builds of the same dataset may differ here and nowhere else.
     pub(crate) read_back: u64,
+    /// Per model that sends requests: attempts, 429s, other retries, time held by rate limits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) models: Vec<ModelTraffic>,
     /// What `[quality] unique` found and did; absent without unique columns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) duplicates: Option<super::dedup::DuplicateReport>,
+}
+
+/// One model's requests in a build.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub(crate) struct ModelTraffic {
+    pub(crate) model: String,
+    #[serde(flatten)]
+    pub(crate) traffic: crate::provider::Traffic,
 }
 
 impl BuildReport {
@@ -149,6 +161,7 @@ impl BuildReport {
             up_to_date: true,
             cost_by_model: BTreeMap::new(),
             cost_by_language: BTreeMap::new(),
+
             stopped_by: None,
             currencies: currencies(config),
             nodes: last
@@ -171,6 +184,7 @@ impl BuildReport {
             failures_file: None,
             wall_ms: 0,
             read_back: 0,
+            models: Vec::new(),
             duplicates: None,
         }
     }

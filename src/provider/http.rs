@@ -3,21 +3,24 @@
 //! This module owns [`HttpProvider`], which turns an [`Adapter`] (what one API's bodies, headers and
 //! replies look like: `openai`, `anthropic`) into a [`Provider`]: one reqwest client per model
 //! (connection reuse, gzip, HTTP/2 where the server offers it, rustls with the ring crypto provider),
-//! the retry loop with exponential backoff and full jitter that honours `Retry-After`, per-attempt
-//! timeouts and the per-call deadline, the classification of failures, and the scrubbing of API keys
-//! from every message. Scheduling (concurrency and rate limits) is `limits`; what a body holds is the
-//! adapter's. The invariants: every request carries `x-ticketbuild-key` with the artifact key, and
+//! the retry loop (its policy, backoff and the classification of failures, is `retry`), per-attempt
+//! timeouts and the per-call deadline, the rate-limit headers of every reply handed to `limits`, and
+//! the scrubbing of API keys from every message. Scheduling (concurrency and pacing) is `limits`;
+//! what a body holds is the adapter's. The invariants: every request carries `x-ticketbuild-key` with the artifact key, and
 //! the same body on every attempt; a call returns `Ok` only with an output that `request.output.parse`
 //! accepted; and no error message contains the API key.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use super::limits::Limiter;
-use super::{CallFuture, Provider, ProviderError, Request, Response};
+use super::limits::{Limiter, Weight};
+use super::ratelimit::Reported;
+use super::retry::{Attempt, AttemptCounts, classify, parse_retry_after};
+use super::{CallFuture, Provider, ProviderError, Request, Response, Traffic};
 use crate::config::{ModelConfig, ModelLimits, ProviderKind};
 use crate::cost::Usage;
 use crate::value::InvalidOutput;
@@ -25,18 +28,10 @@ use crate::value::InvalidOutput;
 /// The header that names the artifact a request is for.
 pub(crate) const KEY_HEADER: &str = "x-ticketbuild-key";
 
-/// First backoff step; attempt `n` waits a random time up to `BACKOFF_BASE * 2^(n-1)`.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Longest backoff between two attempts (a server's `Retry-After` may ask for more).
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Longest time to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error body is quoted when it has no message field.
 const QUOTE_LIMIT: usize = 300;
-/// The longest `Retry-After` taken as given: a day. Any deadline is shorter, so a larger value
-/// changes nothing except that it could not be represented (or added to an `Instant`).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Installs rustls' ring crypto provider as the process default, once. reqwest is built with
 /// `rustls-no-provider`, so a client cannot be built before this has run.
 pub(crate) fn install_crypto_provider() {
@@ -173,6 +168,15 @@ pub(crate) struct HttpProvider<A> {
     /// Set by a 401, 402, 403 or 404: the key, the account or the model is wrong, for every later
     /// call of this build too, so they fail at once without a request.
     sticky: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// What the build summary reports of a model's requests.
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    throttled: AtomicU64,
+    other_retries: AtomicU64,
 }
 
 /// A failed attempt that may be retried, by the bound it counts against.
@@ -180,76 +184,6 @@ enum Failed {
     Transient(String),
     Malformed(String),
     Invalid(InvalidOutput),
-}
-
-/// The failed attempts of one call so far, by the bound each kind counts against.
-#[derive(Default)]
-struct AttemptCounts {
-    /// Transport errors, timeouts and retryable statuses other than 429: bounded by
-    /// `max_attempts`.
-    transient: u32,
-    /// 429s: the server asking for patience, not a failure of this request, so bounded by the
-    /// deadline alone.
-    throttles: u32,
-    /// Malformed or invalid replies: bounded by `max_invalid_attempts`.
-    invalid: u32,
-}
-
-impl AttemptCounts {
-    fn total(&self) -> u32 {
-        self.transient + self.throttles + self.invalid
-    }
-
-    /// Counts a retryable failure; whether its bound is reached, and the pause before the next
-    /// attempt (the server's `Retry-After` when it sent one, plus a little jitter).
-    fn retry(
-        &mut self,
-        throttled: bool,
-        retry_after: Option<Duration>,
-        limits: &ModelLimits,
-    ) -> (bool, Duration) {
-        let step = if throttled {
-            self.throttles += 1;
-            self.throttles
-        } else {
-            self.transient += 1;
-            self.transient
-        };
-        let delay = match retry_after {
-            Some(wait) => wait + jitter(Duration::from_millis(100) + wait / 10),
-            None => backoff(step),
-        };
-        (self.transient >= limits.max_attempts, delay)
-    }
-
-    /// Counts a reply that did not validate; whether its bound is reached, and the pause.
-    fn invalid(&mut self, limits: &ModelLimits) -> (bool, Duration) {
-        self.invalid += 1;
-        (
-            self.invalid >= limits.max_invalid_attempts,
-            backoff(self.invalid),
-        )
-    }
-}
-
-/// How one attempt ended.
-enum Attempt {
-    Done(Response),
-    /// Worth another attempt after a pause (429, 408, 409, 5xx, timeout, connection error).
-    Retry {
-        reason: String,
-        retry_after: Option<Duration>,
-        throttled: bool,
-    },
-    /// The server answered, but not with a usable reply.
-    Malformed(String),
-    /// The reply's output did not validate against the node's kind.
-    Invalid(InvalidOutput),
-    /// Retrying cannot help.
-    Fatal {
-        message: String,
-        sticky: bool,
-    },
 }
 
 impl<A: Adapter> HttpProvider<A> {
@@ -291,6 +225,7 @@ impl<A: Adapter> HttpProvider<A> {
             limiter,
             settings,
             sticky: Mutex::new(None),
+            counters: Counters::default(),
         })
     }
 
@@ -333,36 +268,42 @@ impl<A: Adapter> HttpProvider<A> {
             request.system.as_deref().unwrap_or(""),
             request.user.as_str(),
         ];
-        let tokens = crate::tokens::count(self.settings.provider, &self.settings.model, &prompt)
-            + self.adapter.max_output_tokens(request);
+        let weight = Weight {
+            prompt: crate::tokens::count(self.settings.provider, &self.settings.model, &prompt),
+            output: self.adapter.max_output_tokens(request),
+        };
         let limits = &self.settings.limits;
         let deadline = Duration::from_secs(limits.deadline_secs);
         let per_attempt = Duration::from_secs(limits.timeout_secs);
         let mut first: Option<Instant> = None;
         let mut counts = AttemptCounts::default();
         loop {
-            let permit = self.limiter.acquire(tokens).await;
+            let permit = self.limiter.acquire(weight).await;
             if let Some(message) = self.sticky() {
                 return Err(ProviderError::Fatal(message));
             }
             let started = *first.get_or_insert_with(Instant::now);
             let remaining = deadline.saturating_sub(started.elapsed());
             let timeout = per_attempt.min(remaining);
-            let outcome =
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let (outcome, reported) =
                 match tokio::time::timeout(timeout, self.attempt(&key, &body, request)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Attempt::Retry {
-                        reason: format!("no response within {} s", timeout.as_secs_f64()),
-                        retry_after: None,
-                        throttled: false,
-                    },
+                    Ok(answered) => answered,
+                    Err(_) => (
+                        Attempt::Retry {
+                            reason: format!("no response within {} s", timeout.as_secs_f64()),
+                            retry_after: None,
+                            throttled: false,
+                        },
+                        Reported::default(),
+                    ),
                 };
             let attempts = counts.total() + 1;
             // What went wrong, whether the bound for its kind is reached, and the pause before the
             // next attempt.
             let (failure, exhausted, delay) = match outcome {
                 Attempt::Done(response) => {
-                    permit.answered();
+                    permit.answered(&reported);
                     return Ok(response);
                 }
                 Attempt::Fatal { message, sticky } => {
@@ -379,24 +320,29 @@ impl<A: Adapter> HttpProvider<A> {
                     throttled,
                 } => {
                     if throttled {
-                        permit.throttled();
-                    } else {
+                        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                        permit.throttled(&reported, retry_after, &self.label());
+                    } else if reported.is_empty() {
                         drop(permit);
+                    } else {
+                        // A server error that still describes the limits: follow them.
+                        permit.answered(&reported);
                     }
                     let (exhausted, delay) = counts.retry(throttled, retry_after, limits);
                     (Failed::Transient(reason), exhausted, delay)
                 }
                 Attempt::Malformed(reason) => {
-                    permit.answered();
+                    permit.answered(&reported);
                     let (exhausted, delay) = counts.invalid(limits);
                     (Failed::Malformed(reason), exhausted, delay)
                 }
                 Attempt::Invalid(e) => {
-                    permit.answered();
+                    permit.answered(&reported);
                     let (exhausted, delay) = counts.invalid(limits);
                     (Failed::Invalid(e), exhausted, delay)
                 }
             };
+            let throttled = matches!(failure, Failed::Transient(_)) && counts.last_was_throttle;
             let why = if exhausted {
                 format!("gave up after {attempts} attempts")
             } else if started.elapsed() + delay >= deadline {
@@ -405,7 +351,14 @@ impl<A: Adapter> HttpProvider<A> {
                     limits.deadline_secs
                 )
             } else {
-                tokio::time::sleep(delay).await;
+                if throttled {
+                    // A 429's pause is time spent waiting for the rate limit.
+                    let _waiting = self.limiter.wait_for_limit();
+                    tokio::time::sleep(delay).await;
+                } else {
+                    self.counters.other_retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                }
                 continue;
             };
             return Err(match failure {
@@ -420,7 +373,8 @@ impl<A: Adapter> HttpProvider<A> {
         }
     }
 
-    async fn attempt(&self, key: &str, body: &[u8], request: &Request) -> Attempt {
+    /// One attempt, and what its reply said about the rate limits.
+    async fn attempt(&self, key: &str, body: &[u8], request: &Request) -> (Attempt, Reported) {
         let sent = self
             .client
             .post(self.endpoint.clone())
@@ -431,13 +385,20 @@ impl<A: Adapter> HttpProvider<A> {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
-                return Attempt::Retry {
+                let failed = Attempt::Retry {
                     reason: transport_reason(&e),
                     retry_after: None,
                     throttled: false,
                 };
+                return (failed, Reported::default());
             }
         };
+        let reported = Reported::read(response.headers(), SystemTime::now());
+        (self.read_reply(response, request).await, reported)
+    }
+
+    /// What a reply means for the call.
+    async fn read_reply(&self, response: reqwest::Response, request: &Request) -> Attempt {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -502,39 +463,30 @@ impl<A: Adapter> Provider for HttpProvider<A> {
     fn call<'a>(&'a self, request: &'a Request) -> CallFuture<'a> {
         Box::pin(self.call_with_retries(request))
     }
+
+    fn traffic(&self) -> Option<Traffic> {
+        let reported = self.limiter.reported_limits();
+        Some(Traffic {
+            attempts: self.counters.attempts.load(Ordering::Relaxed),
+            throttled: self.counters.throttled.load(Ordering::Relaxed),
+            other_retries: self.counters.other_retries.load(Ordering::Relaxed),
+            rate_limit_wait_ms: self.limiter.time_waited().as_millis() as u64,
+            reported_requests_per_minute: reported.requests_per_minute,
+            reported_tokens_per_minute: reported.tokens_per_minute,
+        })
+    }
+
+    fn take_notice(&self) -> Option<String> {
+        self.limiter
+            .take_notice()
+            .map(|notice| redact(&self.settings, &notice))
+    }
 }
 
 fn redact(settings: &Settings, text: &str) -> String {
     match &settings.secret {
         Some(secret) => secret.redact(text),
         None => text.to_string(),
-    }
-}
-
-/// What an HTTP error status means for the call.
-fn classify(status: u16, message: String, retry_after: Option<Duration>) -> Attempt {
-    let reason = format!("HTTP {status}: {message}");
-    if status == 429 && message.contains("insufficient_quota") {
-        // OpenAI's "out of credit" arrives as a 429, but waiting does not fix it.
-        return Attempt::Fatal {
-            message: reason,
-            sticky: true,
-        };
-    }
-    match status {
-        429 | 408 | 409 | 500..=599 => Attempt::Retry {
-            reason,
-            retry_after,
-            throttled: status == 429,
-        },
-        401..=404 => Attempt::Fatal {
-            message: reason,
-            sticky: true,
-        },
-        _ => Attempt::Fatal {
-            message: reason,
-            sticky: false,
-        },
     }
 }
 
@@ -572,41 +524,6 @@ fn quote(bytes: &[u8]) -> String {
     }
 }
 
-/// `Retry-After` as seconds (`120`) or an HTTP date; a date in the past means now. Capped at
-/// `MAX_RETRY_AFTER`.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
-    }
-    if let Ok(seconds) = value.parse::<f64>() {
-        // Clamped before the conversion: `Duration::from_secs_f64` panics on values a Duration
-        // cannot hold (`1e30`).
-        return (seconds.is_finite() && seconds >= 0.0)
-            .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_RETRY_AFTER),
-    )
-}
-
-/// Full-jitter exponential backoff before retry `n` (1-based).
-fn backoff(n: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    jitter(ceiling)
-}
-
-/// A random duration up to `ceiling`, so that callers that failed together do not retry
-/// together. fastrand's generator is seeded per thread from the OS: no two processes share it.
-fn jitter(ceiling: Duration) -> Duration {
-    ceiling.mul_f64(fastrand::f64())
-}
-
 /// A JSON number as `u64`, zero when absent.
 pub(crate) fn count(value: &serde_json::Value) -> u64 {
     value.as_u64().unwrap_or(0)
@@ -615,40 +532,6 @@ pub(crate) fn count(value: &serde_json::Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("1.5", now),
-            Some(Duration::from_millis(1500))
-        );
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_stays_under_the_cap() {
-        for n in 1..40 {
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << (n - 1).min(16))
-                .min(BACKOFF_CAP);
-            for _ in 0..20 {
-                assert!(backoff(n) <= ceiling);
-            }
-        }
-        let samples: Vec<Duration> = (0..50).map(|_| backoff(4)).collect();
-        assert!(samples.iter().any(|d| *d != samples[0]), "jitter varies");
-    }
 
     #[test]
     fn secrets_are_redacted_whole_and_partly_masked() {
@@ -667,32 +550,5 @@ mod tests {
         );
         assert_eq!(secret.redact("nothing to hide"), "nothing to hide");
         assert_eq!(format!("{secret:?}"), "Secret([redacted])");
-    }
-
-    #[test]
-    fn statuses_are_classified() {
-        let retry = |s| matches!(classify(s, String::new(), None), Attempt::Retry { .. });
-        for status in [429, 408, 409, 500, 502, 503, 529] {
-            assert!(retry(status), "{status}");
-        }
-        for status in [400, 401, 403, 404, 422] {
-            assert!(
-                matches!(classify(status, String::new(), None), Attempt::Fatal { .. }),
-                "{status}"
-            );
-        }
-        assert!(matches!(
-            classify(401, String::new(), None),
-            Attempt::Fatal { sticky: true, .. }
-        ));
-        assert!(matches!(
-            classify(400, String::new(), None),
-            Attempt::Fatal { sticky: false, .. }
-        ));
-        let quota = "You exceeded your current quota (insufficient_quota)".to_string();
-        assert!(matches!(
-            classify(429, quota, None),
-            Attempt::Fatal { sticky: true, .. }
-        ));
     }
 }

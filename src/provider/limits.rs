@@ -2,20 +2,26 @@
 //!
 //! This module owns the [`Limiter`] one HTTP provider instance holds for its model: a concurrency cap
 //! that halves for a while when the server answers 429 and grows back one slot per round of
-//! successes (additive increase, multiplicative decrease), and two budgets over a sliding 60-second
-//! window, one counting requests and one counting estimated tokens. It knows nothing of HTTP or of
-//! retries (that is `http`): callers take a [`Permit`] before each attempt and report how it went.
+//! successes (additive increase, multiplicative decrease); two budgets over a sliding 60-second
+//! window, one counting requests and one counting estimated tokens (the limits the user set); and
+//! the server's own limits as its replies report them (`ratelimit`'s gauges), which refine those:
+//! a request starts when every one of them has room. When most recent attempts are rejected
+//! anyway, the whole model pauses (not each call on its own), and says so once. It knows nothing
+//! of HTTP or of retries (that is `http`): callers take a [`Permit`] before each attempt and
+//! report how it went, with what the reply said about the limits.
 //! The invariants: at most `max_concurrency` permits are out at once; in any 60-second window the
 //! permits handed out weigh at most `requests_per_minute` requests and `tokens_per_minute` tokens
 //! (a single request heavier than the whole token budget is let through alone, on an empty window);
 //! and starts are paced evenly within the minute instead of bursting it all at once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+
+use super::ratelimit::{Gauge, Reported, Window};
 
 /// The window rate limits are counted over.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -27,6 +33,14 @@ const CUT_COOLDOWN: Duration = Duration::from_secs(1);
 /// The shortest wait when a budget is exhausted, so rounding never makes a waiter spin.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
+/// The attempts whose outcome decides whether the server is rejecting most of them.
+const RECENT: usize = 20;
+/// Fewer recent attempts than this say nothing yet.
+const RECENT_ENOUGH: usize = 10;
+/// The first pause of the whole model; each pause in a row doubles it, up to `PAUSE_CAP`.
+const PAUSE_BASE: Duration = Duration::from_secs(1);
+const PAUSE_CAP: Duration = Duration::from_secs(60);
+
 /// Concurrency and rate limits of one model.
 pub(crate) struct Limiter {
     max: usize,
@@ -34,6 +48,72 @@ pub(crate) struct Limiter {
     adaptive: Mutex<Adaptive>,
     /// Held across the wait, so waiters are served first come, first served.
     budgets: tokio::sync::Mutex<Budgets>,
+    server: Mutex<Server>,
+    waiting: Mutex<WaitClock>,
+}
+
+/// What the server has said, and what was sent since.
+#[derive(Default)]
+struct Server {
+    requests: Option<Gauge>,
+    tokens: Option<Gauge>,
+    input_tokens: Option<Gauge>,
+    output_tokens: Option<Gauge>,
+    /// Permits out, by the order they were handed out, with their weights: what a reply to an
+    /// earlier one cannot have counted yet.
+    in_flight: BTreeMap<u64, Weight>,
+    next_seq: u64,
+    /// The last attempts' outcomes, `true` for a 429.
+    recent: VecDeque<bool>,
+    paused_until: Option<Instant>,
+    /// Pauses in a row (without an answered attempt between them).
+    pauses: u32,
+    /// Said once, then taken by [`Limiter::take_notice`].
+    notice: Option<String>,
+    noticed: bool,
+}
+
+/// What one request weighs against the limits, in estimated tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Weight {
+    pub(crate) prompt: u64,
+    pub(crate) output: u64,
+}
+
+impl Weight {
+    fn total(&self) -> u64 {
+        self.prompt + self.output
+    }
+}
+
+/// The wall-clock time during which at least one call of the model waited for a rate limit.
+#[derive(Default)]
+struct WaitClock {
+    waiting: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+/// Counts as waiting for the rate limit while held.
+pub(crate) struct Waiting<'a>(&'a Limiter);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut clock = self.0.clock();
+        clock.waiting -= 1;
+        if clock.waiting == 0 {
+            if let Some(since) = clock.since.take() {
+                clock.total += since.elapsed();
+            }
+        }
+    }
+}
+
+/// The server's limits as last reported, for the build summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ReportedLimits {
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
 }
 
 struct Adaptive {
@@ -55,6 +135,8 @@ struct Budgets {
 pub(crate) struct Permit<'a> {
     limiter: &'a Limiter,
     permit: Option<SemaphorePermit<'a>>,
+    /// Its place in the order permits were handed out.
+    seq: u64,
 }
 
 impl Limiter {
@@ -78,29 +160,83 @@ impl Limiter {
                 requests: requests_per_minute.map(|limit| Budget::new(limit, now)),
                 tokens: tokens_per_minute.map(|limit| Budget::new(limit, now)),
             }),
+            server: Mutex::new(Server::default()),
+            waiting: Mutex::new(WaitClock::default()),
         }
     }
 
-    /// Waits for a concurrency slot, then for room in the request and token budgets.
-    pub(crate) async fn acquire(&self, tokens: u64) -> Permit<'_> {
+    /// Waits for a concurrency slot, then for room in the request and token budgets and in the
+    /// server's reported limits, and for the end of a pause of the whole model.
+    pub(crate) async fn acquire(&self, weight: Weight) -> Permit<'_> {
         // The semaphore is never closed, so `acquire` cannot fail; if it ever did, the call would
         // still be bounded by the budgets below.
         let permit = self.semaphore.acquire().await.ok();
         let mut budgets = self.budgets.lock().await;
-        loop {
+        let mut waiting = None;
+        let seq = loop {
             let now = Instant::now();
-            let wait = budgets.wait(now, tokens);
-            if wait.is_zero() {
-                budgets.take(now, tokens);
-                break;
-            }
+            let wait = {
+                let mut server = self.server();
+                let wait = budgets
+                    .wait(now, weight.total())
+                    .max(server.wait(now, weight));
+                if wait.is_zero() {
+                    budgets.take(now, weight.total());
+                    break server.take(weight);
+                }
+                wait
+            };
+            waiting.get_or_insert_with(|| self.wait_for_limit());
             tokio::time::sleep(wait).await;
-        }
+        };
+        drop(waiting);
         drop(budgets);
         Permit {
             limiter: self,
             permit,
+            seq,
         }
+    }
+
+    /// Counts as waiting for the rate limit until dropped (a 429's pause is such a wait too).
+    pub(crate) fn wait_for_limit(&self) -> Waiting<'_> {
+        let mut clock = self.clock();
+        clock.waiting += 1;
+        clock.since.get_or_insert_with(Instant::now);
+        Waiting(self)
+    }
+
+    /// The wall-clock time so far during which a call waited for a rate limit.
+    pub(crate) fn time_waited(&self) -> Duration {
+        let clock = self.clock();
+        clock.total + clock.since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// The server's limits as last reported.
+    pub(crate) fn reported_limits(&self) -> ReportedLimits {
+        let server = self.server();
+        ReportedLimits {
+            requests_per_minute: server.requests.as_ref().map(Gauge::per_minute),
+            tokens_per_minute: server
+                .tokens
+                .as_ref()
+                .or(server.input_tokens.as_ref())
+                .map(Gauge::per_minute),
+        }
+    }
+
+    /// What the limiter has to say once (the server rejecting most attempts), if not yet taken.
+    pub(crate) fn take_notice(&self) -> Option<String> {
+        self.server().notice.take()
+    }
+
+    fn server(&self) -> std::sync::MutexGuard<'_, Server> {
+        // Consistent even if a holder panicked: every update is a few assignments.
+        self.server.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, WaitClock> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Permits that may be out at once right now (what the tests watch adapt).
@@ -114,19 +250,25 @@ impl Limiter {
         self.adaptive.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The server answered 429: halve the concurrency (once per cooldown).
-    fn throttled(&self) {
+    /// The server answered 429: halve the concurrency (once per cooldown), or bring it down to
+    /// one when the whole model pauses (it then grows back as calls succeed, a slow start).
+    fn throttled(&self, pausing: bool) {
         let mut state = self.adaptive();
         state.successes = 0;
         let now = Instant::now();
-        if state
-            .last_cut
-            .is_some_and(|at| now.duration_since(at) < CUT_COOLDOWN)
+        if !pausing
+            && state
+                .last_cut
+                .is_some_and(|at| now.duration_since(at) < CUT_COOLDOWN)
         {
             return;
         }
         state.last_cut = Some(now);
-        let target = (state.effective / 2).max(1);
+        let target = if pausing {
+            1
+        } else {
+            (state.effective / 2).max(1)
+        };
         let cut = state.effective - target;
         state.effective = target;
         let withdrawn = self.semaphore.forget_permits(cut);
@@ -150,19 +292,31 @@ impl Limiter {
 }
 
 impl Permit<'_> {
-    /// The attempt was answered 429 (too many requests).
-    pub(crate) fn throttled(self) {
-        self.limiter.throttled();
+    /// The attempt was answered 429 (too many requests); `retry_after` is the server's wait,
+    /// `model` names the model in the notice a pause of the whole model gives.
+    pub(crate) fn throttled(self, reported: &Reported, retry_after: Option<Duration>, model: &str) {
+        let pausing = {
+            let mut server = self.limiter.server();
+            server.follow(self.seq, reported);
+            server.outcome(true);
+            server.maybe_pause(retry_after, model)
+        };
+        self.limiter.throttled(pausing);
     }
 
     /// The server answered (whatever the content) without asking us to slow down.
-    pub(crate) fn answered(self) {
+    pub(crate) fn answered(self, reported: &Reported) {
         self.limiter.succeeded();
+        let mut server = self.limiter.server();
+        server.follow(self.seq, reported);
+        server.outcome(false);
+        server.pauses = 0;
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
+        self.limiter.server().in_flight.remove(&self.seq);
         if let Some(permit) = self.permit.take() {
             let mut state = self.limiter.adaptive();
             if state.debt > 0 {
@@ -170,6 +324,133 @@ impl Drop for Permit<'_> {
                 permit.forget();
             }
         }
+    }
+}
+
+impl Server {
+    /// How long until a request of `weight` may start: the pause, and each reported limit.
+    fn wait(&mut self, now: Instant, weight: Weight) -> Duration {
+        let paused = self
+            .paused_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let gauges = [
+            (&mut self.requests, 1),
+            (&mut self.tokens, weight.total()),
+            (&mut self.input_tokens, weight.prompt),
+            (&mut self.output_tokens, weight.output),
+        ];
+        gauges
+            .into_iter()
+            .filter_map(|(gauge, w)| gauge.as_mut().map(|g| g.wait(now, w)))
+            .fold(paused, Duration::max)
+    }
+
+    /// Takes a request's weight from every gauge; its place in the order of permits.
+    fn take(&mut self, weight: Weight) -> u64 {
+        for (gauge, w) in [
+            (&mut self.requests, 1),
+            (&mut self.tokens, weight.total()),
+            (&mut self.input_tokens, weight.prompt),
+            (&mut self.output_tokens, weight.output),
+        ] {
+            if let Some(gauge) = gauge {
+                gauge.take(w);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight.insert(seq, weight);
+        seq
+    }
+
+    /// The reply to permit `seq` described the limits: the gauges follow it, less what was sent
+    /// after that request (which the server may not have counted).
+    fn follow(&mut self, seq: u64, reported: &Reported) {
+        self.in_flight.remove(&seq);
+        if reported.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut since = Weight::default();
+        let mut requests_since = 0;
+        for weight in self.in_flight.range(seq + 1..).map(|(_, w)| w) {
+            requests_since += 1;
+            since.prompt += weight.prompt;
+            since.output += weight.output;
+        }
+        let updates = [
+            (&mut self.requests, reported.requests, requests_since),
+            (&mut self.tokens, reported.tokens, since.total()),
+            (&mut self.input_tokens, reported.input_tokens, since.prompt),
+            (
+                &mut self.output_tokens,
+                reported.output_tokens,
+                since.output,
+            ),
+        ];
+        for (gauge, window, sent_since) in updates {
+            if let Some(Window {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                ..
+            }) = window
+            {
+                match gauge {
+                    Some(gauge) => gauge.follow(limit, remaining, sent_since, now),
+                    None => *gauge = Some(Gauge::new(limit, remaining, sent_since, now)),
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, rejected: bool) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(rejected);
+    }
+
+    /// When most recent attempts were rejected, the whole model pauses: for the server's
+    /// `Retry-After` if it is longer, else for a wait that doubles with each pause in a row.
+    /// Whether it paused now.
+    fn maybe_pause(&mut self, retry_after: Option<Duration>, model: &str) -> bool {
+        let rejected = self.recent.iter().filter(|r| **r).count();
+        if self.recent.len() < RECENT_ENOUGH || rejected * 2 <= self.recent.len() {
+            return false;
+        }
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|until| until > now) {
+            return false;
+        }
+        let doubling = PAUSE_BASE
+            .saturating_mul(1 << self.pauses.min(6))
+            .min(PAUSE_CAP);
+        let pause = retry_after.unwrap_or_default().max(doubling);
+        self.pauses += 1;
+        self.paused_until = Some(now + pause);
+        if !self.noticed {
+            self.noticed = true;
+            let limits = match (&self.requests, &self.tokens.as_ref().or(self.input_tokens.as_ref())) {
+                (None, None) => "the server reports no limits; set `requests_per_minute` or `tokens_per_minute` for this model".to_string(),
+                (requests, tokens) => {
+                    let mut parts = Vec::new();
+                    if let Some(g) = requests {
+                        parts.push(format!("{} requests a minute", g.per_minute()));
+                    }
+                    if let Some(g) = tokens {
+                        parts.push(format!("{} tokens a minute", g.per_minute()));
+                    }
+                    format!("the server reports {}", parts.join(" and "))
+                }
+            };
+            self.notice = Some(format!(
+                "{model}: the server rejected {rejected} of the last {} attempts (429); every call of the model pauses for {:.1} s, then goes at the pace the limits allow ({limits})",
+                self.recent.len(),
+                pause.as_secs_f64()
+            ));
+        }
+        self.recent.clear();
+        true
     }
 }
 
@@ -278,6 +559,13 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn weight(tokens: u64) -> Weight {
+        Weight {
+            prompt: tokens,
+            output: 0,
+        }
+    }
+
     /// Start times of `n` acquisitions made as fast as the limiter allows.
     async fn starts(limiter: Arc<Limiter>, n: usize, tokens: u64) -> Vec<Duration> {
         let origin = Instant::now();
@@ -285,9 +573,9 @@ mod tests {
         for _ in 0..n {
             let limiter = Arc::clone(&limiter);
             tasks.push(tokio::spawn(async move {
-                let permit = limiter.acquire(tokens).await;
+                let permit = limiter.acquire(weight(tokens)).await;
                 let at = origin.elapsed();
-                permit.answered();
+                permit.answered(&Reported::default());
                 at
             }));
         }
@@ -340,29 +628,41 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn concurrency_halves_on_429_and_grows_back() {
         let limiter = Limiter::new(16, None, None);
-        limiter.acquire(1).await.throttled();
+        limiter
+            .acquire(weight(1))
+            .await
+            .throttled(&Reported::default(), None, "m");
         assert_eq!(limiter.effective_concurrency(), 8);
         // A second 429 right after the first is part of the same burst.
-        limiter.acquire(1).await.throttled();
+        limiter
+            .acquire(weight(1))
+            .await
+            .throttled(&Reported::default(), None, "m");
         assert_eq!(limiter.effective_concurrency(), 8);
         tokio::time::advance(CUT_COOLDOWN).await;
-        limiter.acquire(1).await.throttled();
+        limiter
+            .acquire(weight(1))
+            .await
+            .throttled(&Reported::default(), None, "m");
         assert_eq!(limiter.effective_concurrency(), 4);
         // Only 4 permits can be out now.
         let held: Vec<Permit<'_>> =
-            futures_util::future::join_all((0..4).map(|_| limiter.acquire(1))).await;
+            futures_util::future::join_all((0..4).map(|_| limiter.acquire(weight(1)))).await;
         assert!(
-            tokio::time::timeout(Duration::from_secs(1), limiter.acquire(1))
+            tokio::time::timeout(Duration::from_secs(1), limiter.acquire(weight(1)))
                 .await
                 .is_err()
         );
         drop(held);
         for _ in 0..200 {
-            limiter.acquire(1).await.answered();
+            limiter
+                .acquire(weight(1))
+                .await
+                .answered(&Reported::default());
         }
         assert_eq!(limiter.effective_concurrency(), 16);
         let held: Vec<Permit<'_>> =
-            futures_util::future::join_all((0..16).map(|_| limiter.acquire(1))).await;
+            futures_util::future::join_all((0..16).map(|_| limiter.acquire(weight(1)))).await;
         assert_eq!(held.len(), 16);
     }
 
@@ -370,16 +670,16 @@ mod tests {
     async fn a_cut_while_permits_are_out_is_collected_as_they_return() {
         let limiter = Limiter::new(4, None, None);
         let mut held: Vec<Permit<'_>> =
-            futures_util::future::join_all((0..4).map(|_| limiter.acquire(1))).await;
+            futures_util::future::join_all((0..4).map(|_| limiter.acquire(weight(1)))).await;
         if let Some(permit) = held.pop() {
-            permit.throttled();
+            permit.throttled(&Reported::default(), None, "m");
         }
         assert_eq!(limiter.effective_concurrency(), 2);
         drop(held);
         let held: Vec<Permit<'_>> =
-            futures_util::future::join_all((0..2).map(|_| limiter.acquire(1))).await;
+            futures_util::future::join_all((0..2).map(|_| limiter.acquire(weight(1)))).await;
         assert!(
-            tokio::time::timeout(Duration::from_secs(1), limiter.acquire(1))
+            tokio::time::timeout(Duration::from_secs(1), limiter.acquire(weight(1)))
                 .await
                 .is_err()
         );

@@ -15,6 +15,8 @@ pub mod http;
 pub(crate) mod limits;
 pub(crate) mod offline;
 pub mod openai;
+pub(crate) mod ratelimit;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -188,6 +190,36 @@ pub(crate) trait Provider: Send + Sync {
     fn reproducible(&self) -> bool {
         false
     }
+
+    /// What this provider's calls took so far (attempts, 429s, time held by rate limits, the
+    /// limits the server reported); `None` for one that sends no requests (the offline model).
+    fn traffic(&self) -> Option<Traffic> {
+        None
+    }
+
+    /// Something to tell the user, once (the server rejecting most attempts, say).
+    fn take_notice(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What one model's HTTP traffic took in a build.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct Traffic {
+    /// Requests sent (every attempt of every call).
+    pub(crate) attempts: u64,
+    /// Attempts answered 429 (too many requests).
+    pub(crate) throttled: u64,
+    /// Attempts tried again for another reason: a server error, a timeout, a connection error, a
+    /// malformed or invalid reply.
+    pub(crate) other_retries: u64,
+    /// Wall-clock time during which at least one call waited for a rate limit (the configured
+    /// ones, the server's, or a 429's pause), in milliseconds.
+    pub(crate) rate_limit_wait_ms: u64,
+    /// The limits the server last reported in its headers, per minute.
+    pub(crate) reported_requests_per_minute: Option<u64>,
+    pub(crate) reported_tokens_per_minute: Option<u64>,
 }
 
 /// Where API keys come from: the process environment, then an optional `.env` file next to

@@ -25,6 +25,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+#[path = "rate_bucket.rs"]
+pub mod bucket;
+
+pub use bucket::{HeaderStyle, RateLimit};
+
 /// How the mock answers.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -61,6 +66,8 @@ pub struct MockConfig {
     pub slow_ms: u64,
     /// Decides the latency of some requests (a call that hangs, in the tests).
     pub delay: Option<Delay>,
+    /// A requests and tokens per minute limit, enforced with 429s and described in headers.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Decides how long a request waits before it is answered; `None` for the usual latency.
@@ -119,6 +126,7 @@ impl Default for MockConfig {
             slow_share: 0.0,
             slow_ms: 0,
             delay: None,
+            rate_limit: None,
         }
     }
 }
@@ -193,6 +201,7 @@ pub struct Counters {
 }
 
 struct State {
+    buckets: Option<Mutex<bucket::Buckets>>,
     config: MockConfig,
     script: Mutex<VecDeque<Fault>>,
     counters: Counters,
@@ -279,6 +288,13 @@ impl MockServer {
         lock(&self.state.counters.arrivals).clone()
     }
 
+    /// Changes the enforced rate limit from now on (the headers say so from the next answer).
+    pub fn set_rate_limit(&self, requests_per_minute: Option<u64>, tokens_per_minute: Option<u64>) {
+        if let Some(buckets) = &self.state.buckets {
+            lock(buckets).set_limits(requests_per_minute, tokens_per_minute);
+        }
+    }
+
     /// Every request body so far, in arrival order.
     pub fn bodies(&self) -> Vec<Value> {
         self.log().into_iter().map(|l| l.body).collect()
@@ -298,6 +314,10 @@ impl Drop for MockServer {
 
 fn new_state(config: MockConfig) -> Arc<State> {
     Arc::new(State {
+        buckets: config
+            .rate_limit
+            .as_ref()
+            .map(|limit| Mutex::new(bucket::Buckets::new(limit))),
         script: Mutex::new(config.script.iter().cloned().collect()),
         config,
         counters: Counters::default(),
@@ -321,11 +341,14 @@ pub async fn serve(
                 let total = c.total.load(Ordering::SeqCst);
                 if total != last {
                     last = total;
-                    let keys = lock(&c.per_key).len();
+                    let (keys, most) = {
+                        let per_key = lock(&c.per_key);
+                        (per_key.len(), per_key.values().copied().max().unwrap_or(0))
+                    };
                     let successes: u64 = lock(&c.successes).values().sum();
                     let duplicates = lock(&c.successes).values().filter(|n| **n > 1).count();
                     println!(
-                        "{total} requests, {successes} answered, {keys} artifact keys, {duplicates} keys answered twice, at most {} in flight",
+                        "{total} requests, {successes} answered, {keys} artifact keys, {duplicates} keys answered twice, at most {} in flight, at most {most} requests for one key",
                         c.max_in_flight.load(Ordering::SeqCst)
                     );
                 }
@@ -575,6 +598,7 @@ fn http_response(
     status: u16,
     retry_after: Option<String>,
     answer: String,
+    extra: Vec<(String, String)>,
 ) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     *response.status_mut() =
@@ -586,6 +610,14 @@ fn http_response(
     );
     if let Some(value) = retry_after.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok()) {
         headers.insert("retry-after", value);
+    }
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
     }
     response
 }
@@ -601,6 +633,18 @@ async fn handle(
     lock(&counters.arrivals).push((received.key.clone(), received.body.clone()));
 
     let config = &state.config;
+    let mut limit_headers = Vec::new();
+    if let Some(buckets) = &state.buckets {
+        let verdict = lock(buckets).take(reserved_tokens(&received.body));
+        limit_headers = verdict.headers;
+        if let Some(wait) = verdict.rejected {
+            let api = api_of(&received.path, received.is_post).unwrap_or(Api::OpenAi);
+            let body = error_body(api, 429, "Rate limit reached; please try again later.");
+            record(counters, received, at, 429, false);
+            let retry_after = Some(wait.as_secs_f64().ceil().max(1.0).to_string());
+            return Ok(http_response(429, retry_after, body, limit_headers));
+        }
+    }
     let latency = latency_of(config, &received);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -618,7 +662,15 @@ async fn handle(
             "the mock was told to drop this connection",
         ));
     }
-    Ok(http_response(status, retry_after, answer))
+    Ok(http_response(status, retry_after, answer, limit_headers))
+}
+
+/// The tokens a request reserves against a tokens-per-minute limit: its text's characters / 4
+/// plus its `max_tokens` (1,024 when unset), as providers count before answering.
+pub fn reserved_tokens(body: &Value) -> u64 {
+    let mut text = messages_text(body);
+    text.push_str(body["system"].as_str().unwrap_or(""));
+    bucket::reserved_tokens(body, &text)
 }
 
 /// How long `received` waits: the delay hook's answer, the tail's latency for the slow share of
