@@ -64,6 +64,50 @@ fn write_last_report(config: &Config, report: &BuildReport) {
     }
 }
 
+/// The last build's report as `write_last_report` kept it; `None` when no build recorded one.
+pub(crate) fn last_report(config: &Config) -> Option<BuildReport> {
+    let text = std::fs::read(config.cache_dir.join(LAST_REPORT_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes the dataset card (`[output] card`, on by default) and the HTML report (`[output]
+/// report`) next to the files just written, and lists them with the build's files, so that the
+/// next no-op check finds them intact or rebuilds them.
+fn write_card_and_report(
+    config: &Config,
+    graph: &Graph,
+    report: &mut BuildReport,
+    cache: &dyn Cache,
+    manifest_id: u64,
+) -> Result<(), BuildError> {
+    let output_error = |error: crate::report::ReportError| {
+        BuildError::Output(crate::output::OutputError::Write {
+            path: config.output_dir.clone(),
+            reason: error.to_string(),
+        })
+    };
+    if config.card {
+        let path = config.output_dir.join(crate::report::card::CARD_FILE);
+        let card = crate::report::card::render(config, graph, report);
+        crate::report::write_atomically(&path, &card).map_err(output_error)?;
+        report.files.push(path.display().to_string());
+    }
+    if config.report {
+        let dataset = crate::report::compute(&crate::report::Sources {
+            config,
+            graph,
+            build: Some(report),
+            cache: Some((cache, manifest_id)),
+        })
+        .map_err(output_error)?;
+        let path = crate::report::html_path(config);
+        crate::report::write_atomically(&path, &crate::report::render_html(&dataset))
+            .map_err(output_error)?;
+        report.files.push(path.display().to_string());
+    }
+    Ok(())
+}
+
 /// Refuses, before any call, a build with a model whose price is unknown, unless allowed.
 pub(crate) fn check_prices(config: &Config, graph: &Graph) -> Result<(), BuildError> {
     if config.cost.allow_unpriced {
@@ -128,7 +172,10 @@ pub(crate) async fn build_project(
     let engine = Arc::new(engine);
     let manifest_id = cache.next_manifest_id()?;
     let recorder = cache.key_recorder(manifest_id, graph.nodes.len())?;
-    let report = Arc::clone(&engine).build(Some(recorder)).await?;
+    let mut report = Arc::clone(&engine).build(Some(recorder)).await?;
+    if !report.files.is_empty() {
+        write_card_and_report(&config, &graph, &mut report, cache.as_ref(), manifest_id)?;
+    }
     write_last_report(&config, &report);
     if report.failed == 0 && !report.interrupted {
         let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();

@@ -32,6 +32,7 @@ mod plan;
 pub mod prompt;
 pub mod provider;
 mod quality;
+mod report;
 pub mod sampling;
 mod status;
 mod tokens;

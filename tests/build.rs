@@ -149,7 +149,7 @@ fn issue_2_second_build_makes_no_calls_and_identical_files() {
     assert_eq!(total(&first, "reused"), 0);
     assert!(total(&first, "generated") > 0);
     let before = project.snapshot("out");
-    assert_eq!(before.len(), 3);
+    assert_eq!(before.len(), 4, "three dataset files and the card");
 
     let second = project.build_json(&[]);
     assert_eq!(total(&second, "generated"), 0);

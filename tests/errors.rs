@@ -103,7 +103,7 @@ fn unknown_key_is_rejected() {
     fails_with(
         &p,
         &[
-            "dataset.toml:6:1: `dataset.rwos`: unknown key `rwos` (did you mean `rows`?); expected one of `name`, `rows`, `seed`, `output`, `cache`, `formats`, `languages`, `concurrency`",
+            "dataset.toml:6:1: `dataset.rwos`: unknown key `rwos` (did you mean `rows`?); expected one of `name`, `rows`, `seed`, `output`, `cache`, `formats`, `languages`, `concurrency`, `license`",
         ],
     );
 }

@@ -248,6 +248,7 @@ fn issue_19_a_hung_call_holds_up_no_other_ticket_nor_memory_nor_a_byte() {
             .map(|(name, _)| name.as_str())
             .collect::<Vec<_>>(),
         [
+            "README.md",
             "tickets.csv",
             "tickets.jsonl",
             "tickets.lineage.parquet",

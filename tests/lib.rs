@@ -21,5 +21,6 @@ mod properties;
 mod quality;
 mod ratelimit;
 mod reliability;
+mod report;
 mod support;
 mod watch;

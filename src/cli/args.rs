@@ -36,6 +36,9 @@ pub(crate) enum Command {
     Plan(PlanArgs),
     /// Print the cost report of the last build: per node, model and language, in every currency.
     Cost(CostArgs),
+    /// Write the dataset report: class balance, languages, lengths, tags, duplicates, quality,
+    /// cost and examples, as one self-contained HTML file (or JSON), from the written files.
+    Report(ReportArgs),
     /// Inspect and maintain the artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -69,6 +72,21 @@ pub(crate) struct CostArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    #[command(flatten)]
+    pub(crate) project: ProjectArgs,
+    /// Print the report's figures as JSON instead of writing HTML.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write to FILE (default: NAME.report.html in the output folder; with --json, stdout).
+    #[arg(short = 'o', long = "file", value_name = "FILE", id = "report_file")]
+    pub(crate) file: Option<std::path::PathBuf>,
+    /// Open the HTML report in the browser once written.
+    #[arg(long)]
+    pub(crate) open: bool,
 }
 
 #[derive(Debug, Args)]

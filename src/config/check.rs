@@ -103,6 +103,17 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|o| o.get_ref().lineage)
             .unwrap_or(false);
+        let report = raw
+            .output
+            .as_ref()
+            .and_then(|o| o.get_ref().report)
+            .unwrap_or(false);
+        let card = raw
+            .output
+            .as_ref()
+            .and_then(|o| o.get_ref().card)
+            .unwrap_or(true);
+        let license = self.license(dataset.license.as_ref());
 
         let cost = self.cost(raw.cost.as_ref());
         let output_dir = overrides
@@ -130,11 +141,36 @@ impl Checker<'_> {
             columns,
             lineage,
             csv_formula_escape,
+            report,
+            card,
+            license,
             concurrency,
             profile,
             cost,
             quality,
         })
+    }
+
+    /// `[dataset] license`: an id as the Hugging Face Hub spells licenses (`cc-by-4.0`, `mit`).
+    fn license(&mut self, license: Option<&Spanned<String>>) -> Option<String> {
+        let license = license?;
+        let id = license.get_ref();
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+        if !valid {
+            self.error(
+                license.span(),
+                "dataset.license",
+                format!(
+                    "`{id}` is not a license id as the Hugging Face Hub spells them: lower-case \
+                     letters, digits, `.` and `-`, such as `cc-by-4.0`, `mit`, `apache-2.0` or `other`"
+                ),
+            );
+            return None;
+        }
+        Some(id.clone())
     }
 
     /// An error about a value that may be a secret: located, but without the source line, so the

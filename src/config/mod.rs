@@ -68,6 +68,12 @@ pub struct Config {
     /// Prefix CSV cells that start with `=`, `+`, `-` or `@` with `'`, so spreadsheets show them
     /// as text instead of running them as formulas. Off by default: it changes the data.
     pub(crate) csv_formula_escape: bool,
+    /// Write `NAME.report.html` after every build (`[output] report`).
+    pub(crate) report: bool,
+    /// Write the Hugging Face dataset card `README.md` after every build (`[output] card`).
+    pub(crate) card: bool,
+    /// The dataset's license as the Hub spells it (`[dataset] license`), for the card.
+    pub(crate) license: Option<String>,
     /// Tickets in flight at once.
     pub(crate) concurrency: usize,
     pub(crate) profile: Option<String>,

@@ -55,6 +55,7 @@ pub(super) struct RawDataset {
     pub(super) formats: Option<Spanned<StringList>>,
     pub(super) languages: Option<Spanned<OrderedMap<Spanned<f64>>>>,
     pub(super) concurrency: Option<Spanned<i64>>,
+    pub(super) license: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -131,6 +132,8 @@ pub(super) struct RawOutput {
     pub(super) columns: Option<OrderedMap<Spanned<toml::Value>>>,
     pub(super) lineage: Option<bool>,
     pub(super) csv_formula_escape: Option<bool>,
+    pub(super) report: Option<bool>,
+    pub(super) card: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

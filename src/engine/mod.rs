@@ -40,7 +40,10 @@ use crate::output::{DatasetWriter, Failure, OutputError, TicketRecord};
 use crate::provider::{self, Provider, Request, Secrets};
 use crate::sampling::Sampler;
 
-pub(crate) use report::{BuildError, BuildReport, ModelTraffic, NodeStats, NodeSummary};
+pub(crate) use dedup::DuplicateReport;
+pub(crate) use report::{
+    BuildError, BuildReport, ModelTraffic, NodeStats, NodeSummary, currencies,
+};
 pub(crate) use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
 pub(crate) use ticket::{Mode, NodeState, TicketOutcome};
 use window::TicketWindow;
@@ -370,6 +373,8 @@ struct Tally {
     read_back: u64,
     cost_by_model: BTreeMap<String, f64>,
     cost_by_language: BTreeMap<String, f64>,
+    reused_cost_by_model: BTreeMap<String, f64>,
+    reused_cost_by_language: BTreeMap<String, f64>,
 }
 
 impl Tally {
@@ -382,6 +387,8 @@ impl Tally {
             read_back: 0,
             cost_by_model: BTreeMap::new(),
             cost_by_language: BTreeMap::new(),
+            reused_cost_by_model: BTreeMap::new(),
+            reused_cost_by_language: BTreeMap::new(),
         }
     }
 
@@ -425,6 +432,16 @@ impl Tally {
                     .entry(language.to_string())
                     .or_insert(0.0) += node.cost_usd;
             }
+            if node.reused > 0 {
+                *self
+                    .reused_cost_by_model
+                    .entry(graph_node.model.name.clone())
+                    .or_insert(0.0) += node.reused_cost_usd;
+                *self
+                    .reused_cost_by_language
+                    .entry(language.to_string())
+                    .or_insert(0.0) += node.reused_cost_usd;
+            }
         }
     }
 
@@ -441,6 +458,8 @@ impl Tally {
             up_to_date: false,
             cost_by_model: self.cost_by_model,
             cost_by_language: self.cost_by_language,
+            reused_cost_by_model: self.reused_cost_by_model,
+            reused_cost_by_language: self.reused_cost_by_language,
             stopped_by: None,
             currencies: report::currencies(config),
             nodes: graph

@@ -117,6 +117,10 @@ pub struct BuildReport {
     /// Spent in this build per model and per ticket language, in USD.
     pub(crate) cost_by_model: BTreeMap<String, f64>,
     pub(crate) cost_by_language: BTreeMap<String, f64>,
+    /// What the artifacts reused from the cache cost when they were made, per model and per
+    /// ticket language, in USD.
+    pub(crate) reused_cost_by_model: BTreeMap<String, f64>,
+    pub(crate) reused_cost_by_language: BTreeMap<String, f64>,
     /// Why the build stopped issuing calls early (a budget or a per-call limit), if it did.
     pub(crate) stopped_by: Option<String>,
     /// The currencies summaries show, and the rates used (units per USD).
@@ -161,7 +165,8 @@ impl BuildReport {
             up_to_date: true,
             cost_by_model: BTreeMap::new(),
             cost_by_language: BTreeMap::new(),
-
+            reused_cost_by_model: BTreeMap::new(),
+            reused_cost_by_language: BTreeMap::new(),
             stopped_by: None,
             currencies: currencies(config),
             nodes: last

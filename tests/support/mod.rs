@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mock_llm;
+pub mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
