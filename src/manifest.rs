@@ -184,6 +184,26 @@ pub(crate) fn sample_hash(config: &Config) -> String {
             hasher.update(category.as_bytes());
             hasher.update(&weight.to_bits().to_le_bytes());
         }
+        // Only what differs from a plain weighted table, so the hashes of such tables stay
+        // what they were.
+        if let crate::sampling::TableMode::Exact { within_language } = table.mode {
+            hasher.update(
+                if within_language {
+                    "exact within language"
+                } else {
+                    "exact"
+                }
+                .as_bytes(),
+            );
+        }
+        if let Some(condition) = &table.by {
+            hasher.update(b"by");
+            hasher.update(&(condition.parent.len() as u64).to_le_bytes());
+            hasher.update(condition.parent.as_bytes());
+            for weight in condition.weights.iter().flatten() {
+                hasher.update(&weight.to_bits().to_le_bytes());
+            }
+        }
     }
     hasher.finalize().to_hex().to_string()
 }

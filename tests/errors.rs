@@ -211,7 +211,7 @@ fn weight_that_is_not_a_number() {
     fails_with(
         &p,
         &[
-            "dataset.toml:14:16: `tables.queue.IT Support`: invalid type: string \"lots\", expected a number",
+            "dataset.toml:14:16: `tables.queue.IT Support`: a category's weight must be a number (text is only for `mode` and `within`)",
         ],
     );
 }

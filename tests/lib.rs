@@ -23,4 +23,5 @@ mod ratelimit;
 mod reliability;
 mod report;
 mod support;
+mod tables;
 mod watch;

@@ -669,10 +669,10 @@ proptest! {
 // -------------------------------------------------------------------------------------------------
 
 fn one_table() -> Vec<Table> {
-    vec![Table {
-        name: "queue".into(),
-        categories: vec![("IT Support".into(), 1.0), ("Billing".into(), 2.0)],
-    }]
+    vec![Table::weighted(
+        "queue",
+        vec![("IT Support".into(), 1.0), ("Billing".into(), 2.0)],
+    )]
 }
 
 fn all_languages() -> Vec<(Language, f64)> {

@@ -15,7 +15,7 @@ use super::raw::{OrderedMap, RawCost, RawDataset, RawFile, StringList};
 use super::{Config, CostConfig, Format, Overrides, is_identifier};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::language::Language;
-use crate::sampling::{ID_SPACE, Table};
+use crate::sampling::ID_SPACE;
 
 pub(super) struct Checker<'a> {
     pub(super) path: &'a Path,
@@ -399,34 +399,6 @@ impl Checker<'_> {
             );
             false
         }
-    }
-
-    fn tables(&mut self, tables: &OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>) -> Vec<Table> {
-        let mut out = Vec::new();
-        for (name, categories) in &tables.0 {
-            let key = format!("tables.{}", name.get_ref());
-            self.identifier(name, &key);
-            let mut table = Table {
-                name: name.get_ref().clone(),
-                categories: Vec::new(),
-            };
-            for (category, weight) in &categories.get_ref().0 {
-                if self.weight(weight, &format!("{key}.{}", category.get_ref())) {
-                    table
-                        .categories
-                        .push((category.get_ref().clone(), *weight.get_ref()));
-                }
-            }
-            if categories.get_ref().0.is_empty() {
-                self.error(
-                    categories.span(),
-                    key,
-                    "a table needs at least one category with a weight",
-                );
-            }
-            out.push(table);
-        }
-        out
     }
 
     pub(super) fn identifier(&mut self, name: &Spanned<String>, key: &str) -> bool {

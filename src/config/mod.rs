@@ -14,6 +14,7 @@ mod models;
 mod nodes;
 mod profile;
 mod raw;
+mod tables;
 mod toml_errors;
 
 use std::collections::BTreeMap;

@@ -199,7 +199,7 @@ impl Checker<'_> {
     /// Tables, nodes and built-in variables share one namespace in templates.
     pub(super) fn check_names(
         &mut self,
-        tables: &OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>,
+        tables: &OrderedMap<Spanned<super::raw::RawTable>>,
         nodes: &OrderedMap<Spanned<RawNode>>,
     ) {
         for (name, _) in &nodes.0 {

@@ -18,7 +18,7 @@ pub(super) struct RawFile {
     /// Required; optional here so that its absence is reported with the other problems.
     pub(super) dataset: Option<Spanned<RawDataset>>,
     #[serde(default)]
-    pub(super) tables: OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>,
+    pub(super) tables: OrderedMap<Spanned<RawTable>>,
     #[serde(default)]
     pub(super) models: OrderedMap<Spanned<RawModel>>,
     #[serde(default)]
@@ -205,6 +205,55 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
             }
         }
         deserializer.deserialize_map(OrderedVisitor(PhantomData))
+    }
+}
+
+/// A `[tables.NAME]` table as written: categories with weights, and the options.
+pub(super) type RawTable = OrderedMap<Spanned<RawTableEntry>>;
+
+/// Weights of a table's categories by a parent category: parent table -> parent category ->
+/// category -> weight.
+pub(super) type RawConditions = OrderedMap<Spanned<OrderedMap<Spanned<OrderedMap<Spanned<f64>>>>>>;
+
+/// One entry of a `[tables.NAME]` table: a category's weight (a number), an option (`mode`,
+/// `within`: text), or `by` (a table). Read by type, without buffering, so the spans of the
+/// nested values survive for diagnostics.
+#[derive(Debug)]
+pub(super) enum RawTableEntry {
+    Weight(f64),
+    Text(String),
+    By(RawConditions),
+}
+
+impl<'de> Deserialize<'de> for RawTableEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = RawTableEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a weight (a number), `mode` or `within` (text), or a `by` table")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTableEntry::Weight(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawTableEntry::Weight(v as f64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawTableEntry::Weight(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTableEntry::Text(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(RawTableEntry::By(OrderedMap(entries)))
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
     }
 }
 

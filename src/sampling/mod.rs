@@ -5,13 +5,20 @@
 //! depend on how many tickets come before it, on concurrency, or on the order tickets finish: growing
 //! `rows` from 200 to 300 keeps the first 200 tickets as they were. Ticket ids come from a keyed
 //! permutation of the index, so ids are unique within a dataset by construction, with no set of seen
-//! ids held in memory. The invariant: a ticket's sample is a pure function of (seed, index, languages,
-//! tables); changing that function changes every dataset, so it is versioned by `SAMPLE_CONTEXT`.
+//! ids held in memory. Exact tables (`quota`) give their categories in proportion rather than at
+//! random, which makes a ticket's category depend on the tickets before it (never after it). The
+//! invariant: a ticket's sample is a pure function of (seed, index, languages, tables); changing that
+//! function changes every dataset, so it is versioned by `SAMPLE_CONTEXT`.
+
+mod quota;
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::language::Language;
+use quota::{ExactCounts, ExactCursor};
 
 /// Domain separation for the per-ticket random stream. Bump the version to change the sampler.
 const SAMPLE_CONTEXT: &str = "ticketbuild 2026-11-25 ticket sample v1";
@@ -27,6 +34,40 @@ pub(crate) const ID_SPACE: u64 = 10_000_000_000_000 - ID_MIN;
 pub struct Table {
     pub name: String,
     pub categories: Vec<(String, f64)>,
+    pub mode: TableMode,
+    /// Weights that depend on another table's category (`[tables.NAME.by.OTHER."value"]`).
+    pub by: Option<Condition>,
+}
+
+impl Table {
+    /// A table drawn at random by its weights, as most are.
+    pub fn weighted(name: &str, categories: Vec<(String, f64)>) -> Table {
+        Table {
+            name: name.to_string(),
+            categories,
+            mode: TableMode::Weighted,
+            by: None,
+        }
+    }
+}
+
+/// How a table gives its categories to tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableMode {
+    /// An independent weighted draw per ticket.
+    Weighted,
+    /// In proportion to the weights, ticket after ticket; per language when `within_language`.
+    Exact { within_language: bool },
+}
+
+/// A table's weights by another table's category.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// The table whose category decides.
+    pub parent: String,
+    /// Per category of the parent (in its order): this table's weights, in category order. A
+    /// parent category the config gives no row has the table's own weights.
+    pub weights: Vec<Vec<f64>>,
 }
 
 /// Everything drawn for one ticket.
@@ -42,32 +83,72 @@ pub struct TicketSample {
     pub sample_seed: u64,
 }
 
+/// How one table is drawn.
+#[derive(Debug, Clone)]
+struct TableDraw {
+    values: Vec<String>,
+    weights: Vec<f64>,
+    picker: WeightedIndex,
+    mode: TableMode,
+    /// The parent table's position, and per parent category the weights and their picker.
+    by: Option<(usize, Vec<ConditionRow>)>,
+}
+
+/// The weights of a table under one category of its parent, and their picker.
+type ConditionRow = (Vec<f64>, WeightedIndex);
+
 /// Draws ticket samples for one dataset.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     seed: u64,
     languages: WeightedIndex,
     language_values: Vec<Language>,
-    tables: Vec<(WeightedIndex, Vec<String>)>,
+    tables: Vec<TableDraw>,
+    /// Tables in drawing order: a table after the table its weights depend on.
+    order: Vec<usize>,
     ids: IdPermutation,
+    /// The counts of the exact tables, shared by clones; `None` without exact tables.
+    exact: Option<Arc<Mutex<ExactCursor>>>,
 }
 
 impl Sampler {
+    /// A sampler for `tables`; the config has checked that every `by` names an earlier-drawable
+    /// table (no cycle), so `order` holds every table once.
     pub fn new(seed: u64, languages: &[(Language, f64)], tables: &[Table]) -> Sampler {
+        let draws: Vec<TableDraw> = tables
+            .iter()
+            .map(|t| {
+                let weights: Vec<f64> = t.categories.iter().map(|(_, w)| *w).collect();
+                let by = t.by.as_ref().and_then(|condition| {
+                    let parent = tables.iter().position(|p| p.name == condition.parent)?;
+                    let rows = condition
+                        .weights
+                        .iter()
+                        .map(|w| (w.clone(), WeightedIndex::new(w.iter().copied())))
+                        .collect();
+                    Some((parent, rows))
+                });
+                TableDraw {
+                    values: t.categories.iter().map(|(c, _)| c.clone()).collect(),
+                    picker: WeightedIndex::new(weights.iter().copied()),
+                    weights,
+                    mode: t.mode,
+                    by,
+                }
+            })
+            .collect();
+        let exact = draws
+            .iter()
+            .any(|d| d.mode != TableMode::Weighted)
+            .then(|| Arc::new(Mutex::new(ExactCursor::default())));
         Sampler {
             seed,
             languages: WeightedIndex::new(languages.iter().map(|(_, w)| *w)),
             language_values: languages.iter().map(|(l, _)| *l).collect(),
-            tables: tables
-                .iter()
-                .map(|t| {
-                    (
-                        WeightedIndex::new(t.categories.iter().map(|(_, w)| *w)),
-                        t.categories.iter().map(|(c, _)| c.clone()).collect(),
-                    )
-                })
-                .collect(),
+            order: drawing_order(&draws),
+            tables: draws,
             ids: IdPermutation::new(seed),
+            exact,
         }
     }
 
@@ -84,21 +165,96 @@ impl Sampler {
     }
 
     pub fn sample(&self, index: u64) -> TicketSample {
+        let Some(exact) = &self.exact else {
+            return self.draw(index, &mut ExactCounts::default());
+        };
+        // Only whole steps are taken under the lock: a panicking holder leaves usable counts.
+        let mut cursor = exact.lock().unwrap_or_else(PoisonError::into_inner);
+        if index < cursor.next {
+            // Behind the cursor: walk from the checkpoint before it on a copy.
+            let (mut at, mut counts) = cursor.checkpoint_before(index);
+            drop(cursor);
+            while at < index {
+                self.draw(at, &mut counts);
+                at += 1;
+            }
+            return self.draw(index, &mut counts);
+        }
+        // At or ahead of the cursor (`index >= cursor.next`): walk it forward to `index`.
+        loop {
+            cursor.mark();
+            let at = cursor.next;
+            let sample = self.draw(at, &mut cursor.counts);
+            cursor.next += 1;
+            if at == index {
+                return sample;
+            }
+        }
+    }
+
+    /// Ticket `index`'s sample, counting its exact categories in `counts`.
+    fn draw(&self, index: u64, counts: &mut ExactCounts) -> TicketSample {
         let mut rng = ticket_rng(self.seed, index);
-        let language = self.language_values[self.languages.pick(&mut rng)];
-        let categories = self
-            .tables
-            .iter()
-            .map(|(weights, values)| values[weights.pick(&mut rng)].clone())
-            .collect();
+        let language_index = self.languages.pick(&mut rng);
+        let mut picked = vec![0usize; self.tables.len()];
+        for &t in &self.order {
+            let table = &self.tables[t];
+            // One draw a table whatever its mode, so a table's mode changes no other draw.
+            let unit = unit(&mut rng);
+            let (weights, picker, parent) = match &table.by {
+                Some((parent, rows)) => {
+                    let (w, p) = &rows[picked[*parent]];
+                    (w, p, picked[*parent] as u64 + 1)
+                }
+                None => (&table.weights, &table.picker, 0),
+            };
+            picked[t] = match table.mode {
+                TableMode::Weighted => picker.pick_at(unit),
+                TableMode::Exact { within_language } => {
+                    let language = if within_language {
+                        language_index as u64 + 1
+                    } else {
+                        0
+                    };
+                    counts.take(t, (language << 32) | parent, weights)
+                }
+            };
+        }
         TicketSample {
             index,
             ticket_id: self.ids.ticket_id(index),
-            language,
-            categories,
+            language: self.language_values[language_index],
+            categories: self
+                .tables
+                .iter()
+                .zip(&picked)
+                .map(|(table, &p)| table.values[p].clone())
+                .collect(),
             sample_seed: rng.next_u64(),
         }
     }
+}
+
+/// Tables in an order where each comes after the table its weights depend on; config order
+/// otherwise (the order of the draws of datasets without `by`).
+fn drawing_order(tables: &[TableDraw]) -> Vec<usize> {
+    let mut order = Vec::with_capacity(tables.len());
+    let mut placed = vec![false; tables.len()];
+    while order.len() < tables.len() {
+        let before = order.len();
+        for (t, table) in tables.iter().enumerate() {
+            let ready = table.by.as_ref().is_none_or(|(parent, _)| placed[*parent]);
+            if !placed[t] && ready {
+                placed[t] = true;
+                order.push(t);
+            }
+        }
+        if order.len() == before {
+            // A cycle (the config refuses them): draw the rest in config order.
+            order.extend((0..tables.len()).filter(|t| !placed[*t]));
+        }
+    }
+    order
 }
 
 fn ticket_rng(seed: u64, index: u64) -> ChaCha8Rng {
@@ -106,6 +262,11 @@ fn ticket_rng(seed: u64, index: u64) -> ChaCha8Rng {
     hasher.update(&seed.to_le_bytes());
     hasher.update(&index.to_le_bytes());
     ChaCha8Rng::from_seed(*hasher.finalize().as_bytes())
+}
+
+/// A uniform float in [0, 1) from 53 random bits, independent of the platform.
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Cumulative weights; picks by a uniform draw in [0, total).
@@ -127,9 +288,12 @@ impl WeightedIndex {
     }
 
     fn pick(&self, rng: &mut ChaCha8Rng) -> usize {
+        self.pick_at(unit(rng))
+    }
+
+    /// The category at `unit` (in [0, 1)) of the cumulative weights.
+    fn pick_at(&self, unit: f64) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
-        // 53 random bits give a uniform float in [0, 1), independent of the platform.
-        let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let target = unit * total;
         self.cumulative
             .iter()
@@ -215,14 +379,14 @@ mod tests {
     use std::collections::HashSet;
 
     fn sampler(seed: u64) -> Sampler {
-        let tables = vec![Table {
-            name: "type".into(),
-            categories: vec![
+        let tables = vec![Table::weighted(
+            "type",
+            vec![
                 ("Incident".into(), 4.0),
                 ("Request".into(), 3.0),
                 ("Change".into(), 1.0),
             ],
-        }];
+        )];
         let languages: Vec<(Language, f64)> = Language::ALL.iter().map(|l| (*l, 1.0)).collect();
         Sampler::new(seed, &languages, &tables)
     }
