@@ -205,6 +205,10 @@ pub(crate) fn sample_hash(config: &Config) -> String {
             }
         }
     }
+    // Samplers only when there are some, so the hashes of datasets without them stay.
+    for sampler in &config.samplers {
+        hasher.update(format!("{sampler:?}").as_bytes());
+    }
     hasher.finalize().to_hex().to_string()
 }
 

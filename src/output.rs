@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -23,7 +23,7 @@ use crate::cache::ArtifactSummary;
 use crate::config::{Config, Format, Source};
 use crate::graph::Graph;
 use crate::key::ArtifactKey;
-use crate::sampling::TicketSample;
+use crate::sampling::{TicketSample, ValueKind, Zone};
 use crate::value::{NodeOutput, OutputKind};
 
 /// Rows per Parquet row group; also the most rows held in memory by the writer.
@@ -88,6 +88,9 @@ pub(crate) enum Cell {
     Null,
     Str(String),
     List(Vec<String>),
+    /// A moment: its text (RFC 3339, for CSV and JSONL) and milliseconds since the epoch (for
+    /// Parquet's timestamp type).
+    Time(String, i64),
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +98,7 @@ enum ResolvedSource {
     TicketId,
     Language,
     Table(usize),
+    Sampler(usize),
     Node(usize),
     NodeField(usize, String),
 }
@@ -104,6 +108,9 @@ struct ResolvedColumn {
     name: String,
     sources: Vec<ResolvedSource>,
     is_list: bool,
+    /// The time zone of a column of moments (a `datetime` sampler), stored as a Parquet
+    /// timestamp in that zone.
+    time_zone: Option<String>,
 }
 
 /// Turns records into rows of cells, one per output column.
@@ -129,6 +136,9 @@ impl RowBuilder {
                             Source::Table(t) => ResolvedSource::Table(
                                 config.tables.iter().position(|x| &x.name == t)?,
                             ),
+                            Source::Sampler(v) => ResolvedSource::Sampler(
+                                config.samplers.iter().position(|x| &x.name == v)?,
+                            ),
                             Source::Node(n) => ResolvedSource::Node(node_index(n)?),
                             Source::NodeField(n, f) => {
                                 ResolvedSource::NodeField(node_index(n)?, f.clone())
@@ -138,10 +148,21 @@ impl RowBuilder {
                     .collect();
                 let is_list = matches!(sources.first(), Some(ResolvedSource::Node(i))
                     if matches!(graph.nodes[*i].config.output, OutputKind::List { .. }));
+                let time_zone = match sources.first() {
+                    Some(ResolvedSource::Sampler(i)) => match &config.samplers[*i].kind {
+                        ValueKind::DateTime { zone, .. } => Some(match zone {
+                            Zone::Utc => "UTC".to_string(),
+                            Zone::Named(tz) => tz.name().to_string(),
+                        }),
+                        _ => None,
+                    },
+                    _ => None,
+                };
                 ResolvedColumn {
                     name: column.name.clone(),
                     sources,
                     is_list,
+                    time_zone,
                 }
             })
             .collect();
@@ -189,6 +210,13 @@ fn cell_of(source: &ResolvedSource, record: &TicketRecord) -> Cell {
             .categories
             .get(*i)
             .map_or(Cell::Null, |c| Cell::Str(c.clone())),
+        ResolvedSource::Sampler(i) => match record.sample.values.get(*i) {
+            Some(value) => match value.unix_ms {
+                Some(ms) => Cell::Time(value.text.clone(), ms),
+                None => Cell::Str(value.text.clone()),
+            },
+            None => Cell::Null,
+        },
         ResolvedSource::Node(i) => match record.outputs.get(*i).and_then(Option::as_ref) {
             None => Cell::Null,
             Some(NodeOutput::Text(text)) => Cell::Str(text.clone()),
@@ -397,6 +425,11 @@ impl DatasetWriter {
                         .map(|c| {
                             let data_type = if c.is_list {
                                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+                            } else if let Some(zone) = &c.time_zone {
+                                DataType::Timestamp(
+                                    TimeUnit::Millisecond,
+                                    Some(zone.as_str().into()),
+                                )
                             } else {
                                 DataType::Utf8
                             };
@@ -431,7 +464,7 @@ impl DatasetWriter {
             let fields = cells.iter().map(|cell| {
                 let text = match cell {
                     Cell::Null => String::new(),
-                    Cell::Str(s) => s.clone(),
+                    Cell::Str(s) | Cell::Time(s, _) => s.clone(),
                     Cell::List(items) => items.join(","),
                 };
                 if escape { formula_escaped(text) } else { text }
@@ -449,7 +482,7 @@ impl DatasetWriter {
                 line.push(':');
                 let value = match cell {
                     Cell::Null => serde_json::Value::Null,
-                    Cell::Str(s) => serde_json::Value::String(s.clone()),
+                    Cell::Str(s) | Cell::Time(s, _) => serde_json::Value::String(s.clone()),
                     Cell::List(items) => items
                         .iter()
                         .cloned()
@@ -584,7 +617,7 @@ impl ParquetSink {
                             }
                             builder.append(true);
                         }
-                        Cell::Str(s) => {
+                        Cell::Str(s) | Cell::Time(s, _) => {
                             builder.values().append_value(s);
                             builder.append(true);
                         }
@@ -592,11 +625,19 @@ impl ParquetSink {
                     }
                 }
                 arrays.push(Arc::new(builder.finish()));
+            } else if let Some(zone) = &column.time_zone {
+                let moments = self.buffered.iter().map(|row| match &row[c] {
+                    Cell::Time(_, ms) => Some(*ms),
+                    _ => None,
+                });
+                let array =
+                    TimestampMillisecondArray::from_iter(moments).with_timezone(zone.as_str());
+                arrays.push(Arc::new(array));
             } else {
                 let mut builder = StringBuilder::new();
                 for row in &self.buffered {
                     match &row[c] {
-                        Cell::Str(s) => builder.append_value(s),
+                        Cell::Str(s) | Cell::Time(s, _) => builder.append_value(s),
                         Cell::List(items) => builder.append_value(items.join(",")),
                         Cell::Null => builder.append_null(),
                     }

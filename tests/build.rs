@@ -16,7 +16,7 @@ const NODES: [&str; 7] = [
     "translation",
     "first_response",
 ];
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 14] = [
     "ticket_id",
     "subject",
     "body",
@@ -27,6 +27,10 @@ const COLUMNS: [&str; 10] = [
     "tags",
     "first_response",
     "business_type",
+    "customer_name",
+    "agent_name",
+    "created_at",
+    "order_id",
 ];
 
 fn expected_language(code: &str) -> whatlang::Lang {

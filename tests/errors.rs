@@ -156,7 +156,7 @@ fn unknown_template_variable() {
     fails_with(
         &p,
         &[
-            "prompts/subject.jinja:4:26: unknown variable `topc` (did you mean `topic`?); templates see the tables, the nodes and `ticket_id`, `language`, `language_name`",
+            "prompts/subject.jinja:4:26: unknown variable `topc` (did you mean `topic`?); templates see the tables, the samplers, the nodes and `ticket_id`, `language`, `language_name`",
         ],
     );
 }
@@ -238,7 +238,7 @@ fn output_column_that_names_nothing() {
     fails_with(
         &p,
         &[
-            "dataset.toml:28:11: `output.columns.subject`: `subjetc` names no node, node field, table or built-in column (did you mean `subject`?)",
+            "dataset.toml:28:11: `output.columns.subject`: `subjetc` names no node, node field, table, sampler or built-in column (did you mean `subject`?)",
         ],
     );
 }

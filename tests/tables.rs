@@ -207,3 +207,54 @@ fn issue_14_tables_without_the_new_keys_draw_as_before() {
         ]
     );
 }
+
+#[test]
+fn issue_14_sampled_people_are_varied_and_every_value_is_deterministic() {
+    let p = Project::example();
+    let config = load(&p);
+    assert_eq!(config.samplers.len(), 4, "the example uses samplers");
+    let english = [(Language::En, 1.0)];
+    let sampler = Sampler::new(config.seed, &english, &config.tables).with_values(&config.samplers);
+    let names: Vec<String> = (0..1000)
+        .map(|i| sampler.sample(i).values[0].text.clone())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = names.iter().collect();
+    assert!(
+        distinct.len() >= 950,
+        "{} distinct customer names of 1,000",
+        distinct.len()
+    );
+    let again = Sampler::new(config.seed, &english, &config.tables).with_values(&config.samplers);
+    for i in [0, 1, 499, 999] {
+        assert_eq!(again.sample(i), sampler.sample(i));
+    }
+    // The values reach the prompts and the columns.
+    p.edit("dataset.toml", "rows = 200", "rows = 30");
+    p.build_json(&[]);
+    let rows = read_jsonl(&p.file("out/tickets.jsonl"));
+    let full =
+        Sampler::new(config.seed, &config.languages, &config.tables).with_values(&config.samplers);
+    for (i, row) in rows.iter().enumerate() {
+        let sample = full.sample(i as u64);
+        assert_eq!(row["customer_name"], sample.values[0].text.as_str());
+        let order = row["order_id"].as_str().unwrap();
+        assert!(order.len() == 10 && order.starts_with("ORD-"), "{order}");
+        let at = row["created_at"].as_str().unwrap();
+        assert!(
+            at.starts_with("2025-") || at.starts_with("2026-"),
+            "{at} is in the configured range"
+        );
+    }
+    let explained = p.run(&[
+        "explain",
+        rows[0]["ticket_id"].as_str().unwrap(),
+        "first_response",
+    ]);
+    assert!(
+        explained
+            .stdout
+            .contains(rows[0]["customer_name"].as_str().unwrap()),
+        "the reply's request names the customer: {}",
+        explained.stdout
+    );
+}

@@ -91,7 +91,8 @@ impl Checker<'_> {
         let models = self.models(&raw.models);
         let nodes = self.nodes(&raw.nodes, &models);
         self.check_names(&raw.tables, &raw.nodes);
-        let columns = self.columns(raw.output.as_ref(), &tables, &nodes);
+        let samplers = self.samplers(&raw.samplers, &tables, &nodes);
+        let columns = self.columns(raw.output.as_ref(), &tables, &nodes, &samplers);
         let quality = self.quality(raw.quality.as_ref(), &columns, &nodes);
         let csv_formula_escape = raw
             .output
@@ -136,6 +137,7 @@ impl Checker<'_> {
             formats,
             languages,
             tables,
+            samplers,
             models,
             nodes,
             columns,

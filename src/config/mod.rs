@@ -14,6 +14,7 @@ mod models;
 mod nodes;
 mod profile;
 mod raw;
+mod samplers;
 mod tables;
 mod toml_errors;
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub(crate) formats: Vec<Format>,
     pub languages: Vec<(Language, f64)>,
     pub tables: Vec<Table>,
+    /// `[samplers.NAME]`: per-ticket values, in the file's order.
+    pub samplers: Vec<crate::sampling::ValueSpec>,
     pub models: BTreeMap<String, ModelConfig>,
     pub(crate) nodes: Vec<NodeConfig>,
     pub(crate) columns: Vec<Column>,
@@ -153,6 +156,8 @@ pub(crate) enum Source {
     TicketId,
     Language,
     Table(String),
+    /// A `[samplers.NAME]` value.
+    Sampler(String),
     Node(String),
     NodeField(String, String),
 }
@@ -289,7 +294,7 @@ fields = ["subject", "body"]
                 "d.toml:19:5: `output.columns.a`: `topic.x`: `topic` is a text node; only json nodes have fields",
                 "d.toml:20:5: `output.columns.b`: `queue.x`: `queue` is a table; only json nodes have fields",
                 "d.toml:21:5: `output.columns.c`: `paraphrase.bdoy`: the json node `paraphrase` has no field `bdoy` (did you mean `body`?); its fields are `subject`, `body`",
-                "d.toml:22:5: `output.columns.d`: `nothing.x` names no node, node field, table or built-in column",
+                "d.toml:22:5: `output.columns.d`: `nothing.x` names no node, node field, table, sampler or built-in column",
             ]
         );
     }

@@ -16,7 +16,7 @@ use super::{
     BUILTIN_VARIABLES, Column, DEFAULT_COLUMNS, ModelConfig, NodeConfig, Source, is_identifier,
 };
 use crate::diag::{Diagnostic, suggestion};
-use crate::sampling::Table;
+use crate::sampling::{Table, ValueSpec};
 use crate::value::OutputKind;
 
 impl Checker<'_> {
@@ -242,8 +242,10 @@ impl Checker<'_> {
         output: Option<&Spanned<RawOutput>>,
         tables: &[Table],
         nodes: &[NodeConfig],
+        samplers: &[ValueSpec],
     ) -> Vec<Column> {
-        let resolve = |name: &str| -> Option<Source> { resolve_source(name, tables, nodes).ok() };
+        let resolve =
+            |name: &str| -> Option<Source> { resolve_source(name, tables, nodes, samplers).ok() };
         let Some(columns) = output.and_then(|o| o.get_ref().columns.as_ref()) else {
             // The default: the standard columns that resolve, then every other table.
             let mut out: Vec<Column> = DEFAULT_COLUMNS
@@ -260,6 +262,14 @@ impl Checker<'_> {
                     out.push(Column {
                         name: table.name.clone(),
                         sources: vec![Source::Table(table.name.clone())],
+                    });
+                }
+            }
+            for sampler in samplers {
+                if !out.iter().any(|c| c.name == sampler.name) {
+                    out.push(Column {
+                        name: sampler.name.clone(),
+                        sources: vec![Source::Sampler(sampler.name.clone())],
                     });
                 }
             }
@@ -285,7 +295,7 @@ impl Checker<'_> {
             };
             let mut sources = Vec::new();
             for source_name in names {
-                match resolve_source(&source_name, tables, nodes) {
+                match resolve_source(&source_name, tables, nodes, samplers) {
                     Ok(source) => sources.push(source),
                     Err(message) => self.error(value.span(), key.clone(), message),
                 }
@@ -302,7 +312,12 @@ impl Checker<'_> {
 }
 
 /// What an output column's source name refers to, or why it refers to nothing.
-fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<Source, String> {
+fn resolve_source(
+    name: &str,
+    tables: &[Table],
+    nodes: &[NodeConfig],
+    samplers: &[ValueSpec],
+) -> Result<Source, String> {
     match name {
         "ticket_id" => return Ok(Source::TicketId),
         "language" => return Ok(Source::Language),
@@ -341,9 +356,12 @@ fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<
         return Ok(Source::Table(name.to_string()));
     } else if nodes.iter().any(|n| n.name == name) {
         return Ok(Source::Node(name.to_string()));
+    } else if samplers.iter().any(|v| v.name == name) {
+        return Ok(Source::Sampler(name.to_string()));
     }
     let mut known: Vec<String> = vec!["ticket_id".into(), "language".into()];
     known.extend(tables.iter().map(|t| t.name.clone()));
+    known.extend(samplers.iter().map(|v| v.name.clone()));
     for node in nodes {
         known.push(node.name.clone());
         if let OutputKind::Json { fields } = &node.output {
@@ -352,6 +370,6 @@ fn resolve_source(name: &str, tables: &[Table], nodes: &[NodeConfig]) -> Result<
     }
     let hint = suggestion(name, known.iter().map(String::as_str));
     Err(format!(
-        "`{name}` names no node, node field, table or built-in column{hint}"
+        "`{name}` names no node, node field, table, sampler or built-in column{hint}"
     ))
 }

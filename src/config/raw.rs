@@ -28,6 +28,22 @@ pub(super) struct RawFile {
     pub(super) profile: OrderedMap<Spanned<RawProfile>>,
     pub(super) cost: Option<Spanned<RawCost>>,
     pub(super) quality: Option<Spanned<RawQuality>>,
+    #[serde(default)]
+    pub(super) samplers: OrderedMap<Spanned<RawSampler>>,
+}
+
+/// A `[samplers.NAME]` table as written; which keys apply depends on `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSampler {
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) from: Option<Spanned<toml::Value>>,
+    pub(super) to: Option<Spanned<toml::Value>>,
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) min: Option<Spanned<i64>>,
+    pub(super) max: Option<Spanned<i64>>,
+    pub(super) format: Option<Spanned<String>>,
+    pub(super) values: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -129,7 +129,7 @@ impl Deduplicator {
             .iter()
             .map(|&column| match self.rows.cell(column, &record) {
                 Cell::Null => None,
-                Cell::Str(text) => Some(text),
+                Cell::Str(text) | Cell::Time(text, _) => Some(text),
                 Cell::List(items) => Some(items.join(", ")),
             })
             .collect()

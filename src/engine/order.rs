@@ -399,7 +399,8 @@ unique = ["topic"]
 
     async fn build(dir: &std::path::Path, out: &str, slow: &[u64]) -> BuildReport {
         let (config, graph) = project(dir, out);
-        let sampler = Sampler::new(config.seed, &config.languages, &config.tables);
+        let sampler = Sampler::new(config.seed, &config.languages, &config.tables)
+            .with_values(&config.samplers);
         let provider: Arc<dyn Provider> = Arc::new(SlowFor {
             inner: OfflineProvider::new(0),
             slow: slow

@@ -114,7 +114,8 @@ pub(crate) struct TicketContext {
 }
 
 impl TicketContext {
-    /// The variables every template sees before any node runs: built-ins and table categories.
+    /// The variables every template sees before any node runs: built-ins, table categories and
+    /// sampled values.
     pub(crate) fn new(config: &Config, sample: &TicketSample) -> TicketContext {
         let mut context = TicketContext {
             template: BTreeMap::new(),
@@ -130,6 +131,9 @@ impl TicketContext {
         }
         for (table, category) in config.tables.iter().zip(&sample.categories) {
             context.set_text(&table.name, category.clone());
+        }
+        for (sampler, value) in config.samplers.iter().zip(&sample.values) {
+            context.set_text(&sampler.name, value.text.clone());
         }
         context
     }

@@ -40,6 +40,7 @@ impl Scope<'_> {
     pub(super) fn of(config: &Config) -> Scope<'_> {
         let mut known: BTreeSet<String> = BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect();
         known.extend(config.tables.iter().map(|t| t.name.clone()));
+        known.extend(config.samplers.iter().map(|v| v.name.clone()));
         known.extend(config.nodes.iter().map(|n| n.name.clone()));
         let json_fields = config
             .nodes
@@ -112,7 +113,7 @@ pub(super) fn compile_node(
                     part,
                     span,
                     format!(
-                        "unknown variable `{variable}`{hint}; templates see the tables, the nodes and {}",
+                        "unknown variable `{variable}`{hint}; templates see the tables, the samplers, the nodes and {}",
                         crate::diag::backticked(BUILTIN_VARIABLES)
                     ),
                 ));

@@ -14,6 +14,7 @@ use super::{ColumnKind, column_kinds};
 use crate::config::{Config, Format};
 use crate::engine::BuildReport;
 use crate::graph::Graph;
+use crate::sampling::{ValueKind, Zone};
 
 /// The card's file name in the output folder.
 pub(crate) const CARD_FILE: &str = "README.md";
@@ -50,6 +51,21 @@ fn data_file(config: &Config) -> Option<(String, Format)> {
         .into_iter()
         .find(|f| config.formats.contains(f))
         .map(|f| (format!("{}.{}", config.name, f.extension()), f))
+}
+
+/// The time zone of a column of moments (a `datetime` sampler), as Parquet stores it.
+fn time_zone(config: &Config, column: &str) -> Option<String> {
+    let column = config.columns.iter().find(|c| c.name == column)?;
+    let Some(crate::config::Source::Sampler(name)) = column.sources.first() else {
+        return None;
+    };
+    match &config.samplers.iter().find(|s| &s.name == name)?.kind {
+        ValueKind::DateTime { zone, .. } => Some(match zone {
+            Zone::Utc => "UTC".to_string(),
+            Zone::Named(tz) => tz.name().to_string(),
+        }),
+        _ => None,
+    }
 }
 
 /// The card of a build of `config` that wrote `report.written` rows.
@@ -95,10 +111,16 @@ fn front_matter(card: &mut String, config: &Config, graph: &Graph, report: &Buil
     card.push_str("dataset_info:\n  features:\n");
     for (name, kind) in &kinds {
         let _ = writeln!(card, "  - name: {}", quoted(name));
-        if *kind == ColumnKind::List {
-            card.push_str("    sequence: string\n");
-        } else {
-            card.push_str("    dtype: string\n");
+        match (kind, time_zone(config, name)) {
+            (ColumnKind::List, _) => card.push_str("    sequence: string\n"),
+            (_, Some(zone)) => {
+                let _ = writeln!(
+                    card,
+                    "    dtype: {}",
+                    quoted(&format!("timestamp[ms, tz={zone}]"))
+                );
+            }
+            _ => card.push_str("    dtype: string\n"),
         }
     }
     let _ = writeln!(
@@ -170,6 +192,7 @@ fn body(card: &mut String, config: &Config, graph: &Graph, report: &BuildReport)
             ColumnKind::Table(_) => "a class drawn from its weighted table",
             ColumnKind::Text => "text written by a model",
             ColumnKind::List => "a list of strings written by a model",
+            ColumnKind::Value => "a value drawn per ticket by a sampler",
         };
         let _ = writeln!(card, "- `{name}`: {what}");
     }

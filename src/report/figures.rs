@@ -126,7 +126,7 @@ impl Figures {
                     items: 0,
                     counts: HashMap::new(),
                 }),
-                ColumnKind::TicketId | ColumnKind::Language => {}
+                ColumnKind::TicketId | ColumnKind::Language | ColumnKind::Value => {}
             }
         }
         let spread = tables

@@ -66,6 +66,8 @@ pub(crate) enum ColumnKind {
     Text,
     /// A list written by a `list` node.
     List,
+    /// A sampler's value (`[samplers.NAME]`).
+    Value,
 }
 
 impl ColumnKind {
@@ -76,6 +78,7 @@ impl ColumnKind {
             ColumnKind::Table(_) => "class",
             ColumnKind::Text => "text",
             ColumnKind::List => "list",
+            ColumnKind::Value => "sampled",
         }
     }
 }
@@ -99,6 +102,7 @@ pub(crate) fn column_kinds(config: &Config, graph: &Graph) -> Vec<(String, Colum
                     _ => ColumnKind::Text,
                 },
                 Some(Source::NodeField(..)) | None => ColumnKind::Text,
+                Some(Source::Sampler(_)) => ColumnKind::Value,
             };
             (column.name.clone(), kind)
         })

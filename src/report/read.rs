@@ -10,11 +10,12 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, ListArray, RecordBatch, StringArray};
+use arrow_array::{Array, ListArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::ReportError;
 use crate::config::{Config, Format};
+use crate::sampling::{Zone, format_moment};
 
 /// Rows per Parquet batch read.
 const BATCH_ROWS: usize = 1024;
@@ -169,6 +170,15 @@ fn parquet_cell(array: &dyn Array, row: usize) -> Cell {
     }
     if let Some(strings) = array.as_any().downcast_ref::<StringArray>() {
         return Cell::Text(strings.value(row).to_string());
+    }
+    if let Some(moments) = array.as_any().downcast_ref::<TimestampMillisecondArray>() {
+        // As the text files write it: RFC 3339 in the column's zone.
+        let zone = moments
+            .timezone()
+            .filter(|name| *name != "UTC")
+            .and_then(|name| name.parse::<chrono_tz::Tz>().ok())
+            .map_or(Zone::Utc, Zone::Named);
+        return Cell::Text(format_moment(moments.value(row).div_euclid(1000), zone));
     }
     if let Some(lists) = array.as_any().downcast_ref::<ListArray>() {
         let items = lists.value(row);

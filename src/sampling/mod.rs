@@ -11,6 +11,7 @@
 //! function changes every dataset, so it is versioned by `SAMPLE_CONTEXT`.
 
 mod quota;
+mod values;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,6 +20,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::language::Language;
 use quota::{ExactCounts, ExactCursor};
+pub use values::{SampledValue, ValueKind, ValueSpec, Zone, format_moment};
 
 /// Domain separation for the per-ticket random stream. Bump the version to change the sampler.
 const SAMPLE_CONTEXT: &str = "ticketbuild 2026-11-25 ticket sample v1";
@@ -81,6 +83,8 @@ pub struct TicketSample {
     /// Enters every artifact key of this ticket, so two tickets with identical prompts still get
     /// their own responses (a model at temperature > 0 would answer them differently).
     pub sample_seed: u64,
+    /// One value per sampler (`[samplers.NAME]`), in the config's order.
+    pub values: Vec<SampledValue>,
 }
 
 /// How one table is drawn.
@@ -109,6 +113,8 @@ pub struct Sampler {
     ids: IdPermutation,
     /// The counts of the exact tables, shared by clones; `None` without exact tables.
     exact: Option<Arc<Mutex<ExactCursor>>>,
+    /// The samplers, in the config's order.
+    values: Vec<ValueSpec>,
 }
 
 impl Sampler {
@@ -149,7 +155,14 @@ impl Sampler {
             tables: draws,
             ids: IdPermutation::new(seed),
             exact,
+            values: Vec::new(),
         }
+    }
+
+    /// The same sampler, also drawing the values of `samplers` for every ticket.
+    pub fn with_values(mut self, samplers: &[ValueSpec]) -> Sampler {
+        self.values = samplers.to_vec();
+        self
     }
 
     /// The index of the ticket with `ticket_id`, if this dataset has one below `rows`.
@@ -220,10 +233,11 @@ impl Sampler {
                 }
             };
         }
+        let language = self.language_values[language_index];
         TicketSample {
             index,
             ticket_id: self.ids.ticket_id(index),
-            language: self.language_values[language_index],
+            language,
             categories: self
                 .tables
                 .iter()
@@ -231,6 +245,11 @@ impl Sampler {
                 .map(|(table, &p)| table.values[p].clone())
                 .collect(),
             sample_seed: rng.next_u64(),
+            values: self
+                .values
+                .iter()
+                .map(|spec| values::sample_value(self.seed, index, language, spec))
+                .collect(),
         }
     }
 }

@@ -12,7 +12,8 @@ import polars as pl
 out, name, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 base = f"{out}/{name}"
 columns = ["ticket_id", "subject", "body", "language", "type", "queue", "priority", "tags",
-           "first_response", "business_type"]
+           "first_response", "business_type", "customer_name", "agent_name", "created_at",
+           "order_id"]
 
 frames = {
     "pandas parquet": pd.read_parquet(f"{base}.parquet"),
@@ -37,4 +38,15 @@ for label, frame in frames.items():
     tags = [list(t) if not isinstance(t, str) else t.split(",") for t in frame["tags"]]
     if tags != [list(t) for t in reference["tags"]]:
         sys.exit(f"{label}: tags differ from the Parquet file")
+# created_at is a timestamp (with its time zone) in Parquet, RFC 3339 text elsewhere: the same
+# moments either way.
+moments = pd.to_datetime(reference["created_at"], utc=True)
+if not str(reference["created_at"].dtype).startswith("datetime64[ms, Europe/Berlin]"):
+    sys.exit(f"pandas parquet: created_at is {reference['created_at'].dtype}, not a timestamp")
+kind = duckdb.sql(f"select typeof(created_at) from '{base}.parquet' limit 1").fetchall()[0][0]
+if kind != "TIMESTAMP WITH TIME ZONE":
+    sys.exit(f"duckdb parquet: created_at is {kind}")
+for label, frame in frames.items():
+    if list(pd.to_datetime(frame["created_at"], utc=True)) != list(moments):
+        sys.exit(f"{label}: created_at differs from the Parquet file")
 print(json.dumps({"ok": sorted(frames)}))
