@@ -23,6 +23,7 @@ pub mod cost;
 mod diag;
 pub mod engine;
 pub mod graph;
+pub mod input;
 pub mod key;
 pub mod language;
 mod manifest;

@@ -229,6 +229,9 @@ pub(crate) fn inputs_hash(config: &Config, graph: &Graph) -> String {
         field(node.name.as_bytes());
         field(node.template_hash.as_bytes());
     }
+    if let Some(input) = &config.input {
+        field(input.rows.content_hash().as_bytes());
+    }
     hasher.finalize().to_hex().to_string()
 }
 

@@ -99,6 +99,7 @@ enum ResolvedSource {
     Language,
     Table(usize),
     Sampler(usize),
+    Input(usize),
     Node(usize),
     NodeField(usize, String),
 }
@@ -138,6 +139,15 @@ impl RowBuilder {
                             ),
                             Source::Sampler(v) => ResolvedSource::Sampler(
                                 config.samplers.iter().position(|x| &x.name == v)?,
+                            ),
+                            Source::Input(c) => ResolvedSource::Input(
+                                config
+                                    .input
+                                    .as_ref()?
+                                    .rows
+                                    .columns()
+                                    .iter()
+                                    .position(|x| x == c)?,
                             ),
                             Source::Node(n) => ResolvedSource::Node(node_index(n)?),
                             Source::NodeField(n, f) => {
@@ -215,6 +225,10 @@ fn cell_of(source: &ResolvedSource, record: &TicketRecord) -> Cell {
                 Some(ms) => Cell::Time(value.text.clone(), ms),
                 None => Cell::Str(value.text.clone()),
             },
+            None => Cell::Null,
+        },
+        ResolvedSource::Input(i) => match &record.sample.input {
+            Some((_, cells)) => cells.get(*i).map_or(Cell::Null, |c| Cell::Str(c.clone())),
             None => Cell::Null,
         },
         ResolvedSource::Node(i) => match record.outputs.get(*i).and_then(Option::as_ref) {

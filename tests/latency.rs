@@ -3,13 +3,14 @@
 //! files not a byte.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::mock_llm::{Delay, MockConfig, MockServer};
-use crate::support::{Project, Run, read_jsonl};
+use crate::support::{Project, build_measuring_memory, read_jsonl};
+
+const BUILD: &[&str] = &["build", "--json", "--no-progress"];
 
 const TICKETS: u64 = 5_000;
 
@@ -70,42 +71,6 @@ prompt = "prompts/body.jinja"
         "Write the email body of ticket {{ ticket_id }} about \"{{ subject }}\" ({{ topic }}).",
     );
     p
-}
-
-/// Runs `build --json` and follows the process's peak resident memory (`VmHWM`) while it runs.
-fn build_measuring_memory(p: &Project) -> (Run, u64) {
-    let child = p
-        .command(&["build", "--json", "--no-progress"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ticketbuild");
-    let status = format!("/proc/{}/status", child.id());
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut peak_kb = 0;
-            while !done.load(Ordering::Acquire) {
-                if let Some(kb) = std::fs::read_to_string(&status)
-                    .ok()
-                    .and_then(|s| vm_hwm(&s))
-                {
-                    peak_kb = peak_kb.max(kb);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak_kb
-        })
-    };
-    let output = child.wait_with_output().expect("wait for ticketbuild");
-    done.store(true, Ordering::Release);
-    (Run::from(output), watcher.join().unwrap())
-}
-
-fn vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Every file of an output folder by name; the lineage file as its rows without the time each
@@ -182,7 +147,7 @@ fn issue_19_a_hung_call_holds_up_no_other_ticket_nor_memory_nor_a_byte() {
 
     let steady = project(&mock, 60);
     let started = Instant::now();
-    let (run, steady_peak_kb) = build_measuring_memory(&steady);
+    let (run, steady_peak_kb) = build_measuring_memory(&steady, BUILD);
     let steady_wall = started.elapsed();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let steady_requests = mock.log().len();
@@ -195,7 +160,7 @@ fn issue_19_a_hung_call_holds_up_no_other_ticket_nor_memory_nor_a_byte() {
     *hang.marker.lock().unwrap() = Some(format!("email body of ticket {ticket_id} "));
     *hang.length.lock().unwrap() = deadline * 4;
     let stuck = project(&mock, deadline.as_secs() + 1);
-    let (run, stuck_peak_kb) = build_measuring_memory(&stuck);
+    let (run, stuck_peak_kb) = build_measuring_memory(&stuck, BUILD);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(summary["written"], TICKETS);

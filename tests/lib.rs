@@ -14,6 +14,7 @@ mod errors;
 mod fuzz;
 mod http;
 mod incremental;
+mod input;
 mod interop;
 mod latency;
 mod pipes;

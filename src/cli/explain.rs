@@ -14,8 +14,7 @@ use crate::value::NodeOutput;
 
 pub(super) fn run(args: ExplainArgs) -> Result<Outcome, CliError> {
     let (config, graph) = load(&args.project)?;
-    let sampler = crate::sampling::Sampler::new(config.seed, &config.languages, &config.tables)
-        .with_values(&config.samplers);
+    let sampler = config.sampler();
     let Some(index) = sampler.index_of(args.ticket_id, config.rows) else {
         return Err(Diagnostic::file(
             &config.path,

@@ -92,28 +92,30 @@ impl Checker<'_> {
         let nodes = self.nodes(&raw.nodes, &models);
         self.check_names(&raw.tables, &raw.nodes);
         let samplers = self.samplers(&raw.samplers, &tables, &nodes);
-        let columns = self.columns(raw.output.as_ref(), &tables, &nodes, &samplers);
+        let input = self.input(raw.input.as_ref(), &root, (&tables, &nodes, &samplers));
+        let rows_given = overrides.rows.is_some() || dataset.rows.is_some();
+        let rows = self.input_rows(rows, rows_given, input.as_ref(), dataset.rows.as_ref());
+        let input_columns: Vec<String> = input
+            .as_ref()
+            .map(|i| i.rows.columns().to_vec())
+            .unwrap_or_default();
+        let columns = self.columns(
+            raw.output.as_ref(),
+            &tables,
+            &nodes,
+            &samplers,
+            &input_columns,
+        );
         let quality = self.quality(raw.quality.as_ref(), &columns, &nodes);
-        let csv_formula_escape = raw
-            .output
-            .as_ref()
-            .and_then(|o| o.get_ref().csv_formula_escape)
-            .unwrap_or(false);
-        let lineage = raw
-            .output
-            .as_ref()
-            .and_then(|o| o.get_ref().lineage)
-            .unwrap_or(false);
-        let report = raw
-            .output
-            .as_ref()
-            .and_then(|o| o.get_ref().report)
-            .unwrap_or(false);
-        let card = raw
-            .output
-            .as_ref()
-            .and_then(|o| o.get_ref().card)
-            .unwrap_or(true);
+        // `[output]` switches, each with its default.
+        let output = raw.output.as_ref().map(|o| o.get_ref());
+        let switch = |get: fn(&super::raw::RawOutput) -> Option<bool>, default: bool| {
+            output.and_then(get).unwrap_or(default)
+        };
+        let csv_formula_escape = switch(|o| o.csv_formula_escape, false);
+        let lineage = switch(|o| o.lineage, false);
+        let report = switch(|o| o.report, false);
+        let card = switch(|o| o.card, true);
         let license = self.license(dataset.license.as_ref());
 
         let cost = self.cost(raw.cost.as_ref());
@@ -138,6 +140,7 @@ impl Checker<'_> {
             languages,
             tables,
             samplers,
+            input,
             models,
             nodes,
             columns,

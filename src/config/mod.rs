@@ -10,6 +10,7 @@
 
 mod check;
 mod checks;
+mod input;
 mod models;
 mod nodes;
 mod profile;
@@ -64,6 +65,8 @@ pub struct Config {
     pub tables: Vec<Table>,
     /// `[samplers.NAME]`: per-ticket values, in the file's order.
     pub samplers: Vec<crate::sampling::ValueSpec>,
+    /// `[input]`: the user's rows, checked and indexed.
+    pub input: Option<InputConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     pub(crate) nodes: Vec<NodeConfig>,
     pub(crate) columns: Vec<Column>,
@@ -85,6 +88,27 @@ pub struct Config {
     pub(crate) cost: CostConfig,
     /// Columns that must not repeat across tickets (`[quality]`).
     pub(crate) quality: Option<QualityConfig>,
+}
+
+impl Config {
+    /// The sampler of this dataset: languages, tables, samplers and input rows.
+    pub fn sampler(&self) -> crate::sampling::Sampler {
+        let sampler = crate::sampling::Sampler::new(self.seed, &self.languages, &self.tables)
+            .with_values(&self.samplers);
+        match &self.input {
+            Some(input) => sampler.with_input(std::sync::Arc::clone(&input.rows), input.mode),
+            None => sampler,
+        }
+    }
+}
+
+/// `[input]`: the rows and how tickets take them.
+#[derive(Debug, Clone)]
+pub struct InputConfig {
+    pub rows: std::sync::Arc<crate::input::InputRows>,
+    pub mode: crate::sampling::InputMode,
+    /// The path as written, for messages.
+    pub(crate) display: String,
 }
 
 /// `[cost]`: limits in USD, currencies to show, and price and rate overrides.
@@ -158,6 +182,8 @@ pub(crate) enum Source {
     Table(String),
     /// A `[samplers.NAME]` value.
     Sampler(String),
+    /// A column of the `[input]` file.
+    Input(String),
     Node(String),
     NodeField(String, String),
 }

@@ -243,9 +243,11 @@ impl Checker<'_> {
         tables: &[Table],
         nodes: &[NodeConfig],
         samplers: &[ValueSpec],
+        input: &[String],
     ) -> Vec<Column> {
-        let resolve =
-            |name: &str| -> Option<Source> { resolve_source(name, tables, nodes, samplers).ok() };
+        let resolve = |name: &str| -> Option<Source> {
+            resolve_source(name, tables, nodes, samplers, input).ok()
+        };
         let Some(columns) = output.and_then(|o| o.get_ref().columns.as_ref()) else {
             // The default: the standard columns that resolve, then every other table.
             let mut out: Vec<Column> = DEFAULT_COLUMNS
@@ -273,6 +275,14 @@ impl Checker<'_> {
                     });
                 }
             }
+            for column in input {
+                if !out.iter().any(|c| &c.name == column) {
+                    out.push(Column {
+                        name: column.clone(),
+                        sources: vec![Source::Input(column.clone())],
+                    });
+                }
+            }
             return out;
         };
         let mut out = Vec::new();
@@ -295,7 +305,7 @@ impl Checker<'_> {
             };
             let mut sources = Vec::new();
             for source_name in names {
-                match resolve_source(&source_name, tables, nodes, samplers) {
+                match resolve_source(&source_name, tables, nodes, samplers, input) {
                     Ok(source) => sources.push(source),
                     Err(message) => self.error(value.span(), key.clone(), message),
                 }
@@ -317,6 +327,7 @@ fn resolve_source(
     tables: &[Table],
     nodes: &[NodeConfig],
     samplers: &[ValueSpec],
+    input: &[String],
 ) -> Result<Source, String> {
     match name {
         "ticket_id" => return Ok(Source::TicketId),
@@ -358,10 +369,13 @@ fn resolve_source(
         return Ok(Source::Node(name.to_string()));
     } else if samplers.iter().any(|v| v.name == name) {
         return Ok(Source::Sampler(name.to_string()));
+    } else if input.iter().any(|c| c == name) {
+        return Ok(Source::Input(name.to_string()));
     }
     let mut known: Vec<String> = vec!["ticket_id".into(), "language".into()];
     known.extend(tables.iter().map(|t| t.name.clone()));
     known.extend(samplers.iter().map(|v| v.name.clone()));
+    known.extend(input.iter().cloned());
     for node in nodes {
         known.push(node.name.clone());
         if let OutputKind::Json { fields } = &node.output {

@@ -30,6 +30,16 @@ pub(super) struct RawFile {
     pub(super) quality: Option<Spanned<RawQuality>>,
     #[serde(default)]
     pub(super) samplers: OrderedMap<Spanned<RawSampler>>,
+    pub(super) input: Option<Spanned<RawInput>>,
+}
+
+/// `[input]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInput {
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) replace: Option<Spanned<bool>>,
 }
 
 /// A `[samplers.NAME]` table as written; which keys apply depends on `kind`.

@@ -150,8 +150,7 @@ impl Engine {
         providers: Vec<Arc<dyn Provider>>,
         options: BuildOptions,
     ) -> Engine {
-        let sampler = Sampler::new(config.seed, &config.languages, &config.tables)
-            .with_values(&config.samplers);
+        let sampler = config.sampler();
         let commit = GroupCommit::new(Arc::clone(&store), options.durable);
         let prices = graph
             .nodes

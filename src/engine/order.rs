@@ -330,7 +330,6 @@ mod tests {
     use crate::graph::Graph;
     use crate::provider::offline::OfflineProvider;
     use crate::provider::{CallFuture, Provider, Request};
-    use crate::sampling::Sampler;
 
     /// The offline model, but slow for the calls of chosen tickets.
     struct SlowFor {
@@ -399,8 +398,7 @@ unique = ["topic"]
 
     async fn build(dir: &std::path::Path, out: &str, slow: &[u64]) -> BuildReport {
         let (config, graph) = project(dir, out);
-        let sampler = Sampler::new(config.seed, &config.languages, &config.tables)
-            .with_values(&config.samplers);
+        let sampler = config.sampler();
         let provider: Arc<dyn Provider> = Arc::new(SlowFor {
             inner: OfflineProvider::new(0),
             slow: slow

@@ -135,6 +135,11 @@ impl TicketContext {
         for (sampler, value) in config.samplers.iter().zip(&sample.values) {
             context.set_text(&sampler.name, value.text.clone());
         }
+        if let (Some(input), Some((_, cells))) = (&config.input, &sample.input) {
+            for (column, value) in input.rows.columns().iter().zip(cells) {
+                context.set_text(column, value.clone());
+            }
+        }
         context
     }
 

@@ -41,6 +41,9 @@ impl Scope<'_> {
         let mut known: BTreeSet<String> = BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect();
         known.extend(config.tables.iter().map(|t| t.name.clone()));
         known.extend(config.samplers.iter().map(|v| v.name.clone()));
+        if let Some(input) = &config.input {
+            known.extend(input.rows.columns().iter().cloned());
+        }
         known.extend(config.nodes.iter().map(|n| n.name.clone()));
         let json_fields = config
             .nodes

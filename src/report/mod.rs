@@ -102,7 +102,7 @@ pub(crate) fn column_kinds(config: &Config, graph: &Graph) -> Vec<(String, Colum
                     _ => ColumnKind::Text,
                 },
                 Some(Source::NodeField(..)) | None => ColumnKind::Text,
-                Some(Source::Sampler(_)) => ColumnKind::Value,
+                Some(Source::Sampler(_) | Source::Input(_)) => ColumnKind::Value,
             };
             (column.name.clone(), kind)
         })

@@ -85,6 +85,17 @@ pub struct TicketSample {
     pub sample_seed: u64,
     /// One value per sampler (`[samplers.NAME]`), in the config's order.
     pub values: Vec<SampledValue>,
+    /// The `[input]` row this ticket starts from: its number and values (one per column).
+    pub input: Option<(u64, Vec<String>)>,
+}
+
+/// How tickets take `[input]` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMode {
+    /// Ticket `i` is row `i`.
+    Each,
+    /// Each ticket draws a row, with repeats when `replace`, else each row at most once.
+    Draw { replace: bool },
 }
 
 /// How one table is drawn.
@@ -115,6 +126,8 @@ pub struct Sampler {
     exact: Option<Arc<Mutex<ExactCursor>>>,
     /// The samplers, in the config's order.
     values: Vec<ValueSpec>,
+    /// The `[input]` rows, and how tickets take them.
+    input: Option<(Arc<crate::input::InputRows>, InputMode)>,
 }
 
 impl Sampler {
@@ -156,7 +169,36 @@ impl Sampler {
             ids: IdPermutation::new(seed),
             exact,
             values: Vec::new(),
+            input: None,
         }
+    }
+
+    /// The same sampler, giving each ticket an `[input]` row.
+    pub fn with_input(mut self, rows: Arc<crate::input::InputRows>, mode: InputMode) -> Sampler {
+        self.input = Some((rows, mode));
+        self
+    }
+
+    /// The input row of ticket `index` and its values; an unreadable row (the file changed
+    /// since it was checked) gives empty values, and the build's inputs hash has changed too.
+    fn input_row(&self, index: u64, rng: &mut ChaCha8Rng) -> Option<(u64, Vec<String>)> {
+        let (rows, mode) = self.input.as_ref()?;
+        let count = rows.len().max(1);
+        let row = match mode {
+            InputMode::Each => index,
+            InputMode::Draw { replace: true } => values::below(rng, count),
+            InputMode::Draw { replace: false } => {
+                let key = blake3::derive_key(
+                    "ticketbuild 2026-12-02 input draw v1",
+                    &self.seed.to_le_bytes(),
+                );
+                values::permute(index % count, count, &key)
+            }
+        };
+        let cells = rows
+            .row(row)
+            .unwrap_or_else(|_| vec![String::new(); rows.columns().len()]);
+        Some((row, cells))
     }
 
     /// The same sampler, also drawing the values of `samplers` for every ticket.
@@ -209,6 +251,8 @@ impl Sampler {
     fn draw(&self, index: u64, counts: &mut ExactCounts) -> TicketSample {
         let mut rng = ticket_rng(self.seed, index);
         let language_index = self.languages.pick(&mut rng);
+        // Its own stream, so that datasets without input draw as before.
+        let input = self.input_row(index, &mut ticket_rng(self.seed ^ 0x1a2b_3c4d, index));
         let mut picked = vec![0usize; self.tables.len()];
         for &t in &self.order {
             let table = &self.tables[t];
@@ -244,12 +288,27 @@ impl Sampler {
                 .zip(&picked)
                 .map(|(table, &p)| table.values[p].clone())
                 .collect(),
-            sample_seed: rng.next_u64(),
+            // A row's content is part of what determines its ticket: editing the row re-runs
+            // the ticket, even nodes whose prompts do not show the edited column.
+            sample_seed: match &input {
+                None => rng.next_u64(),
+                Some((_, cells)) => {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(&rng.next_u64().to_le_bytes());
+                    for cell in cells {
+                        hasher.update(&(cell.len() as u64).to_le_bytes());
+                        hasher.update(cell.as_bytes());
+                    }
+                    let bytes = hasher.finalize();
+                    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+                }
+            },
             values: self
                 .values
                 .iter()
                 .map(|spec| values::sample_value(self.seed, index, language, spec))
                 .collect(),
+            input,
         }
     }
 }

@@ -123,7 +123,7 @@ fn value_rng(seed: u64, index: u64, name: &str) -> ChaCha8Rng {
 }
 
 /// A uniform integer in [0, n), without modulo bias (n > 0).
-fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+pub(super) fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
     let n = n.max(1);
     let zone = u64::MAX - u64::MAX % n;
     loop {
@@ -191,7 +191,7 @@ fn person(seed: u64, index: u64, language: Language, sampler: &str) -> String {
 
 /// A keyed bijection of [0, n): a 4-round Feistel network on the next even power of two, walked
 /// until the value falls in range.
-fn permute(value: u64, n: u64, key: &[u8; 32]) -> u64 {
+pub(super) fn permute(value: u64, n: u64, key: &[u8; 32]) -> u64 {
     let bits = (64 - (n.max(2) - 1).leading_zeros()).div_ceil(2).max(1);
     let mask = (1u64 << bits) - 1;
     let round_keys: Vec<u64> = key

@@ -7,7 +7,10 @@ pub mod mock_llm;
 pub mod python;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The repository root, where the example dataset lives.
 pub fn repo_root() -> PathBuf {
@@ -211,4 +214,40 @@ pub fn proptest_seed() -> proptest::test_runner::RngSeed {
         ),
         Err(_) => RngSeed::Fixed(0x7469_636b_6574),
     }
+}
+
+/// Runs ticketbuild with `args` and follows the process's peak resident memory (`VmHWM`) while it runs.
+pub fn build_measuring_memory(p: &Project, args: &[&str]) -> (Run, u64) {
+    let child = p
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ticketbuild");
+    let status = format!("/proc/{}/status", child.id());
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut peak_kb = 0;
+            while !done.load(Ordering::Acquire) {
+                if let Some(kb) = std::fs::read_to_string(&status)
+                    .ok()
+                    .and_then(|s| vm_hwm(&s))
+                {
+                    peak_kb = peak_kb.max(kb);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak_kb
+        })
+    };
+    let output = child.wait_with_output().expect("wait for ticketbuild");
+    done.store(true, Ordering::Release);
+    (Run::from(output), watcher.join().unwrap())
+}
+
+fn vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
