@@ -219,11 +219,11 @@ fn weight_that_is_not_a_number() {
 #[test]
 fn unknown_language_code() {
     let p = project();
-    p.edit("dataset.toml", "DE = 2", "IT = 2");
+    p.edit("dataset.toml", "DE = 2", "XX = 2");
     fails_with(
         &p,
         &[
-            "dataset.toml:11:1: `dataset.languages.IT`: unknown language code `IT`; use DE, EN, FR, ES or PT",
+            "dataset.toml:11:1: `dataset.languages.XX`: `XX` is not an ISO 639-1 language code; use two letters such as DE, EN, FR, ES, PT, IT, NL, PL, SV or JA",
         ],
     );
 }

@@ -258,3 +258,51 @@ fn issue_14_sampled_people_are_varied_and_every_value_is_deterministic() {
         explained.stdout
     );
 }
+
+#[test]
+fn issue_14_italian_and_dutch_tickets_build_against_a_real_model_and_carry_their_codes() {
+    use crate::support::mock_llm::{MockConfig, MockServer};
+    let mock = MockServer::start(MockConfig::default());
+    let p = Project::empty();
+    p.write(
+        "dataset.toml",
+        &format!(
+            "[dataset]\nname = \"desk\"\nrows = 40\nseed = 2\nformats = [\"jsonl\"]\n\n\
+             [dataset.languages]\nit = 1\nNL = 1\n\n\
+             [models.default]\nprovider = \"openai-compatible\"\nmodel = \"mock\"\nbase_url = \"{}\"\n\n\
+             [cost.prices.mock]\ninput = 0.5\noutput = 1.5\n\n\
+             [nodes.reply]\nprompt = \"prompts/reply.jinja\"\n",
+            mock.base_url()
+        ),
+    );
+    p.write(
+        "prompts/reply.jinja",
+        "Write a short support reply in {{ language_name }} (language code {{ language }}).",
+    );
+    p.build_json(&[]);
+    let rows = read_jsonl(&p.file("out/desk.jsonl"));
+    let mut codes: Vec<&str> = rows
+        .iter()
+        .map(|r| r["language"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    codes.dedup();
+    assert_eq!(codes, ["IT", "NL"]);
+    let prompts: String = mock.log().iter().map(|l| l.body.to_string()).collect();
+    assert!(
+        prompts.contains("in Italian (language code IT)")
+            && prompts.contains("in Dutch (language code NL)"),
+        "the prompts name the languages"
+    );
+    // The offline model writes five languages: it says which node cannot write which.
+    let example = Project::example();
+    example.edit("dataset.toml", "PT = 1\n", "PT = 1\nIT = 1\n");
+    let run = example.run(&["build"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("`nodes.translation`: the offline model writes DE, EN, FR, ES and PT tickets, so it cannot write `translation` for IT tickets")
+            && run.stderr.contains("cannot write `first_response` for IT tickets"),
+        "{}",
+        run.stderr
+    );
+}

@@ -363,7 +363,7 @@ impl Checker<'_> {
         let Some(languages) = languages else {
             return Language::ALL.iter().map(|l| (*l, 1.0)).collect();
         };
-        let mut out = Vec::new();
+        let mut out: Vec<(Language, f64)> = Vec::new();
         for (code, weight) in &languages.get_ref().0 {
             let key = format!("dataset.languages.{}", code.get_ref());
             match Language::from_code(code.get_ref()) {
@@ -376,7 +376,7 @@ impl Checker<'_> {
                     code.span(),
                     key,
                     format!(
-                        "unknown language code `{}`; use DE, EN, FR, ES or PT",
+                        "`{}` is not an ISO 639-1 language code; use two letters such as DE, EN, FR, ES, PT, IT, NL, PL, SV or JA",
                         code.get_ref()
                     ),
                 ),

@@ -262,13 +262,11 @@ impl Checker<'_> {
         match Language::from_code(text) {
             Some(language) => Some(LanguageRule::Fixed(language)),
             None => {
-                let codes: Vec<&str> = Language::ALL.iter().map(|l| l.code()).collect();
                 self.error(
                     value.span(),
                     format!("{key}.language"),
                     format!(
-                        "unsupported language `{text}`; use \"ticket\" (the ticket's language) or one of {}",
-                        codes.join(", ")
+                        "unsupported language `{text}`; use \"ticket\" (the ticket's language) or an ISO 639-1 code such as EN"
                     ),
                 );
                 None

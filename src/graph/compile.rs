@@ -421,6 +421,21 @@ pub(super) fn check_offline(
         }
         (a, b) => a.name() == b.name(),
     };
+    // The offline model's phrase bank has five languages; a task that writes in the ticket's
+    // language cannot serve a ticket in another one.
+    let foreign: Vec<&str> = config
+        .languages
+        .iter()
+        .filter(|(language, _)| !language.is_built_in())
+        .map(|(language, _)| language.code())
+        .collect();
+    if spec.required.contains(&"language") && !foreign.is_empty() {
+        return Err(at_node(format!(
+            "the offline model writes DE, EN, FR, ES and PT tickets, so it cannot write `{}` for {} tickets; set a real model for this node with `model = \"...\"` and a [models.NAME] table, or leave those languages out",
+            node.name,
+            foreign.join(", ")
+        )));
+    }
     if !kind_matches {
         let want = match &expected {
             OutputKind::Json { fields } => format!("`json` with fields {}", fields.join(", ")),

@@ -165,9 +165,10 @@ fn names(language: Language) -> &'static Names {
             })
             .collect()
     });
+    // A language without its own lists takes English names.
     all.iter()
         .find(|(l, _)| *l == language)
-        .or(all.first())
+        .or_else(|| all.iter().find(|(l, _)| *l == Language::En))
         .map(|(_, names)| names)
         .expect("names.toml has every language")
 }
