@@ -306,3 +306,42 @@ fn issue_14_italian_and_dutch_tickets_build_against_a_real_model_and_carry_their
         run.stderr
     );
 }
+
+#[test]
+fn issue_14_the_worked_example_builds_offline_with_its_exact_and_conditional_classes() {
+    let root = crate::support::repo_root().join("examples/helpdesk");
+    let p = Project::empty();
+    for file in [
+        "dataset.toml",
+        "issues.csv",
+        "prompts/topic.jinja",
+        "prompts/subject.jinja",
+        "prompts/body.jinja",
+        "prompts/first_response.jinja",
+    ] {
+        p.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
+    }
+    let summary = p.build_json(&[]);
+    assert_eq!(summary["written"], 120, "{summary}");
+    let rows = read_jsonl(&p.file("out/helpdesk.jsonl"));
+    let count = |column: &str, value: &str| rows.iter().filter(|r| r[column] == value).count();
+    assert_eq!(
+        [
+            count("type", "Incident"),
+            count("type", "Request"),
+            count("type", "Problem"),
+            count("type", "Change")
+        ],
+        [48, 36, 24, 12]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| !(r["business_type"] == "Healthcare provider"
+                && r["queue"] == "Sales and Pre-Sales"))
+    );
+    let issues = std::fs::read_to_string(root.join("issues.csv")).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| issues.contains(r["issue"].as_str().unwrap()))
+    );
+}

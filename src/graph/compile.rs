@@ -34,6 +34,8 @@ pub(super) struct Loaded {
 pub(super) struct Scope<'a> {
     pub(super) known: BTreeSet<String>,
     pub(super) json_fields: BTreeMap<&'a str, &'a [String]>,
+    /// Where the variables come from, for messages about one that does not exist.
+    pub(super) sources: String,
 }
 
 impl Scope<'_> {
@@ -53,7 +55,20 @@ impl Scope<'_> {
                 _ => None,
             })
             .collect();
-        Scope { known, json_fields }
+        let input = config
+            .input
+            .as_ref()
+            .map(|i| format!("the columns of `{}`, ", i.display))
+            .unwrap_or_default();
+        let sources = format!(
+            "templates see the tables, the samplers, {input}the nodes and {}",
+            crate::diag::backticked(BUILTIN_VARIABLES)
+        );
+        Scope {
+            known,
+            json_fields,
+            sources,
+        }
     }
 }
 
@@ -115,10 +130,7 @@ pub(super) fn compile_node(
                 problems.push(prompt.error_at_span(
                     part,
                     span,
-                    format!(
-                        "unknown variable `{variable}`{hint}; templates see the tables, the samplers, the nodes and {}",
-                        crate::diag::backticked(BUILTIN_VARIABLES)
-                    ),
+                    format!("unknown variable `{variable}`{hint}; {}", scope.sources),
                 ));
                 ok = false;
             }
