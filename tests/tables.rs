@@ -239,6 +239,11 @@ fn issue_14_sampled_people_are_varied_and_every_value_is_deterministic() {
         assert_eq!(row["customer_name"], sample.values[0].text.as_str());
         let order = row["order_id"].as_str().unwrap();
         assert!(order.len() == 10 && order.starts_with("ORD-"), "{order}");
+        // The offline model writes the customer and agent the prompts name.
+        let customer = row["customer_name"].as_str().unwrap();
+        assert!(row["body"].as_str().unwrap().contains(customer), "{row:?}");
+        let reply = row["first_response"].as_str().unwrap();
+        assert!(reply.contains(customer) && reply.contains(row["agent_name"].as_str().unwrap()));
         let at = row["created_at"].as_str().unwrap();
         assert!(
             at.starts_with("2025-") || at.starts_with("2026-"),

@@ -61,6 +61,18 @@ impl<'b> Ticket<'b> {
         }
     }
 
+    /// The same ticket with the customer and the agent the prompts name (`customer_name`,
+    /// `agent_name` from samplers), instead of the ones it would draw.
+    pub(crate) fn with_people(mut self, customer: Option<&str>, agent: Option<&str>) -> Ticket<'b> {
+        if let Some(customer) = customer {
+            self.world.customer = customer.to_string();
+        }
+        if let Some(agent) = agent {
+            self.world.agent = agent.to_string();
+        }
+        self
+    }
+
     pub(crate) fn kind(&self) -> TicketType {
         self.kind
     }

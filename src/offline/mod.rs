@@ -98,7 +98,13 @@ static SPECS: [(&str, TaskSpec); 7] = [
         "body",
         TaskSpec {
             required: &["topic"],
-            optional: &["subject", "type", "priority", "business_type"],
+            optional: &[
+                "subject",
+                "type",
+                "priority",
+                "business_type",
+                "customer_name",
+            ],
             output: TaskOutput::Text,
         },
     ),
@@ -114,7 +120,7 @@ static SPECS: [(&str, TaskSpec); 7] = [
         "paraphrase",
         TaskSpec {
             required: &["topic"],
-            optional: &["subject", "body", "type", "priority"],
+            optional: &["subject", "body", "type", "priority", "customer_name"],
             output: TaskOutput::Json(SUBJECT_AND_BODY),
         },
     ),
@@ -122,7 +128,7 @@ static SPECS: [(&str, TaskSpec); 7] = [
         "translation",
         TaskSpec {
             required: &["topic", "language", "paraphrase"],
-            optional: &["type", "priority"],
+            optional: &["type", "priority", "customer_name"],
             output: TaskOutput::Json(SUBJECT_AND_BODY),
         },
     ),
@@ -130,7 +136,7 @@ static SPECS: [(&str, TaskSpec); 7] = [
         "first_response",
         TaskSpec {
             required: &["topic", "language"],
-            optional: &["queue", "type", "priority"],
+            optional: &["queue", "type", "priority", "customer_name", "agent_name"],
             output: TaskOutput::Text,
         },
     ),
@@ -221,7 +227,13 @@ pub fn generate(req: &OfflineRequest<'_>) -> Result<OfflineOutput, OfflineError>
     let topic = inputs.topic(bank)?;
     let kind = inputs.optional("type")?;
     let priority = inputs.optional("priority")?;
-    let ticket = || Ticket::new(bank, topic, seed, kind.as_deref(), priority.as_deref());
+    // People the prompts name (samplers) replace the ones the ticket would draw.
+    let customer = inputs.optional("customer_name")?;
+    let agent = inputs.optional("agent_name")?;
+    let ticket = || {
+        Ticket::new(bank, topic, seed, kind.as_deref(), priority.as_deref())
+            .with_people(customer.as_deref(), agent.as_deref())
+    };
     match task {
         "subject" => {
             let ticket = ticket();
@@ -240,7 +252,7 @@ pub fn generate(req: &OfflineRequest<'_>) -> Result<OfflineOutput, OfflineError>
             Ok(OfflineOutput::List(ticket().tags(queue.as_deref())))
         }
         "paraphrase" => Ok(json_subject_and_body(paraphrase(&ticket(), Lang::En))),
-        "translation" => translation(bank, topic, &inputs, seed),
+        "translation" => translation(bank, topic, &inputs, seed, customer.as_deref()),
         "first_response" => {
             let lang = inputs.language()?;
             let queue = inputs.optional("queue")?;
@@ -296,6 +308,7 @@ fn translation(
     topic: &Topic,
     inputs: &Inputs<'_>,
     seed: u64,
+    customer: Option<&str>,
 ) -> Result<OfflineOutput, OfflineError> {
     let lang = inputs.language()?;
     let (subject, body) = inputs.paraphrase()?;
@@ -304,7 +317,7 @@ fn translation(
     let mut tried = Vec::new();
     for kind in alternatives(kind.as_deref()) {
         for priority in alternatives(priority.as_deref()) {
-            let ticket = Ticket::new(bank, topic, seed, kind, priority);
+            let ticket = Ticket::new(bank, topic, seed, kind, priority).with_people(customer, None);
             let key = (ticket.kind(), ticket.priority());
             if tried.contains(&key) {
                 continue;

@@ -5,8 +5,8 @@
 //! `[samplers.NAME]` value comes from its own ChaCha stream seeded by (dataset seed, ticket index,
 //! sampler name), so adding, removing or editing one sampler changes no other draw, and a
 //! ticket's values do not depend on other tickets. People come from embedded lists of first and
-//! last names per ticket language (`names.toml`, 60 of each: 3,600 full names a language), picked
-//! through a keyed permutation so that the first 3,600 tickets never repeat a full name.
+//! last names per ticket language (`names.toml`, 150 of each: 22,500 full names a language), picked
+//! through a keyed permutation so that the first 22,500 tickets never repeat a full name.
 
 use std::sync::OnceLock;
 
@@ -237,7 +237,7 @@ mod tests {
     fn every_language_has_its_names() {
         for language in Language::ALL {
             let names = names(language);
-            assert!(names.first.len() >= 50 && names.last.len() >= 50);
+            assert!(names.first.len() >= 150 && names.last.len() >= 150);
         }
         assert!(person(1, 0, Language::De, "c").contains(' '));
     }
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn people_do_not_repeat_within_a_block() {
         let mut seen = HashSet::new();
-        for index in 0..3600 {
+        for index in 0..22_500 {
             assert!(seen.insert(person(7, index, Language::Fr, "customer_name")));
         }
         assert_ne!(
