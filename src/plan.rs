@@ -4,8 +4,10 @@
 //! model is called), it counts per node the artifacts already cached and those to generate,
 //! counts prompt tokens (with the model's real tokenizer for OpenAI-family models, tiktoken's
 //! o200k/cl100k encodings; about four characters per token for others), estimates output tokens
-//! (from the node's cached outputs when there are any, else from `max_tokens`), and prices it all
-//! with low / expected / high figures. Prices come from `cost`. The invariant: an estimate never
+//! (the median of the node's answers this build reuses; else of the answers an earlier build of
+//! the cache made for the node, a `--profile dev` build say; else a stated prior by output kind,
+//! never above `max_tokens`; the high figure assumes `max_tokens`), and prices it all with low /
+//! expected / high figures. Prices come from `cost`. The invariant: an estimate never
 //! reads as cheaper than it can be: unknown prices stay unknown, and a node whose prompt depends on
 //! outputs not generated yet is flagged and estimated from its upstream nodes' expected outputs.
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cache::ArtifactStore;
+use crate::cache::{ArtifactStore, Cache, Lookup};
 use crate::config::Config;
 use crate::cost::PriceEntry;
 use crate::engine::{BuildError, Engine, NodeState, TicketOutcome, WORST_CASE_OUTPUT_TOKENS};
@@ -21,19 +23,59 @@ use crate::graph::Graph;
 
 /// Output tokens assumed for an offline node with no cached outputs yet.
 const OFFLINE_OUTPUT_TOKENS: u64 = 120;
+/// Output tokens expected of a node when no answer of it has been seen: a paragraph of text, a
+/// handful of tags, a small JSON object. A prior, said as such; `max_tokens` caps it.
+const PRIOR_TEXT_TOKENS: u64 = 250;
+const PRIOR_LIST_TOKENS: u64 = 40;
+const PRIOR_JSON_TOKENS: u64 = 400;
+/// Answers of an earlier build read per node to learn its typical output.
+const OBSERVED_SAMPLE: u64 = 200;
 
 /// Plans every ticket of the project (calling no model) and estimates what a build would cost.
 pub(crate) async fn of_project(
     config: Arc<Config>,
     graph: Arc<Graph>,
-    store: Arc<dyn ArtifactStore>,
+    cache: Arc<dyn Cache>,
 ) -> Result<Plan, BuildError> {
     let mut planner = Planner::new(&config, &graph);
+    planner.observed = observed_outputs(cache.as_ref(), &graph);
+    let store: Arc<dyn ArtifactStore> = cache;
     let engine = Engine::for_planning(Arc::clone(&config), Arc::clone(&graph), store, Vec::new());
     Arc::new(engine)
         .plan(|outcome| planner.add(&outcome))
         .await?;
     Ok(planner.finish())
+}
+
+/// Output tokens of answers the cache holds for each node from the newest recorded build (any
+/// profile, the first tickets): what a node none of whose answers this plan reuses is expected to
+/// write.
+fn observed_outputs(cache: &dyn Cache, graph: &Graph) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::new(); graph.nodes.len()];
+    let Ok(Some((id, manifest))) = crate::manifest::Manifest::last(cache) else {
+        return out;
+    };
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(position) = manifest.nodes.iter().position(|n| n.name == node.name) else {
+            continue;
+        };
+        for ticket in 0..manifest.rows.min(OBSERVED_SAMPLE) {
+            let Ok(Some(key)) = cache.manifest_key(id, ticket, position) else {
+                continue;
+            };
+            if let Ok(Lookup::Hit(artifact)) = cache.get(ticket, &key) {
+                out[i].push(artifact.usage.output_tokens);
+            }
+        }
+    }
+    out
+}
+
+/// The median of `values` (not empty).
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
 }
 
 /// One node's estimate.
@@ -89,6 +131,8 @@ pub(crate) struct Planner<'a> {
     config: &'a Config,
     graph: &'a Graph,
     acc: Vec<Acc>,
+    /// Per node, output tokens of answers an earlier build made (see [`observed_outputs`]).
+    observed: Vec<Vec<u64>>,
 }
 
 impl<'a> Planner<'a> {
@@ -97,6 +141,7 @@ impl<'a> Planner<'a> {
             config,
             graph,
             acc: vec![Acc::default(); graph.nodes.len()],
+            observed: vec![Vec::new(); graph.nodes.len()],
         }
     }
 
@@ -137,29 +182,58 @@ impl<'a> Planner<'a> {
             let acc = &self.acc[i];
             let model = &node.model;
             let max_tokens = model.params.max_tokens.unwrap_or(WORST_CASE_OUTPUT_TOKENS);
-            let (low, expected, high, basis) =
-                if acc.cached_output.is_empty() && model.provider.is_offline() {
-                    // The offline model writes a sentence or a short email; it is free either way.
+            let (low, expected, high, basis) = if acc.cached_output.is_empty()
+                && model.provider.is_offline()
+            {
+                // The offline model writes a sentence or a short email; it is free either way.
+                (
+                    OFFLINE_OUTPUT_TOKENS,
+                    OFFLINE_OUTPUT_TOKENS,
+                    OFFLINE_OUTPUT_TOKENS,
+                    "offline model".to_string(),
+                )
+            } else if acc.cached_output.is_empty() {
+                let observed = &self.observed[i];
+                if observed.is_empty() {
+                    let (prior, kind) = match &node.config.output {
+                        crate::value::OutputKind::Text => (PRIOR_TEXT_TOKENS, "text"),
+                        crate::value::OutputKind::List { .. } => (PRIOR_LIST_TOKENS, "list"),
+                        crate::value::OutputKind::Json { .. } => (PRIOR_JSON_TOKENS, "json"),
+                    };
+                    let expected = prior.min(max_tokens);
                     (
-                        OFFLINE_OUTPUT_TOKENS,
-                        OFFLINE_OUTPUT_TOKENS,
-                        OFFLINE_OUTPUT_TOKENS,
-                        "offline model".to_string(),
-                    )
-                } else if acc.cached_output.is_empty() {
-                    (
-                        max_tokens / 4,
+                        expected.min(max_tokens / 4),
+                        expected,
                         max_tokens,
-                        max_tokens,
-                        "max_tokens".to_string(),
+                        format!(
+                            "prior for a {kind} node ({expected}; no answer seen yet: a small build first, such as --profile dev, makes it measured)"
+                        ),
                     )
                 } else {
-                    let n = acc.cached_output.len() as u64;
-                    let mean = acc.cached_output.iter().sum::<u64>().div_ceil(n);
-                    let min = acc.cached_output.iter().copied().min().unwrap_or(mean);
-                    let max = acc.cached_output.iter().copied().max().unwrap_or(mean);
-                    (min, mean, max.max(mean), format!("{n} cached outputs"))
-                };
+                    let expected = median(observed).min(max_tokens);
+                    let min = observed.iter().copied().min().unwrap_or(expected);
+                    (
+                        min.min(expected),
+                        expected,
+                        max_tokens.max(expected),
+                        format!(
+                            "median of {} answers of an earlier build of the cache",
+                            observed.len()
+                        ),
+                    )
+                }
+            } else {
+                let n = acc.cached_output.len() as u64;
+                let expected = median(&acc.cached_output);
+                let min = acc.cached_output.iter().copied().min().unwrap_or(expected);
+                let max = acc.cached_output.iter().copied().max().unwrap_or(expected);
+                (
+                    min,
+                    expected,
+                    max.max(expected),
+                    format!("median of {n} cached outputs"),
+                )
+            };
             expected_output.push(expected);
             // Blocked prompts: the node's typical prompt (from rendered or cached ones), else the
             // template's own text plus the expected outputs of its upstream nodes.

@@ -243,3 +243,54 @@ fn issue_4_per_call_limits_warn_and_stop() {
             .contains("error_per_call")
     );
 }
+
+#[test]
+fn issue_15_after_a_small_build_the_plan_expects_what_the_full_build_spends() {
+    use crate::support::mock_llm::{MockConfig, MockServer};
+    let mock = MockServer::start(MockConfig::default());
+    let p = crate::support::example_on(&mock, 1000, 32, "");
+    // Before any build the plan says it uses a prior, and expects less than the worst case.
+    let before: serde_json::Value =
+        serde_json::from_str(&p.run(&["plan", "--json"]).stdout).unwrap();
+    assert!(
+        before["nodes"][1]["output_basis"]
+            .as_str()
+            .unwrap()
+            .starts_with("prior for a text node"),
+        "{before}"
+    );
+    assert!(before["cost_expected"].as_f64() < before["cost_high"].as_f64());
+    // A dev build (20 tickets, max_tokens 300: other keys) teaches it what each node writes.
+    p.build_json(&["--profile", "dev"]);
+    let plan = p.run(&["plan", "--json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    for node in plan["nodes"].as_array().unwrap() {
+        assert_eq!(node["cached"], 0, "{node}");
+        assert!(
+            node["output_basis"]
+                .as_str()
+                .unwrap()
+                .contains("answers of an earlier build"),
+            "{node}"
+        );
+    }
+    let expected = plan["cost_expected"].as_f64().unwrap();
+    let built = p.build_json(&[]);
+    let spent: f64 = built["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["cost_usd"].as_f64().unwrap())
+        .sum();
+    let error = (expected - spent).abs() / spent;
+    eprintln!(
+        "expected ${expected:.4}, high ${:.4}, spent ${spent:.4} ({:.1}% off)",
+        plan["cost_high"].as_f64().unwrap(),
+        error * 100.0
+    );
+    assert!(
+        error <= 0.15,
+        "the plan expected ${expected:.4}, the build spent ${spent:.4}"
+    );
+}
