@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeZone};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use super::mix;
 use crate::language::Language;
 
 const VALUE_CONTEXT: &str = "ticketbuild 2026-12-02 sampler value v1";
@@ -212,13 +213,6 @@ pub(super) fn permute(value: u64, n: u64, key: &[u8; 32]) -> u64 {
             return x;
         }
     }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
