@@ -174,6 +174,64 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Low, expected and high output tokens of one generated answer of node `i`, and what they
+    /// rest on (see the module doc).
+    fn output_estimate(&self, i: usize, max_tokens: u64) -> (u64, u64, u64, String) {
+        let node = &self.graph.nodes[i];
+        let acc = &self.acc[i];
+        let model = &node.model;
+        if acc.cached_output.is_empty() && model.provider.is_offline() {
+            // The offline model writes a sentence or a short email; it is free either way.
+            (
+                OFFLINE_OUTPUT_TOKENS,
+                OFFLINE_OUTPUT_TOKENS,
+                OFFLINE_OUTPUT_TOKENS,
+                "offline model".to_string(),
+            )
+        } else if acc.cached_output.is_empty() {
+            let observed = &self.observed[i];
+            if observed.is_empty() {
+                let (prior, kind) = match &node.config.output {
+                    crate::value::OutputKind::Text => (PRIOR_TEXT_TOKENS, "text"),
+                    crate::value::OutputKind::List { .. } => (PRIOR_LIST_TOKENS, "list"),
+                    crate::value::OutputKind::Json { .. } => (PRIOR_JSON_TOKENS, "json"),
+                };
+                let expected = prior.min(max_tokens);
+                (
+                    expected.min(max_tokens / 4),
+                    expected,
+                    max_tokens,
+                    format!(
+                        "prior for a {kind} node ({expected}; no answer seen yet: a small build first, such as --profile dev, makes it measured)"
+                    ),
+                )
+            } else {
+                let expected = median(observed).min(max_tokens);
+                let min = observed.iter().copied().min().unwrap_or(expected);
+                (
+                    min.min(expected),
+                    expected,
+                    max_tokens.max(expected),
+                    format!(
+                        "median of {} answers of an earlier build of the cache",
+                        observed.len()
+                    ),
+                )
+            }
+        } else {
+            let n = acc.cached_output.len() as u64;
+            let expected = median(&acc.cached_output);
+            let min = acc.cached_output.iter().copied().min().unwrap_or(expected);
+            let max = acc.cached_output.iter().copied().max().unwrap_or(expected);
+            (
+                min,
+                expected,
+                max.max(expected),
+                format!("median of {n} cached outputs"),
+            )
+        }
+    }
+
     pub(crate) fn finish(self) -> Plan {
         let mut nodes: Vec<NodePlan> = Vec::new();
         // Expected output tokens per node, used for the prompts of downstream nodes.
@@ -182,58 +240,7 @@ impl<'a> Planner<'a> {
             let acc = &self.acc[i];
             let model = &node.model;
             let max_tokens = model.params.max_tokens.unwrap_or(WORST_CASE_OUTPUT_TOKENS);
-            let (low, expected, high, basis) = if acc.cached_output.is_empty()
-                && model.provider.is_offline()
-            {
-                // The offline model writes a sentence or a short email; it is free either way.
-                (
-                    OFFLINE_OUTPUT_TOKENS,
-                    OFFLINE_OUTPUT_TOKENS,
-                    OFFLINE_OUTPUT_TOKENS,
-                    "offline model".to_string(),
-                )
-            } else if acc.cached_output.is_empty() {
-                let observed = &self.observed[i];
-                if observed.is_empty() {
-                    let (prior, kind) = match &node.config.output {
-                        crate::value::OutputKind::Text => (PRIOR_TEXT_TOKENS, "text"),
-                        crate::value::OutputKind::List { .. } => (PRIOR_LIST_TOKENS, "list"),
-                        crate::value::OutputKind::Json { .. } => (PRIOR_JSON_TOKENS, "json"),
-                    };
-                    let expected = prior.min(max_tokens);
-                    (
-                        expected.min(max_tokens / 4),
-                        expected,
-                        max_tokens,
-                        format!(
-                            "prior for a {kind} node ({expected}; no answer seen yet: a small build first, such as --profile dev, makes it measured)"
-                        ),
-                    )
-                } else {
-                    let expected = median(observed).min(max_tokens);
-                    let min = observed.iter().copied().min().unwrap_or(expected);
-                    (
-                        min.min(expected),
-                        expected,
-                        max_tokens.max(expected),
-                        format!(
-                            "median of {} answers of an earlier build of the cache",
-                            observed.len()
-                        ),
-                    )
-                }
-            } else {
-                let n = acc.cached_output.len() as u64;
-                let expected = median(&acc.cached_output);
-                let min = acc.cached_output.iter().copied().min().unwrap_or(expected);
-                let max = acc.cached_output.iter().copied().max().unwrap_or(expected);
-                (
-                    min,
-                    expected,
-                    max.max(expected),
-                    format!("median of {n} cached outputs"),
-                )
-            };
+            let (low, expected, high, basis) = self.output_estimate(i, max_tokens);
             expected_output.push(expected);
             // Blocked prompts: the node's typical prompt (from rendered or cached ones), else the
             // template's own text plus the expected outputs of its upstream nodes.
