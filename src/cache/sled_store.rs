@@ -627,7 +627,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(matches!(
             store.get(4, &ArtifactKey([1; 32])).unwrap(),
             Lookup::Hit(_)
