@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use crate::cache::remote::upload::{self, Uploads};
+use crate::cache::remote::{Access, RemoteCache, RemoteMode};
 use crate::cache::{ArtifactStore, Cache};
 use crate::config::Config;
+use crate::engine::remote::{RemoteReport, RemoteTier};
 use crate::engine::{BuildError, BuildOptions, BuildReport, Engine};
 use crate::graph::Graph;
 use crate::manifest::{self, Manifest};
@@ -26,6 +29,9 @@ const LAST_BUILD_FILE: &str = "last-build.json";
 /// its files are intact; read from the cache folder's `last-build.json` without opening the cache.
 pub(crate) fn up_to_date(config: &Config, graph: &Graph) -> Option<BuildReport> {
     let started = Instant::now();
+    if owes_uploads(config) {
+        return None;
+    }
     let text = std::fs::read(config.cache_dir.join(LAST_BUILD_FILE)).ok()?;
     let last: Manifest = serde_json::from_slice(&text).ok()?;
     if last.inputs_hash != manifest::inputs_hash(config, graph) || !last.files_intact() {
@@ -145,17 +151,23 @@ pub(crate) async fn build_project(
     let started = Instant::now();
     let inputs = manifest::inputs_hash(&config, &graph);
 
-    // Nothing changed since the last complete build and its files are intact: nothing to do.
+    // Nothing changed since the last complete build and its files are intact: nothing to do
+    // (but the uploads earlier builds owe the remote cache).
     if let Some((_, last)) = Manifest::last(cache.as_ref())? {
         if options.force.is_empty() && last.inputs_hash == inputs && last.files_intact() {
             let mut report = BuildReport::up_to_date(&last, &config);
+            if owes_uploads(&config) {
+                report.remote = upload_owed(&config, cache.clone(), &options).await?;
+            }
             report.wall_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
     }
 
     check_prices(&config, &graph)?;
+    let shard = options.shard;
     let store: Arc<dyn ArtifactStore> = cache.clone();
+    let remote = remote_tier(&config, Arc::clone(&store), &options).await?;
     let secrets = Secrets::load(&config.root)?;
     let config = Arc::new(config);
     let graph = Arc::new(graph);
@@ -169,12 +181,18 @@ pub(crate) async fn build_project(
     if let Some(cancel) = cancel {
         engine.use_cancel_flag(cancel);
     }
+    if let Some(remote) = remote {
+        engine.use_remote(remote);
+    }
     let engine = Arc::new(engine);
     let manifest_id = cache.next_manifest_id()?;
     let recorder = cache.key_recorder(manifest_id, graph.nodes.len())?;
     let mut report = Arc::clone(&engine).build(Some(recorder)).await?;
     if !report.files.is_empty() {
         write_card_and_report(&config, &graph, &mut report, cache.as_ref(), manifest_id)?;
+        if let Some(shard) = shard {
+            write_shard(&config, &graph, &mut report, cache.as_ref(), shard)?;
+        }
     }
     write_last_report(&config, &report);
     if report.failed == 0 && !report.interrupted {
@@ -195,4 +213,101 @@ pub(crate) async fn build_project(
         write_last_build(&config, &manifest);
     }
     Ok(report)
+}
+
+/// Whether the cache folder owes the configured remote cache uploads from earlier builds.
+fn owes_uploads(config: &Config) -> bool {
+    config
+        .remote
+        .as_ref()
+        .is_some_and(|r| r.mode == RemoteMode::ReadWrite)
+        && upload::has_pending(&config.cache_dir)
+}
+
+/// The remote cache of a build, probed: read-write, read-only (configured, or the probe could not
+/// write) or unreachable (the build goes on without it, and owes it its uploads). A remote that
+/// cannot even be set up (an unknown URL form, a bad credential variable) stops the build before
+/// any call.
+async fn remote_tier(
+    config: &Config,
+    local: Arc<dyn ArtifactStore>,
+    options: &BuildOptions,
+) -> Result<Option<RemoteTier>, BuildError> {
+    let Some(settings) = &config.remote else {
+        return Ok(None);
+    };
+    // The remote's HTTP client is reqwest's, which needs the process's TLS crypto provider.
+    crate::provider::http::install_crypto_provider();
+    let cache = Arc::new(RemoteCache::open(settings)?);
+    let access = cache.probe().await;
+    match &access {
+        Access::ReadWrite | Access::ReadOnly(None) => {}
+        Access::ReadOnly(Some(reason)) => options.observer.notice(&format!(
+            "remote cache {}: read-only for this build ({reason})",
+            settings.url
+        )),
+        Access::Unreachable(reason) => options.observer.notice(&format!(
+            "remote cache {} is unreachable ({reason}); building with the local cache and the model, and the next build uploads what this one generates",
+            settings.url
+        )),
+    }
+    let uploads = match settings.mode {
+        RemoteMode::ReadOnly => None,
+        RemoteMode::ReadWrite => match Uploads::start(Arc::clone(&cache), local, &config.cache_dir)
+        {
+            Ok(uploads) => Some(uploads),
+            Err(e) => {
+                options.observer.notice(&format!(
+                    "remote cache {}: cannot keep track of uploads in `{}` ({e}); nothing is uploaded by this build",
+                    settings.url,
+                    config.cache_dir.display()
+                ));
+                None
+            }
+        },
+    };
+    Ok(Some(RemoteTier {
+        cache,
+        access,
+        uploads,
+    }))
+}
+
+/// A build with nothing to build that owes the remote cache uploads: does them.
+async fn upload_owed(
+    config: &Config,
+    cache: Arc<dyn Cache>,
+    options: &BuildOptions,
+) -> Result<Option<RemoteReport>, BuildError> {
+    let store: Arc<dyn ArtifactStore> = cache;
+    let Some(tier) = remote_tier(config, store, options).await? else {
+        return Ok(None);
+    };
+    Ok(tier.report().await)
+}
+
+/// A shard build's files for `merge`: its artifacts and `shard.json`, listed with the build's
+/// files (so a no-op check finds them intact or builds again).
+fn write_shard(
+    config: &Config,
+    graph: &Graph,
+    report: &mut BuildReport,
+    cache: &dyn Cache,
+    shard: crate::shard::Shard,
+) -> Result<(), BuildError> {
+    let mut manifest = crate::shard::ShardManifest::new(config, graph, shard);
+    manifest.written = report.written;
+    manifest.failed = report.failed;
+    crate::shard::write_shard_files(&config.output_dir, cache, shard, manifest).map_err(|e| {
+        BuildError::Output(crate::output::OutputError::Write {
+            path: config.output_dir.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    for file in [crate::shard::ARTIFACTS_FILE, crate::shard::SHARD_FILE] {
+        report
+            .files
+            .push(config.output_dir.join(file).display().to_string());
+    }
+    Ok(())
 }

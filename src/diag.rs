@@ -132,6 +132,12 @@ impl Diagnostic {
         self
     }
 
+    /// Drops the quoted source line (it holds what must not be printed, such as a credential).
+    pub(crate) fn without_snippet(mut self) -> Diagnostic {
+        self.snippet = None;
+        self
+    }
+
     /// Names the dotted config key the problem concerns.
     pub(crate) fn with_key(mut self, key: impl Into<String>) -> Diagnostic {
         self.key = Some(key.into());

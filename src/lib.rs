@@ -11,7 +11,8 @@
 //! - [`key`] derives artifact keys; [`cache`] stores artifacts durably; [`cost`] prices them.
 //! - [`provider`] talks to models (the built-in [`offline`] model among them).
 //! - `quality` judges answers against their checks and finds duplicate tickets.
-//! - [`engine`] runs a build; `output` writes Parquet, CSV and JSONL; `build` records it.
+//! - [`engine`] runs a build; `output` writes Parquet, CSV and JSONL; `build` records it;
+//!   `shard` splits a build across machines and checks the parts `merge` combines.
 //! - `status` and `plan` say what a build would do; `watch` tells edits apart.
 //! - `cli` is the command line; `diag` formats input errors.
 
@@ -35,6 +36,7 @@ pub mod provider;
 mod quality;
 mod report;
 pub mod sampling;
+mod shard;
 mod status;
 mod tokens;
 pub mod value;

@@ -214,6 +214,16 @@ pub(crate) fn sample_hash(config: &Config) -> String {
 
 /// Hash of everything a build reads. Equal hashes and intact files mean there is nothing to do.
 pub(crate) fn inputs_hash(config: &Config, graph: &Graph) -> String {
+    hash_inputs(config, graph, true)
+}
+
+/// What makes a dataset what it is: [`inputs_hash`] without where the files go. Shards of one
+/// dataset, built on different machines into different folders, agree on it.
+pub(crate) fn dataset_hash(config: &Config, graph: &Graph) -> String {
+    hash_inputs(config, graph, false)
+}
+
+fn hash_inputs(config: &Config, graph: &Graph, with_output_dir: bool) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("ticketbuild 2026-11-25 build inputs v1");
     let mut field = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
@@ -224,7 +234,9 @@ pub(crate) fn inputs_hash(config: &Config, graph: &Graph) -> String {
     field(config.source.as_bytes());
     field(config.profile.as_deref().unwrap_or("").as_bytes());
     field(&config.rows.to_le_bytes());
-    field(config.output_dir.display().to_string().as_bytes());
+    if with_output_dir {
+        field(config.output_dir.display().to_string().as_bytes());
+    }
     for node in &graph.nodes {
         field(node.name.as_bytes());
         field(node.template_hash.as_bytes());

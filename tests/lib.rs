@@ -22,6 +22,7 @@ mod properties;
 mod quality;
 mod ratelimit;
 mod reliability;
+mod remote;
 mod report;
 mod support;
 mod tables;

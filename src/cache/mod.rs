@@ -11,6 +11,7 @@
 //!   for tests.
 //! - [`commit`]: *when* a stored artifact is durable ([`GroupCommit`]).
 //! - [`gc`]: what `cache stats`, `cache gc` and `cache verify` find and do.
+//! - [`remote`]: the shared remote tier on object storage (read-through, write-behind).
 //!
 //! It does not decide keys (`key`), when to call a model (`engine`) or what a manifest says
 //! (`manifest`: the store keeps manifests as bytes). The invariants: only valid outputs are ever
@@ -23,6 +24,7 @@ pub(crate) mod commit;
 pub(crate) mod gc;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod remote;
 pub(crate) mod sled_store;
 
 use std::path::{Path, PathBuf};
@@ -178,6 +180,8 @@ pub trait KeyRecorder: Send {
 pub(crate) struct StoredEntry {
     /// Where it is filed (pass it to `remove` or `quarantine`).
     pub(crate) slot: Vec<u8>,
+    /// The ticket it is filed under (`None` in a cache from before tickets filed artifacts).
+    pub(crate) ticket: Option<u64>,
     pub(crate) key: ArtifactKey,
     pub(crate) value: Vec<u8>,
 }

@@ -442,6 +442,9 @@ impl Maintenance for SledStore {
             let (slot, value) = entry.map_err(|e| self.io(e))?;
             Ok(StoredEntry {
                 key: key_of_slot(&slot).unwrap_or(ArtifactKey([0; 32])),
+                ticket: (slot.len() == 40)
+                    .then(|| slot[..8].try_into().ok().map(u64::from_be_bytes))
+                    .flatten(),
                 slot: slot.to_vec(),
                 value: value.to_vec(),
             })

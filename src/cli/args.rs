@@ -39,9 +39,29 @@ pub(crate) enum Command {
     /// Write the dataset report: class balance, languages, lengths, tags, duplicates, quality,
     /// cost and examples, as one self-contained HTML file (or JSON), from the written files.
     Report(ReportArgs),
+    /// Combine the shards built with `build --shard I/N` into the complete dataset, byte-identical
+    /// to an unsharded build, after checking that every shard is there and was built from the same
+    /// config and prompts.
+    Merge(MergeArgs),
     /// Inspect and maintain the artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    #[command(flatten)]
+    pub(crate) project: ProjectArgs,
+    /// The folder holding the shards' folders (`I-of-N/`); by default `shards/` in the output
+    /// folder, where `build --shard` writes them.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) from: Option<PathBuf>,
+    /// Print the build summary as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Never show the progress bar.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +210,14 @@ pub(crate) struct BuildArgs {
     /// Regenerate this node for every ticket even where it is cached (repeatable).
     #[arg(long, value_name = "NODE")]
     pub(crate) force: Vec<String>,
+    /// Build only shard I of N (1 <= I <= N): the tickets whose stable hash of index falls in it.
+    /// Writes the shard's part of the dataset, its artifacts and `shard.json` to
+    /// `OUTPUT/shards/I-of-N/` (or `--shard-dir`), for `ticketbuild merge`.
+    #[arg(long, value_name = "I/N", value_parser = crate::shard::Shard::parse)]
+    pub(crate) shard: Option<crate::shard::Shard>,
+    /// Where `--shard` writes its folder `I-of-N/` (default: `shards/` in the output folder).
+    #[arg(long, value_name = "DIR", requires = "shard")]
+    pub(crate) shard_dir: Option<PathBuf>,
     /// Do not wait for the cache to reach the disk before counting a ticket done (faster, but a
     /// crash can lose paid responses). Meant for measuring what durability costs.
     #[arg(long, hide = true)]

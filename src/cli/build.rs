@@ -23,6 +23,13 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
     }
     let (mut config, graph) = load(&args.project)?;
     config.cost.allow_unpriced |= args.allow_unpriced;
+    if let Some(shard) = args.shard {
+        let shards = args
+            .shard_dir
+            .clone()
+            .unwrap_or_else(|| config.output_dir.join(crate::shard::SHARDS_DIR));
+        config.output_dir = shards.join(shard.folder_name());
+    }
     check_forced(&config, &graph, &args.force)?;
     // Forced nodes run whatever the last build recorded.
     if args.force.is_empty() {
@@ -38,6 +45,7 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
         write_when_cancelled: true,
         force: args.force.clone(),
         observer: Arc::new(Terminal::new(progress, args.verbose >= 2)),
+        shard: args.shard,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let report = runtime()?.block_on(async {
@@ -180,7 +188,7 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         for file in &report.files {
             say!("  {file}");
         }
-        return Ok(());
+        return print_remote(report);
     }
     say!(
         "built `{}`{profile}: {} of {} tickets written in {:.2} s",
@@ -220,6 +228,7 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
     );
     print_quality(report)?;
     print_traffic(report)?;
+    print_remote(report)?;
     for file in &report.files {
         say!("  wrote {file}");
     }
@@ -252,6 +261,45 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
             report.not_started
         );
     }
+    Ok(())
+}
+
+/// What the shared remote cache did: lookups it answered, uploads, and what is owed to it.
+fn print_remote(report: &BuildReport) -> Result<(), CliError> {
+    let Some(remote) = &report.remote else {
+        return Ok(());
+    };
+    let c = &remote.counts;
+    let access = match &remote.access_reason {
+        Some(reason) => format!("{} ({reason})", remote.access),
+        None => remote.access.clone(),
+    };
+    say!("  remote cache {}: {access}", remote.url);
+    say!(
+        "    lookups: {} hits, {} misses, {} corrupt objects ignored, {} failed",
+        c.hits,
+        c.misses,
+        c.corrupt,
+        c.errors
+    );
+    say!(
+        "    uploads: {} uploaded, {} already there{}{}",
+        c.uploaded,
+        c.already_present,
+        if remote.from_earlier > 0 {
+            format!(", {} owed by earlier builds", remote.from_earlier)
+        } else {
+            String::new()
+        },
+        if remote.deferred > 0 {
+            format!(
+                "; {} not uploaded (kept in the local cache; the next build uploads them)",
+                remote.deferred
+            )
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 

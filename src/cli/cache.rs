@@ -3,6 +3,7 @@
 use super::args::{CacheArgs, GcArgs, PinArgs};
 use super::{CliError, Outcome, open_cache, runtime_error, say};
 use crate::cache::gc;
+use crate::cache::remote::upload;
 use crate::manifest::Manifest;
 
 /// How many recent manifests `cache stats` counts as kept (gc's default `--keep`).
@@ -32,6 +33,23 @@ pub(super) fn stats(args: CacheArgs) -> Result<Outcome, CliError> {
     say!("  per model:");
     for (model, count) in &stats.per_model {
         say!("    {model:<40} {count}");
+    }
+    if let Some(remote) = &config.remote {
+        let total = upload::total_counts(&config.cache_dir).unwrap_or_default();
+        say!("  remote cache {} (all builds of this cache):", remote.url);
+        say!("    hits:              {}", total.hits);
+        say!("    misses:            {}", total.misses);
+        say!("    corrupt ignored:   {}", total.corrupt);
+        say!("    failed lookups:    {}", total.errors);
+        say!(
+            "    uploads:           {} ({} already there)",
+            total.uploaded,
+            total.already_present
+        );
+        say!(
+            "    owed uploads:      {}",
+            upload::pending_count(&config.cache_dir)
+        );
     }
     Ok(Outcome::Success)
 }

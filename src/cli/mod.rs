@@ -1,7 +1,7 @@
 //! The command line: flags in, a subcommand run, an exit code out.
 //!
 //! This module owns dispatch to one function per subcommand, each in its own file (`build`,
-//! `watch`, `status`, `explain`, `graph`, `plan`, `cost`, `report`, `cache`), what they print, and mapping
+//! `watch`, `status`, `explain`, `graph`, `plan`, `cost`, `report`, `merge`, `cache`), what they print, and mapping
 //! errors to exit codes: 2 for bad input (nothing was built), 1 for a build that failed or left
 //! tickets incomplete, 130 for an interrupted build. Flags are in [`args`]. Commands only load,
 //! call and print: a build is `build` (the crate module) and `engine`, reachability is
@@ -14,6 +14,7 @@ mod cache;
 mod cost;
 mod explain;
 mod graph;
+mod merge;
 mod plan;
 mod report;
 mod status;
@@ -86,6 +87,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Plan(args) => plan::run(&args.project, args.json),
         Command::Explain(args) => explain::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Cache(CacheCommand::Stats(args)) => cache::stats(args),
         Command::Cache(CacheCommand::Gc(args)) => cache::gc(args),
         Command::Cache(CacheCommand::Verify(args)) => cache::verify(args),

@@ -295,6 +295,7 @@ impl Session {
             write_when_cancelled: false,
             force: Vec::new(),
             observer: Arc::new(Terminal::new(false, false)),
+            shard: None,
         };
         let handle = tokio::spawn(build_project(
             config,

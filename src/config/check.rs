@@ -119,6 +119,7 @@ impl Checker<'_> {
         let license = self.license(dataset.license.as_ref());
 
         let cost = self.cost(raw.cost.as_ref());
+        let remote = self.remote(raw.cache.as_ref());
         let output_dir = overrides
             .output_dir
             .clone()
@@ -153,6 +154,7 @@ impl Checker<'_> {
             profile,
             cost,
             quality,
+            remote,
         })
     }
 

@@ -15,6 +15,8 @@ mod models;
 mod nodes;
 mod profile;
 mod raw;
+mod remote;
+pub(crate) use remote::{RemoteMode, RemoteSettings};
 mod samplers;
 mod tables;
 mod toml_errors;
@@ -88,6 +90,8 @@ pub struct Config {
     pub(crate) cost: CostConfig,
     /// Columns that must not repeat across tickets (`[quality]`).
     pub(crate) quality: Option<QualityConfig>,
+    /// `[cache.remote]`: the shared cache tier, when configured.
+    pub(crate) remote: Option<RemoteSettings>,
 }
 
 impl Config {

@@ -31,6 +31,26 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) samplers: OrderedMap<Spanned<RawSampler>>,
     pub(super) input: Option<Spanned<RawInput>>,
+    pub(super) cache: Option<Spanned<RawCache>>,
+}
+
+/// `[cache]` as written: only the remote tier is configured here (the local folder is
+/// `[dataset] cache`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) remote: Option<Spanned<RawRemote>>,
+}
+
+/// `[cache.remote]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemote {
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) upload_concurrency: Option<Spanned<i64>>,
 }
 
 /// `[input]` as written.

@@ -10,6 +10,7 @@
 //! - [`window`]: concurrency: tickets run as slots free, however slow one of them is;
 //! - [`order`]: the build loop: tickets finish in any order, rows leave in ticket order;
 //! - [`dedup`]: duplicate tickets resolved in ticket order;
+//! - [`remote`]: the shared remote cache, asked after a local miss and fed after a durable put;
 //! - [`report`]: what a build reports, and the errors that stop it.
 //!
 //! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
@@ -21,6 +22,7 @@
 
 mod dedup;
 mod order;
+pub(crate) mod remote;
 pub(crate) mod report;
 pub(crate) mod spend;
 pub(crate) mod ticket;
@@ -85,6 +87,8 @@ pub struct BuildOptions {
     pub(crate) force: Vec<String>,
     /// Told what happens as the build goes.
     pub(crate) observer: Arc<dyn BuildObserver>,
+    /// Build only this shard's tickets (`build --shard I/N`).
+    pub(crate) shard: Option<crate::shard::Shard>,
 }
 
 impl Default for BuildOptions {
@@ -94,6 +98,7 @@ impl Default for BuildOptions {
             write_when_cancelled: true,
             force: Vec::new(),
             observer: Arc::new(Silent),
+            shard: None,
         }
     }
 }
@@ -104,6 +109,7 @@ impl std::fmt::Debug for BuildOptions {
             .field("durable", &self.durable)
             .field("write_when_cancelled", &self.write_when_cancelled)
             .field("force", &self.force)
+            .field("shard", &self.shard)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +129,8 @@ pub struct Engine {
     /// Each node's price (by its model), `None` when unknown.
     prices: Vec<Option<PriceEntry>>,
     ledger: Ledger,
+    /// The shared remote cache (`[cache.remote]`), when the build uses one.
+    remote: Option<remote::RemoteTier>,
 }
 
 impl Engine {
@@ -176,6 +184,7 @@ impl Engine {
             cancelled: Arc::new(AtomicBool::new(false)),
             prices,
             ledger,
+            remote: None,
         }
     }
 
@@ -196,6 +205,11 @@ impl Engine {
         Engine::with_providers(config, graph, store, providers, options)
     }
 
+    /// Whether this build builds ticket `index` (all of them, unless it builds one shard).
+    pub(crate) fn owns(&self, index: u64) -> bool {
+        self.options.shard.is_none_or(|shard| shard.owns(index))
+    }
+
     /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build
     /// obsolete).
     pub(crate) fn use_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
@@ -212,7 +226,10 @@ impl Engine {
         let flusher = tokio::spawn(Arc::clone(&self.commit).run(shutdown));
         let writer = RowWriter::start(DatasetWriter::create(&self.config, &self.graph)?);
         let observer = Arc::clone(&self.options.observer);
-        observer.started(self.config.rows);
+        observer.started(match self.options.shard {
+            Some(shard) => shard.tickets(self.config.rows),
+            None => self.config.rows,
+        });
         let mut tally = Tally::new(self.graph.nodes.len());
         let mut dedup =
             dedup::Deduplicator::new(self.config.quality.as_ref(), &self.config, &self.graph);
@@ -223,6 +240,7 @@ impl Engine {
         observer.finished();
         let _ = stop_flusher.send(());
         let _ = flusher.await;
+        let remote = self.finish_remote().await;
         let writer = writer.finish()?;
         if fatal.is_none() {
             if let Some(recorder) = recorder.as_mut() {
@@ -243,6 +261,10 @@ impl Engine {
         };
         let mut report = tally.into_report(&self.config, &self.graph);
         report.duplicates = dedup.map(|d| d.report());
+        report.remote = remote;
+        if let Some(shard) = self.options.shard {
+            report.tickets = shard.tickets(self.config.rows);
+        }
         report.models = self.traffic();
         report.interrupted = interrupted && stopped_by.is_none();
         report.stopped_by = stopped_by;
@@ -276,6 +298,7 @@ impl Engine {
 
     /// Passes on what providers have to say.
     fn tell_notices(&self) {
+        self.tell_remote_notices();
         for (_, provider) in self.models() {
             if let Some(text) = provider.take_notice() {
                 self.options.observer.notice(&text);
@@ -477,6 +500,7 @@ impl Tally {
             read_back: self.read_back,
             models: Vec::new(),
             duplicates: None,
+            remote: None,
         }
     }
 }

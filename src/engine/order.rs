@@ -131,7 +131,9 @@ impl Engine {
             order.write_ready(&mut runner).await;
         }
         // Tickets never started: the build was cancelled (or stopped) before their turn.
-        order.tally.not_started += self.config.rows - runner.started();
+        order.tally.not_started += (runner.started()..self.config.rows)
+            .filter(|index| self.owns(*index))
+            .count() as u64;
         order.fatal
     }
 
@@ -194,7 +196,16 @@ impl Reorder<'_> {
     /// are taken from `runner`, so a long run of rows to write (after a slow ticket) does not
     /// leave slots idle.
     async fn write_ready(&mut self, runner: &mut TicketRunner) {
-        while let Some(waiting) = self.waiting.remove(&self.next_to_write) {
+        loop {
+            // Another shard's tickets are not this build's to write.
+            while self.next_to_write < self.engine.config.rows
+                && !self.engine.owns(self.next_to_write)
+            {
+                self.next_to_write += 1;
+            }
+            let Some(waiting) = self.waiting.remove(&self.next_to_write) else {
+                break;
+            };
             let index = self.next_to_write;
             self.next_to_write += 1;
             if self.fatal.is_some() || self.writer_stopped {

@@ -140,6 +140,9 @@ pub struct BuildReport {
     /// What `[quality] unique` found and did; absent without unique columns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) duplicates: Option<super::dedup::DuplicateReport>,
+    /// What the shared remote cache did; absent without `[cache.remote]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) remote: Option<super::remote::RemoteReport>,
 }
 
 /// One model's requests in a build.
@@ -191,6 +194,7 @@ impl BuildReport {
             read_back: 0,
             models: Vec::new(),
             duplicates: None,
+            remote: None,
         }
     }
 
@@ -219,6 +223,8 @@ pub enum BuildError {
         "no price is known for {0}; add one under [cost.prices.\"MODEL\"] (input, output, cached_input in USD per million tokens), or build anyway with `--allow-unpriced` (costs are then shown as unknown)"
     )]
     Unpriced(String),
+    #[error(transparent)]
+    Remote(#[from] crate::cache::remote::RemoteError),
 }
 
 /// The configured currencies with their rates.

@@ -312,6 +312,9 @@ impl Engine {
         if walk.awaiting_commit {
             self.commit.durable().await?;
         }
+        if matches!(walk.mode, Mode::Build) {
+            self.upload_generated(walk.sample.index, &walk.generated);
+        }
         Ok(TicketOutcome {
             sample: walk.sample,
             states: walk.states,
@@ -441,9 +444,17 @@ impl Engine {
                         }
                         Mode::Build => {}
                     }
-                    match self.generate_draw(walk, i, node, request, key).await? {
-                        Ok(artifact) => (artifact, true),
-                        Err(failed) => return Ok(failed),
+                    if let Some(artifact) =
+                        self.read_through(walk.sample.index, &key, &reason).await?
+                    {
+                        walk.awaiting_commit = true;
+                        walk.stored.add_generated(artifact.clone());
+                        (artifact, false)
+                    } else {
+                        match self.generate_draw(walk, i, node, request, key).await? {
+                            Ok(artifact) => (artifact, true),
+                            Err(failed) => return Ok(failed),
+                        }
                     }
                 }
             };

@@ -122,8 +122,13 @@ impl TicketRunner {
             && self.in_flight.len() < self.concurrency
             && self.next_to_start < self.rows.min(start_before)
         {
-            let engine = Arc::clone(&self.engine);
             let index = self.next_to_start;
+            if !self.engine.owns(index) {
+                // Another shard's ticket: never started here.
+                self.next_to_start += 1;
+                continue;
+            }
+            let engine = Arc::clone(&self.engine);
             self.running_since.insert(index, Instant::now());
             let task = tokio::spawn(async move {
                 // Cancelled between being started here and running: not started after all.

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod mock_llm;
 pub mod python;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

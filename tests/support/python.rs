@@ -65,20 +65,31 @@ impl Readers {
 /// The readers, installed on first use under the cargo target directory; panics with what to
 /// install when they cannot be.
 pub fn readers() -> Readers {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
-    let expected = sentinel_text();
+    environment("interop-venv", PACKAGES)
+}
+
+/// A python with moto's S3 server (`python -m moto.server`), the real S3 API the remote cache
+/// tests run against; installed on first use like the readers.
+pub fn moto() -> Readers {
+    environment("moto-venv", &["moto[server]"])
+}
+
+/// A python that can import `packages`, in `target/tmp/NAME`.
+fn environment(name: &str, packages: &[&str]) -> Readers {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let expected = sentinel_text(packages);
     if std::fs::read_to_string(dir.join(SENTINEL)).ok().as_deref() == Some(expected.as_str()) {
         return Readers::in_dir(&dir);
     }
     eprintln!(
         "interop: installing {} into {} (once; later runs reuse it)",
-        PACKAGES.join(" "),
+        packages.join(" "),
         dir.display()
     );
     let building = temporary_sibling(&dir, "building");
-    let built = build_venv(&building).or_else(|venv_error| {
+    let built = build_venv(&building, packages).or_else(|venv_error| {
         remove_if_present(&building);
-        build_target(&building).map_err(|target_error| {
+        build_target(&building, packages).map_err(|target_error| {
             format!(
                 "`python3 -m venv` failed:\n{venv_error}\n\
                  and `python3 -m pip install --target` failed:\n{target_error}"
@@ -88,10 +99,10 @@ pub fn readers() -> Readers {
     if let Err(error) = built {
         remove_if_present(&building);
         panic!(
-            "cannot provision the Python readers of the interop test ({}). Install the venv module \
+            "cannot provision the Python packages of the tests ({}). Install the venv module \
              (Debian/Ubuntu: `apt install python3-venv`) or pip for python3, and make sure PyPI can \
              be reached.\n{error}",
-            PACKAGES.join(", ")
+            packages.join(", ")
         );
     }
     std::fs::write(building.join(SENTINEL), &expected).expect("write the sentinel");
@@ -101,18 +112,18 @@ pub fn readers() -> Readers {
 
 /// The sentinel's contents: a change of the base python or of the packages builds a new
 /// environment.
-fn sentinel_text() -> String {
+fn sentinel_text(packages: &[&str]) -> String {
     let version = run(Command::new("python3").args(["-c", "import sys; print(sys.version)"]))
         .unwrap_or_else(|error| panic!("python3 is needed by the interop test: {error}"));
     format!(
         "{}\n{}\n",
         String::from_utf8_lossy(&version.stdout).trim(),
-        PACKAGES.join(" ")
+        packages.join(" ")
     )
 }
 
 /// A virtual environment at `dir` with the packages.
-fn build_venv(dir: &Path) -> Result<(), String> {
+fn build_venv(dir: &Path, packages: &[&str]) -> Result<(), String> {
     run(Command::new("python3").args(["-m", "venv"]).arg(dir))?;
     run(Command::new(dir.join("bin/python"))
         .args([
@@ -122,12 +133,12 @@ fn build_venv(dir: &Path) -> Result<(), String> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(PACKAGES))?;
+        .args(packages))?;
     Ok(())
 }
 
 /// The packages in `dir/site-packages`, for the base python3 (no venv module).
-fn build_target(dir: &Path) -> Result<(), String> {
+fn build_target(dir: &Path, packages: &[&str]) -> Result<(), String> {
     run(Command::new("python3")
         .args([
             "-m",
@@ -138,7 +149,7 @@ fn build_target(dir: &Path) -> Result<(), String> {
         ])
         .arg("--target")
         .arg(dir.join(TARGET_SITE))
-        .args(PACKAGES))?;
+        .args(packages))?;
     Ok(())
 }
 

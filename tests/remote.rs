@@ -1,0 +1,287 @@
+//! The shared remote cache (`[cache.remote]`) against a real S3 API (moto's server on 127.0.0.1)
+//! and sharded builds merged: what a team sharing one bucket sees.
+
+use std::process::Command;
+
+use crate::support::mock_llm::{MockConfig, MockServer};
+use crate::support::s3::MotoServer;
+use crate::support::{Project, Run, example_on, total};
+
+const BUCKET: &str = "team-cache";
+
+/// The example on `mock` with `rows` tickets and the remote cache at `s3://BUCKET/PREFIX`; `extra`
+/// adds lines to `[cache.remote]`.
+fn shared_project(mock: &MockServer, rows: u64, prefix: &str, extra: &str) -> Project {
+    let p = example_on(mock, rows, 16, "");
+    let mut text = p.read("dataset.toml");
+    text.push_str(&format!(
+        "\n[cache.remote]\nurl = \"s3://{BUCKET}/{prefix}\"\n{extra}\n"
+    ));
+    p.write("dataset.toml", &text);
+    p
+}
+
+/// `ticketbuild ARGS` in `p` with the standard AWS variables pointing at `s3`.
+fn with_s3(p: &Project, s3: &MotoServer, args: &[&str]) -> Command {
+    let mut command = p.command(args);
+    command
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+fn run(command: &mut Command) -> Run {
+    Run::from(command.output().expect("run ticketbuild"))
+}
+
+/// `build --json` in `p` against `s3`; panics unless it succeeded.
+fn build(p: &Project, s3: &MotoServer, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec!["build", "--json"];
+    args.extend_from_slice(extra);
+    let run = run(&mut with_s3(p, s3, &args));
+    assert_eq!(run.code, 0, "build failed:\n{}", run.stderr);
+    (
+        serde_json::from_str(&run.stdout).expect("the summary is JSON"),
+        run.stderr,
+    )
+}
+
+/// The artifact objects in the bucket under `prefix`.
+fn objects(s3: &MotoServer, prefix: &str) -> Vec<String> {
+    s3.keys(BUCKET, &format!("{prefix}/v1/"))
+        .into_iter()
+        .filter(|k| !k.ends_with("/.probe"))
+        .collect()
+}
+
+fn remote_count(summary: &serde_json::Value, field: &str) -> u64 {
+    summary["remote"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no remote.{field} in {}", summary["remote"]))
+}
+
+#[test]
+fn a_second_project_builds_from_the_bucket_without_calling_a_model() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let first = shared_project(&mock, 500, "shared", "");
+    let (summary, _) = build(&first, &s3, &[]);
+    let paid = mock.requests();
+    let generated = total(&summary, "generated");
+    assert!(paid > 0 && generated > 0);
+    assert_eq!(summary["remote"]["access"], "read-write");
+    assert_eq!(remote_count(&summary, "uploaded"), generated);
+    assert_eq!(objects(&s3, "shared").len() as u64, generated);
+
+    // Another machine: its own (empty) local cache, the same bucket.
+    let second = shared_project(&mock, 500, "shared", "");
+    let (summary, _) = build(&second, &s3, &[]);
+    assert_eq!(mock.requests(), paid, "the second project called the model");
+    assert_eq!(total(&summary, "generated"), 0);
+    assert_eq!(remote_count(&summary, "hits"), generated);
+    assert_eq!(remote_count(&summary, "uploaded"), 0);
+    assert_eq!(first.snapshot("out"), second.snapshot("out"));
+
+    // The hits are counted where `cache stats` shows them.
+    let stats = run(&mut with_s3(&second, &s3, &["cache", "stats"]));
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    assert!(
+        stats
+            .stdout
+            .contains(&format!("hits:              {generated}")),
+        "{}",
+        stats.stdout
+    );
+}
+
+#[test]
+fn a_read_only_remote_is_used_and_never_written() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let writer = shared_project(&mock, 30, "ro", "");
+    let (summary, _) = build(&writer, &s3, &[]);
+    let stored = objects(&s3, "ro");
+    assert_eq!(stored.len() as u64, total(&summary, "generated"));
+
+    // 40 tickets read-only: the first 30 come from the bucket, 10 are paid for, none goes up.
+    let reader = shared_project(&mock, 40, "ro", "mode = \"read-only\"");
+    let before = mock.requests();
+    let (summary, _) = build(&reader, &s3, &[]);
+    assert_eq!(summary["remote"]["access"], "read-only");
+    assert_eq!(remote_count(&summary, "hits"), stored.len() as u64);
+    assert!(total(&summary, "generated") > 0);
+    assert_eq!(
+        mock.requests() - before,
+        total(&summary, "generated"),
+        "only the 10 new tickets were paid for"
+    );
+    assert_eq!(remote_count(&summary, "uploaded"), 0);
+    assert_eq!(
+        objects(&s3, "ro"),
+        stored,
+        "a read-only build wrote to the bucket"
+    );
+    assert!(!reader.file("cache/remote/pending").exists());
+}
+
+#[test]
+fn a_corrupt_object_is_reported_not_used_and_paid_for_once() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let first = shared_project(&mock, 20, "bad", "");
+    build(&first, &s3, &[]);
+    let stored = objects(&s3, "bad");
+    // Damage one object: a byte of its payload flipped (its header still names the key).
+    let victim = &stored[stored.len() / 2];
+    let mut bytes = s3.get(BUCKET, victim);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    s3.put(BUCKET, victim, &bytes);
+
+    let second = shared_project(&mock, 20, "bad", "");
+    let before = mock.requests();
+    let (summary, stderr) = build(&second, &s3, &[]);
+    assert_eq!(
+        mock.requests() - before,
+        1,
+        "the damaged answer is paid for exactly once"
+    );
+    assert_eq!(remote_count(&summary, "corrupt"), 1);
+    assert_eq!(remote_count(&summary, "hits"), stored.len() as u64 - 1);
+    assert!(stderr.contains("is corrupt and was not used"), "{stderr}");
+    assert_eq!(first.snapshot("out"), second.snapshot("out"));
+    // The object was replaced: a third machine finds everything intact.
+    assert_ne!(s3.get(BUCKET, victim), bytes);
+    let third = shared_project(&mock, 20, "bad", "");
+    let before = mock.requests();
+    let (summary, _) = build(&third, &s3, &[]);
+    assert_eq!(mock.requests(), before);
+    assert_eq!(remote_count(&summary, "corrupt"), 0);
+}
+
+#[test]
+fn a_remote_that_stops_mid_build_never_fails_it_and_is_caught_up_later() {
+    let mut s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let port = s3.port();
+    let mock = MockServer::start(MockConfig {
+        latency_ms: 5,
+        ..MockConfig::default()
+    });
+    let p = shared_project(&mock, 300, "down", "");
+    let child = with_s3(&p, &s3, &["build", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the build");
+    // Stop S3 once the build is well under way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while mock.requests() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    s3.stop();
+    let run = Run::from(child.wait_with_output().expect("wait for the build"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("stopped answering"), "{}", run.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let deferred = remote_count(&summary, "deferred");
+    assert!(deferred > 0, "{}", summary["remote"]);
+    let generated = total(&summary, "generated");
+    assert_eq!(
+        remote_count(&summary, "uploaded") + deferred,
+        generated,
+        "every answer is uploaded or owed"
+    );
+
+    // Every answer is in the local cache: a rebuild (S3 still down) pays nothing.
+    let paid = mock.requests();
+    std::fs::remove_dir_all(p.file("out")).unwrap();
+    let (summary, _) = build(&p, &s3, &[]);
+    assert_eq!(mock.requests(), paid);
+    assert_eq!(total(&summary, "generated"), 0);
+
+    // S3 back (moto starts empty): the next build, with nothing to build, uploads what is owed.
+    let s3 = MotoServer::start_on(port);
+    s3.create_bucket(BUCKET);
+    let (summary, _) = build(&p, &s3, &[]);
+    assert_eq!(summary["up_to_date"], true);
+    assert_eq!(remote_count(&summary, "from_earlier"), deferred);
+    assert_eq!(remote_count(&summary, "uploaded"), deferred);
+    assert_eq!(remote_count(&summary, "deferred"), 0);
+    assert_eq!(objects(&s3, "down").len() as u64, deferred);
+    assert!(!p.file("cache/remote/pending").exists());
+}
+
+#[test]
+fn four_shards_merge_into_the_unsharded_dataset_and_merge_refuses_a_bad_set() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let rows = 200;
+    // The reference: one unsharded build with its own cache and no remote.
+    let reference = example_on(&mock, rows, 16, "");
+    reference.build_json(&[]);
+
+    // Four machines: one project folder each (own local cache), one bucket, one shards folder.
+    let shards = tempfile::tempdir().unwrap();
+    let shards_dir = shards.path().to_str().unwrap();
+    let mut machines = Vec::new();
+    for i in 1..=4 {
+        let p = shared_project(&mock, rows, "sharded", "");
+        let shard = format!("{i}/4");
+        let (summary, _) = build(&p, &s3, &["--shard", &shard, "--shard-dir", shards_dir]);
+        assert!(summary["tickets"].as_u64().unwrap() < rows);
+        assert!(shards.path().join(format!("{i}-of-4/shard.json")).is_file());
+        machines.push(p);
+    }
+    let merger = shared_project(&mock, rows, "sharded", "");
+    let before = mock.requests();
+    let run = run(&mut with_s3(&merger, &s3, &["merge", "--from", shards_dir]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("merging 4 shards"), "{}", run.stdout);
+    assert_eq!(mock.requests(), before, "merge called the model");
+    for file in ["tickets.parquet", "tickets.csv", "tickets.jsonl"] {
+        assert_eq!(
+            std::fs::read(merger.file(&format!("out/{file}"))).unwrap(),
+            std::fs::read(reference.file(&format!("out/{file}"))).unwrap(),
+            "{file} differs from the unsharded build"
+        );
+    }
+
+    // A shard built from another prompt: merge names it and the prompt, writes nothing.
+    let body = machines[1].read("prompts/body.jinja");
+    machines[1].write("prompts/body.jinja", &format!("{body}\nKeep it brief.\n"));
+    build(
+        &machines[1],
+        &s3,
+        &["--shard", "2/4", "--shard-dir", shards_dir],
+    );
+    let fresh = shared_project(&mock, rows, "sharded", "");
+    let run = fresh.run(&["merge", "--from", shards_dir]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("shard 2 of 4"), "{}", run.stderr);
+    assert!(run.stderr.contains("prompts/body.jinja"), "{}", run.stderr);
+    assert!(!fresh.file("out").exists());
+
+    // A missing shard: named, with the command that builds it.
+    std::fs::remove_dir_all(shards.path().join("3-of-4")).unwrap();
+    let run = fresh.run(&["merge", "--from", shards_dir]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("shard 3 of 4 is missing; build it with `ticketbuild build --shard 3/4`"),
+        "{}",
+        run.stderr
+    );
+}
