@@ -166,6 +166,7 @@ pub(crate) async fn build_project(
 
     check_prices(&config, &graph)?;
     let shard = options.shard;
+    let observer = Arc::clone(&options.observer);
     let store: Arc<dyn ArtifactStore> = cache.clone();
     let remote = remote_tier(&config, Arc::clone(&store), &options).await?;
     let secrets = Secrets::load(&config.root)?;
@@ -181,6 +182,7 @@ pub(crate) async fn build_project(
     if let Some(cancel) = cancel {
         engine.use_cancel_flag(cancel);
     }
+    let remote_cache = remote.as_ref().map(|tier| Arc::clone(&tier.cache));
     if let Some(remote) = remote {
         engine.use_remote(remote);
     }
@@ -191,7 +193,10 @@ pub(crate) async fn build_project(
     if !report.files.is_empty() {
         write_card_and_report(&config, &graph, &mut report, cache.as_ref(), manifest_id)?;
         if let Some(shard) = shard {
-            write_shard(&config, &graph, &mut report, cache.as_ref(), shard)?;
+            let manifest = write_shard(&config, &graph, &mut report, cache.as_ref(), shard)?;
+            if let Some(remote) = remote_cache.filter(|r| r.writable()) {
+                share_shard(&remote, &manifest, shard, observer.as_ref()).await;
+            }
         }
     }
     write_last_report(&config, &report);
@@ -273,6 +278,25 @@ async fn remote_tier(
     }))
 }
 
+/// The remote cache of `config`, probed, for reading what shards left there (`merge --remote`).
+pub(crate) async fn open_remote(config: &Config) -> Result<Arc<RemoteCache>, String> {
+    let Some(settings) = &config.remote else {
+        return Err(format!(
+            "`{}` has no [cache.remote]; merge shards from their folder with `--from DIR`",
+            config.path.display()
+        ));
+    };
+    crate::provider::http::install_crypto_provider();
+    let cache = Arc::new(RemoteCache::open(settings).map_err(|e| e.to_string())?);
+    match cache.probe().await {
+        Access::Unreachable(reason) => Err(format!(
+            "the remote cache {} is unreachable: {reason}",
+            settings.url
+        )),
+        _ => Ok(cache),
+    }
+}
+
 /// A build with nothing to build that owes the remote cache uploads: does them.
 async fn upload_owed(
     config: &Config,
@@ -294,20 +318,43 @@ fn write_shard(
     report: &mut BuildReport,
     cache: &dyn Cache,
     shard: crate::shard::Shard,
-) -> Result<(), BuildError> {
+) -> Result<crate::shard::ShardManifest, BuildError> {
     let mut manifest = crate::shard::ShardManifest::new(config, graph, shard);
     manifest.written = report.written;
     manifest.failed = report.failed;
-    crate::shard::write_shard_files(&config.output_dir, cache, shard, manifest).map_err(|e| {
-        BuildError::Output(crate::output::OutputError::Write {
-            path: config.output_dir.clone(),
-            reason: e.to_string(),
-        })
-    })?;
+    manifest.owed_uploads = report.remote.as_ref().map_or(0, |r| r.deferred);
+    let manifest = crate::shard::write_shard_files(&config.output_dir, cache, shard, manifest)
+        .map_err(|e| {
+            BuildError::Output(crate::output::OutputError::Write {
+                path: config.output_dir.clone(),
+                reason: e.to_string(),
+            })
+        })?;
     for file in [crate::shard::ARTIFACTS_FILE, crate::shard::SHARD_FILE] {
         report
             .files
             .push(config.output_dir.join(file).display().to_string());
     }
-    Ok(())
+    Ok(manifest)
+}
+
+/// Puts a shard's manifest in the remote cache, for `merge --remote` on another machine; failing
+/// is reported, not an error (the shard's folder holds it too).
+async fn share_shard(
+    remote: &RemoteCache,
+    manifest: &crate::shard::ShardManifest,
+    shard: crate::shard::Shard,
+    observer: &dyn crate::engine::BuildObserver,
+) {
+    let path = crate::shard::remote_manifest_path(&manifest.dataset, shard);
+    let result = match serde_json::to_vec_pretty(manifest) {
+        Ok(json) => remote.put_file(&path, json).await,
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(reason) = result {
+        observer.notice(&format!(
+            "remote cache {}: cannot store {shard}'s manifest `{path}` ({reason}); merge it from its folder",
+            remote.url()
+        ));
+    }
 }

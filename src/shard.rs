@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::remote::object;
+use crate::cache::remote::{RemoteCache, object};
 use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::graph::Graph;
@@ -114,6 +114,10 @@ pub(crate) struct ShardManifest {
     pub(crate) failed: u64,
     /// Artifacts in `artifacts.bin`.
     pub(crate) artifacts: u64,
+    /// Answers the shard could not upload to the remote cache (they are in its local cache and
+    /// `artifacts.bin`; its next build uploads them).
+    #[serde(default)]
+    pub(crate) owed_uploads: u64,
 }
 
 impl ShardManifest {
@@ -132,6 +136,7 @@ impl ShardManifest {
             written: 0,
             failed: 0,
             artifacts: 0,
+            owed_uploads: 0,
         }
     }
 }
@@ -291,10 +296,27 @@ pub(crate) fn check_shards(
             Err(e) => problems.push(format!("`{}` cannot be read: {e}", file.display())),
         }
     }
+    check_manifests(
+        found,
+        problems,
+        &format!("`{}` (no */{SHARD_FILE})", folder.display()),
+        config,
+        graph,
+    )
+}
+
+/// The shards found (each with where it was found), checked: every shard 1..N there once, all of
+/// one N, all built from this project's inputs. `place` says where none was found.
+pub(crate) fn check_manifests(
+    mut found: Vec<(PathBuf, ShardManifest)>,
+    mut problems: Vec<String>,
+    place: &str,
+    config: &Config,
+    graph: &Graph,
+) -> Result<Vec<(PathBuf, ShardManifest)>, Vec<String>> {
     if found.is_empty() && problems.is_empty() {
         return Err(vec![format!(
-            "no shard in `{}` (no */{SHARD_FILE}); build the shards with `ticketbuild build --shard I/N` first",
-            folder.display()
+            "no shard in {place}; build the shards with `ticketbuild build --shard I/N` first"
         )]);
     }
     problems.extend(compare(&found, config, graph));
@@ -304,6 +326,38 @@ pub(crate) fn check_shards(
     } else {
         Err(problems)
     }
+}
+
+/// Where a shard build puts its `shard.json` in the remote cache, for `merge --remote`.
+pub(crate) fn remote_manifest_path(dataset: &str, shard: Shard) -> String {
+    format!("{}/{dataset}/{}.json", SHARDS_DIR, shard.folder_name())
+}
+
+/// The shard manifests of `dataset` in the remote cache, each named by where it is, and those
+/// that cannot be read.
+pub(crate) async fn remote_manifests(
+    remote: &RemoteCache,
+    dataset: &str,
+) -> (Vec<(PathBuf, ShardManifest)>, Vec<String>) {
+    let prefix = format!("{SHARDS_DIR}/{dataset}");
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    match remote.files(&prefix).await {
+        Ok(files) => {
+            for (path, bytes) in files {
+                let name = PathBuf::from(format!("{}/{path}", remote.url().trim_end_matches('/')));
+                match serde_json::from_slice::<ShardManifest>(&bytes) {
+                    Ok(manifest) => found.push((name, manifest)),
+                    Err(e) => problems.push(format!("`{}` cannot be read: {e}", name.display())),
+                }
+            }
+        }
+        Err(reason) => problems.push(format!(
+            "cannot list the shards in the remote cache {} ({reason})",
+            remote.url()
+        )),
+    }
+    (found, problems)
 }
 
 /// Problems with a set of shards against the project merging them.

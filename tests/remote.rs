@@ -34,7 +34,7 @@ fn with_s3(p: &Project, s3: &MotoServer, args: &[&str]) -> Command {
     command
 }
 
-fn run(command: &mut Command) -> Run {
+fn run_command(command: &mut Command) -> Run {
     Run::from(command.output().expect("run ticketbuild"))
 }
 
@@ -42,7 +42,7 @@ fn run(command: &mut Command) -> Run {
 fn build(p: &Project, s3: &MotoServer, extra: &[&str]) -> (serde_json::Value, String) {
     let mut args = vec!["build", "--json"];
     args.extend_from_slice(extra);
-    let run = run(&mut with_s3(p, s3, &args));
+    let run = run_command(&mut with_s3(p, s3, &args));
     assert_eq!(run.code, 0, "build failed:\n{}", run.stderr);
     (
         serde_json::from_str(&run.stdout).expect("the summary is JSON"),
@@ -88,7 +88,7 @@ fn a_second_project_builds_from_the_bucket_without_calling_a_model() {
     assert_eq!(first.snapshot("out"), second.snapshot("out"));
 
     // The hits are counted where `cache stats` shows them.
-    let stats = run(&mut with_s3(&second, &s3, &["cache", "stats"]));
+    let stats = run_command(&mut with_s3(&second, &s3, &["cache", "stats"]));
     assert_eq!(stats.code, 0, "{}", stats.stderr);
     assert!(
         stats
@@ -247,7 +247,7 @@ fn four_shards_merge_into_the_unsharded_dataset_and_merge_refuses_a_bad_set() {
     }
     let merger = shared_project(&mock, rows, "sharded", "");
     let before = mock.requests();
-    let run = run(&mut with_s3(&merger, &s3, &["merge", "--from", shards_dir]));
+    let run = run_command(&mut with_s3(&merger, &s3, &["merge", "--from", shards_dir]));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("merging 4 shards"), "{}", run.stdout);
     assert_eq!(mock.requests(), before, "merge called the model");
@@ -258,6 +258,22 @@ fn four_shards_merge_into_the_unsharded_dataset_and_merge_refuses_a_bad_set() {
             "{file} differs from the unsharded build"
         );
     }
+
+    // The same from the bucket alone: the shards put their manifests there, and every answer.
+    let remote_merger = shared_project(&mock, rows, "sharded", "");
+    let run = run_command(&mut with_s3(
+        &remote_merger,
+        &s3,
+        &["merge", "--remote", "--json"],
+    ));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("merging 4 shards from s3://"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(mock.requests(), before, "merge --remote called the model");
+    assert_eq!(remote_merger.snapshot("out"), merger.snapshot("out"));
 
     // A shard built from another prompt: merge names it and the prompt, writes nothing.
     let body = machines[1].read("prompts/body.jinja");

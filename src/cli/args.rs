@@ -56,6 +56,10 @@ pub(crate) struct MergeArgs {
     /// folder, where `build --shard` writes them.
     #[arg(long, value_name = "DIR")]
     pub(crate) from: Option<PathBuf>,
+    /// Take the shards' manifests from the remote cache (`[cache.remote]`), where shard builds
+    /// put them, and their answers through it, instead of from a folder.
+    #[arg(long, conflicts_with = "from")]
+    pub(crate) remote: bool,
     /// Print the build summary as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -5,6 +5,7 @@
 //! writes. This prints what was merged and the build's summary.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::args::MergeArgs;
@@ -13,43 +14,51 @@ use super::{CliError, Outcome, load, open_cache, runtime, runtime_error, say};
 use crate::build::build_project;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::BuildOptions;
-use crate::shard;
+use crate::shard::{self, ShardManifest};
 
 pub(super) fn run(args: MergeArgs) -> Result<Outcome, CliError> {
     let (config, graph) = load(&args.project)?;
-    let folder = args
-        .from
-        .clone()
-        .unwrap_or_else(|| config.output_dir.join(shard::SHARDS_DIR));
-    let shards = shard::check_shards(&folder, &config, &graph).map_err(|problems| {
-        CliError::Input(Diagnostics(
-            problems
-                .into_iter()
-                .map(|p| Diagnostic::file(&folder, p))
-                .collect(),
-        ))
-    })?;
+    let runtime = runtime()?;
+    let (place, shards) = if args.remote {
+        let place = config
+            .remote
+            .as_ref()
+            .map_or_else(|| config.path.clone(), |r| PathBuf::from(&r.url));
+        let found = runtime.block_on(async {
+            match crate::build::open_remote(&config).await {
+                Ok(remote) => Ok(shard::remote_manifests(&remote, &config.name).await),
+                Err(problem) => Err(vec![problem]),
+            }
+        });
+        let checked = found.and_then(|(found, problems)| {
+            let within = format!("{}/{}/{}/", place.display(), shard::SHARDS_DIR, config.name);
+            shard::check_manifests(found, problems, &within, &config, &graph)
+        });
+        (place.clone(), checked.map_err(|p| problems_at(&place, p))?)
+    } else {
+        let folder = args
+            .from
+            .clone()
+            .unwrap_or_else(|| config.output_dir.join(shard::SHARDS_DIR));
+        let checked = shard::check_shards(&folder, &config, &graph);
+        (
+            folder.clone(),
+            checked.map_err(|p| problems_at(&folder, p))?,
+        )
+    };
     let cache = open_cache(&config)?;
-    let mut imported = shard::Imported::default();
-    for (dir, _) in &shards {
-        let one = shard::import_artifacts(dir, cache.as_ref()).map_err(runtime_error)?;
-        imported.artifacts += one.artifacts;
-        imported.corrupt += one.corrupt;
-    }
-    let count = shards.len();
-    let message = format!(
-        "merging {count} shards from {}: {} artifacts imported{}",
-        folder.display(),
-        imported.artifacts,
-        if imported.corrupt > 0 {
-            format!(
-                ", {} damaged records skipped (their answers are looked up elsewhere or paid for again)",
-                imported.corrupt
-            )
-        } else {
-            String::new()
+    let mut message = format!("merging {} shards from {}", shards.len(), place.display());
+    if args.remote {
+        // The answers come through the remote cache as the build looks them up.
+        let owed: u64 = shards.iter().map(|(_, s)| s.owed_uploads).sum();
+        if owed > 0 {
+            message.push_str(&format!(
+                "; {owed} answers the shards could not upload are paid for again unless their shards build once more first"
+            ));
         }
-    );
+    } else {
+        message.push_str(&import(&shards, cache.as_ref())?);
+    }
     if args.json {
         eprintln!("{message}");
     } else {
@@ -60,7 +69,7 @@ pub(super) fn run(args: MergeArgs) -> Result<Outcome, CliError> {
         observer: Arc::new(Terminal::new(progress, false)),
         ..BuildOptions::default()
     };
-    let report = runtime()?
+    let report = runtime
         .block_on(build_project(config, graph, cache, options, None))
         .map_err(runtime_error)?;
     super::unless_closed(print_report(&report, args.json))?;
@@ -69,4 +78,35 @@ pub(super) fn run(args: MergeArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::Success
     })
+}
+
+/// Every shard folder's artifacts into the local cache; what that came to, for the message.
+fn import(
+    shards: &[(PathBuf, ShardManifest)],
+    cache: &dyn crate::cache::Cache,
+) -> Result<String, CliError> {
+    let mut imported = shard::Imported::default();
+    for (dir, _) in shards {
+        let one = shard::import_artifacts(dir, cache).map_err(runtime_error)?;
+        imported.artifacts += one.artifacts;
+        imported.corrupt += one.corrupt;
+    }
+    let mut text = format!(": {} artifacts imported", imported.artifacts);
+    if imported.corrupt > 0 {
+        text.push_str(&format!(
+            ", {} damaged records skipped (their answers are looked up elsewhere or paid for again)",
+            imported.corrupt
+        ));
+    }
+    Ok(text)
+}
+
+/// Merge's problems, one line each, as input errors (exit 2, nothing written).
+fn problems_at(place: &Path, problems: Vec<String>) -> CliError {
+    CliError::Input(Diagnostics(
+        problems
+            .into_iter()
+            .map(|p| Diagnostic::file(place, p))
+            .collect(),
+    ))
 }

@@ -293,6 +293,36 @@ impl RemoteCache {
         }
     }
 
+    /// Writes (or replaces) the small file `path` beside the artifacts (a shard's manifest).
+    pub(crate) async fn put_file(&self, path: &str, bytes: Vec<u8>) -> Result<(), String> {
+        self.store
+            .put(&ObjectPath::from(path), bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// The files under `prefix` (not artifacts: see [`RemoteCache::put_file`]), with their bytes.
+    pub(crate) async fn files(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&ObjectPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| describe(&e))?;
+        let mut files = Vec::with_capacity(listed.len());
+        for meta in listed {
+            let bytes = match self.store.get(&meta.location).await {
+                Ok(result) => result.bytes().await.map_err(|e| describe(&e))?,
+                Err(e) => return Err(describe(&e)),
+            };
+            files.push((meta.location.to_string(), bytes.to_vec()));
+        }
+        files.sort();
+        Ok(files)
+    }
+
     fn succeeded(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
