@@ -241,8 +241,6 @@ async fn remote_tier(
     let Some(settings) = &config.remote else {
         return Ok(None);
     };
-    // The remote's HTTP client is reqwest's, which needs the process's TLS crypto provider.
-    crate::provider::http::install_crypto_provider();
     let cache = Arc::new(RemoteCache::open(settings)?);
     let access = cache.probe().await;
     match &access {
@@ -286,7 +284,6 @@ pub(crate) async fn open_remote(config: &Config) -> Result<Arc<RemoteCache>, Str
             config.path.display()
         ));
     };
-    crate::provider::http::install_crypto_provider();
     let cache = Arc::new(RemoteCache::open(settings).map_err(|e| e.to_string())?);
     match cache.probe().await {
         Access::Unreachable(reason) => Err(format!(

@@ -38,6 +38,7 @@ mod report;
 pub mod sampling;
 mod shard;
 mod status;
+mod tls;
 mod tokens;
 pub mod value;
 mod watch;

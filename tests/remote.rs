@@ -301,3 +301,33 @@ fn four_shards_merge_into_the_unsharded_dataset_and_merge_refuses_a_bad_set() {
         run.stderr
     );
 }
+
+#[test]
+fn a_shared_folder_works_as_the_remote_too() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = url_of(shared.path());
+    let mock = MockServer::start(MockConfig::default());
+    let add_remote = |p: &Project| {
+        let mut text = p.read("dataset.toml");
+        text.push_str(&format!("\n[cache.remote]\nurl = \"{url}\"\n"));
+        p.write("dataset.toml", &text);
+    };
+    let first = example_on(&mock, 20, 8, "");
+    add_remote(&first);
+    let summary = first.build_json(&[]);
+    let generated = total(&summary, "generated");
+    assert_eq!(remote_count(&summary, "uploaded"), generated);
+    let paid = mock.requests();
+
+    let second = example_on(&mock, 20, 8, "");
+    add_remote(&second);
+    let summary = second.build_json(&[]);
+    assert_eq!(mock.requests(), paid);
+    assert_eq!(remote_count(&summary, "hits"), generated);
+    assert_eq!(first.snapshot("out"), second.snapshot("out"));
+}
+
+/// `file:///...` for a folder.
+fn url_of(path: &std::path::Path) -> String {
+    format!("file://{}", path.display())
+}

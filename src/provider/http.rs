@@ -11,7 +11,7 @@
 //! accepted; and no error message contains the API key.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -32,16 +32,6 @@ pub(crate) const KEY_HEADER: &str = "x-ticketbuild-key";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error body is quoted when it has no message field.
 const QUOTE_LIMIT: usize = 300;
-/// Installs rustls' ring crypto provider as the process default, once. reqwest is built with
-/// `rustls-no-provider`, so a client cannot be built before this has run.
-pub(crate) fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // An error means a provider is already installed (by an embedding program): keep it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 /// An API key. Never printed: `Debug` hides it and [`Secret::redact`] removes it from text.
 #[derive(Clone)]
 pub(crate) struct Secret(Arc<str>);

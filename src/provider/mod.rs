@@ -326,7 +326,7 @@ pub(crate) fn for_model(
             }
         },
     };
-    http::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let settings = http::Settings::new(model, secret);
     let provider: Arc<dyn Provider> = if model.provider.speaks_messages_api() {
         Arc::new(http::HttpProvider::new(

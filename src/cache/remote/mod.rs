@@ -145,6 +145,7 @@ impl RemoteCache {
             url: settings.url.clone(),
             reason,
         };
+        crate::tls::install_crypto_provider();
         let store = build_store(settings).map_err(setup)?;
         Ok(RemoteCache {
             url: settings.url.clone(),
@@ -454,4 +455,39 @@ fn build_store(settings: &RemoteSettings) -> Result<Arc<dyn ObjectStore>, String
     } else {
         Arc::new(PrefixStore::new(store, prefix.as_str()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> RemoteSettings {
+        RemoteSettings {
+            url: url.to_string(),
+            mode: RemoteMode::ReadWrite,
+            endpoint: None,
+            region: Some("eu-central-1".into()),
+            upload_concurrency: 4,
+        }
+    }
+
+    #[test]
+    fn every_documented_scheme_sets_up_without_a_request() {
+        // Setting up reads configuration only; credentials are looked for when a request is made.
+        for url in [
+            "s3://bucket/prefix",
+            "s3a://bucket",
+            "gs://bucket/prefix",
+            "abfss://container@account.dfs.core.windows.net/prefix",
+        ] {
+            if let Err(e) = RemoteCache::open(&settings(url)) {
+                panic!("{url}: {e}");
+            }
+        }
+        // Azure needs its account (AZURE_STORAGE_ACCOUNT_NAME, or in the URL): said at set-up.
+        let Err(e) = RemoteCache::open(&settings("azblob://container/prefix")) else {
+            panic!("an Azure container without an account was accepted");
+        };
+        assert!(e.to_string().contains("Account must be specified"), "{e}");
+    }
 }
