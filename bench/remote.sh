@@ -6,6 +6,8 @@
 #   catch-up    a build whose remote was unreachable owes every upload; the next build, with
 #               nothing to build, uploads them all: pure upload throughput
 #   read        a new machine with an empty local cache builds everything from the remote
+#   write-file, read-file   the same two against a shared folder (file://): the remote tier's own
+#               cost, without moto's (a Python server: it answers about 300 requests a second here)
 # Prints wall time, artifacts, and uploads/s or hits/s. moto comes from the test suite's venv
 # (target/tmp/moto-venv) when there is one, else is pip-installed into a temporary venv.
 # Usage: bench/remote.sh [TICKETS]   (default 2000)
@@ -30,14 +32,15 @@ until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.2; done
 curl -s -X PUT -o /dev/null "http://127.0.0.1:$port/bench"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 
-# project NAME PREFIX: a copy of the example with TICKETS rows and, with a prefix, the remote cache.
+# project NAME PREFIX [URL]: a copy of the example with TICKETS rows and, with a prefix, the remote
+# cache (s3://bench/PREFIX, or URL).
 project() {
   local dir=$work/$1
   mkdir -p "$dir"
   cp -r dataset.toml prompts "$dir/"
   sed -i "s/^rows = 200/rows = $tickets/" "$dir/dataset.toml"
   if [ -n "$2" ]; then
-    printf '\n[cache.remote]\nurl = "s3://bench/%s"\n' "$2" >> "$dir/dataset.toml"
+    printf '\n[cache.remote]\nurl = "%s"\n' "${3:-s3://bench/$2}" >> "$dir/dataset.toml"
   fi
   echo "$dir"
 }
@@ -74,3 +77,14 @@ json=$(build "$(project read w)" "$moto")
 wall=$(echo "$json" | field 'd["wall_ms"]/1000')
 hits=$(echo "$json" | field 'd["remote"]["hits"]')
 printf '%-10s %8.2f %10s %10s %10.0f  (hits/s)\n' read "$wall" "$hits" - "$(echo "$hits $wall" | awk '{print $1/$2}')"
+
+shared=file://$work/shared
+json=$(build "$(project write-file f "$shared")" "$moto")
+wall=$(echo "$json" | field 'd["wall_ms"]/1000')
+up=$(echo "$json" | field 'd["remote"]["uploaded"]')
+printf '%-10s %8.2f %10s %10s %10.0f\n' write-file "$wall" "$artifacts" "$up" "$(echo "$up $wall" | awk '{print $1/$2}')"
+
+json=$(build "$(project read-file f "$shared")" "$moto")
+wall=$(echo "$json" | field 'd["wall_ms"]/1000')
+hits=$(echo "$json" | field 'd["remote"]["hits"]')
+printf '%-10s %8.2f %10s %10s %10.0f  (hits/s)\n' read-file "$wall" "$hits" - "$(echo "$hits $wall" | awk '{print $1/$2}')"
