@@ -331,3 +331,51 @@ fn a_shared_folder_works_as_the_remote_too() {
 fn url_of(path: &std::path::Path) -> String {
     format!("file://{}", path.display())
 }
+
+#[test]
+fn a_build_killed_mid_way_leaves_its_uploads_owed_and_the_next_build_makes_them() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig {
+        latency_ms: 5,
+        ..MockConfig::default()
+    });
+    let p = shared_project(&mock, 200, "killed", "");
+    let mut child = with_s3(&p, &s3, &["build", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the build");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while mock.requests() < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().expect("SIGKILL the build");
+    child.wait().unwrap();
+
+    let (summary, _) = build(&p, &s3, &[]);
+    assert!(
+        remote_count(&summary, "from_earlier") > 0,
+        "{}",
+        summary["remote"]
+    );
+    assert_eq!(remote_count(&summary, "deferred"), 0);
+    // Every answer the local cache holds, from both builds, is in the bucket.
+    let stats = run_command(&mut with_s3(&p, &s3, &["cache", "stats"]));
+    let entries: usize = stats
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("entries:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", stats.stdout));
+    assert_eq!(objects(&s3, "killed").len(), entries);
+    assert!(
+        stats.stdout.contains("owed uploads:      0"),
+        "{}",
+        stats.stdout
+    );
+}

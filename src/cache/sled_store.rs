@@ -553,13 +553,19 @@ mod tests {
     /// folder's lock for a moment after the drop; a second process would see the same (and be
     /// told the cache is in use), but within one test it is a race, not a finding.
     fn reopen(path: &Path) -> SledStore {
+        try_reopen(path).unwrap()
+    }
+
+    /// Opens the cache at `path`, waiting while a store just dropped (its own, or sled's in a
+    /// test) still holds the folder's lock.
+    fn try_reopen(path: &Path) -> Result<SledStore, CacheError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match SledStore::open(path) {
                 Err(CacheError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                result => return result.unwrap(),
+                result => return result,
             }
         }
     }
@@ -679,7 +685,7 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(
-            SledStore::open(dir.path()),
+            try_reopen(dir.path()),
             Err(CacheError::NewerSchema { .. })
         ));
     }

@@ -2,8 +2,8 @@
 //!
 //! This module owns the engine's side of `[cache.remote]`: [`Engine::read_through`] (a local
 //! miss asks the remote before the model is paid; a hit is stored locally and used like any
-//! cached answer, never counted as generated), [`Engine::upload_generated`] (what a ticket paid
-//! for goes up once the local cache holds it durably) and the [`RemoteReport`] a build ends with.
+//! cached answer, never counted as generated), [`Engine::upload_generated`] (what a ticket pays
+//! for is queued as it is put, and goes up once the local cache holds it durably) and the [`RemoteReport`] a build ends with.
 //! Talking to the store, verifying objects and keeping owed uploads are the cache's
 //! (`crate::cache::remote`).
 
@@ -98,12 +98,10 @@ impl Engine {
         }
     }
 
-    /// Hands what ticket `index` generated to the uploads; called once it is durable locally.
-    pub(super) fn upload_generated(&self, index: u64, generated: &[(usize, ArtifactKey)]) {
-        let Some(uploads) = self.remote.as_ref().and_then(|t| t.uploads.as_ref()) else {
-            return;
-        };
-        for (_, key) in generated {
+    /// Hands an answer ticket `index` just paid for to the uploads (they wait for it to be durable
+    /// locally before it goes up).
+    pub(super) fn upload_generated(&self, index: u64, key: &ArtifactKey) {
+        if let Some(uploads) = self.remote.as_ref().and_then(|t| t.uploads.as_ref()) {
             uploads.enqueue(index, *key);
         }
     }

@@ -119,6 +119,9 @@ impl Engine {
         self.store
             .put(sample.index, &artifact)
             .map_err(GenerateError::Cache)?;
+        // Queued for the remote cache now, uploaded once durable: a kill after the flush can
+        // then not leave a paid answer that no build ever uploads.
+        self.upload_generated(sample.index, &key);
         Ok(artifact.into_summary())
     }
 

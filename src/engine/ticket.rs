@@ -312,9 +312,6 @@ impl Engine {
         if walk.awaiting_commit {
             self.commit.durable().await?;
         }
-        if matches!(walk.mode, Mode::Build) {
-            self.upload_generated(walk.sample.index, &walk.generated);
-        }
         Ok(TicketOutcome {
             sample: walk.sample,
             states: walk.states,
