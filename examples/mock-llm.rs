@@ -3,7 +3,9 @@
 //!
 //! It serves the OpenAI chat-completions API (`POST /v1/chat/completions`) and the Anthropic Messages
 //! API (`POST /v1/messages`) on 127.0.0.1, answering every node of the example pipeline with a valid
-//! output, with the latency and fault rates given here. The server itself is the one the integration
+//! output, with the latency and fault rates given here; and their batch APIs (OpenAI's `/v1/files`
+//! and `/v1/batches`, Anthropic's `/v1/messages/batches`) with a completion delay, per-request
+//! errors, expiry with partial output, cancellation and results in random order. The server itself is the one the integration
 //! tests use (tests/support/mock_llm.rs); this file only reads flags and prints where it listens.
 
 // The shared mock (tests/support) is `pub` for the tests, not for a library.
@@ -67,6 +69,18 @@ struct Args {
     /// Which headers describe the limits: openai, anthropic or none.
     #[arg(long, default_value = "openai")]
     limit_headers: String,
+    /// Batch APIs: milliseconds from creation until a batch has answered every request.
+    #[arg(long, default_value_t = 200)]
+    batch_complete_after_ms: u64,
+    /// Batch APIs: share of requests that fail on their own (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    batch_error_share: f64,
+    /// Batch APIs: batches expire at the end with this share of requests done (0 to 1).
+    #[arg(long)]
+    batch_expire_done_share: Option<f64>,
+    /// Batch APIs: results in a random order.
+    #[arg(long)]
+    batch_shuffle: bool,
 }
 
 /// The rate limit the flags ask for, if any.
@@ -112,6 +126,12 @@ async fn main() -> std::io::Result<()> {
         slow_share: args.slow_share,
         slow_ms: args.slow_ms,
         rate_limit,
+        batch: mock_llm::BatchConfig {
+            complete_after_ms: args.batch_complete_after_ms,
+            error_share: args.batch_error_share,
+            expire_done_share: args.batch_expire_done_share,
+            shuffle: args.batch_shuffle,
+        },
         ..mock_llm::MockConfig::default()
     };
     println!("mock LLM server listening on {url}");

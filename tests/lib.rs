@@ -17,6 +17,7 @@ mod incremental;
 mod input;
 mod interop;
 mod latency;
+mod mock_batches;
 mod pipes;
 mod properties;
 mod quality;

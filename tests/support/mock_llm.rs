@@ -28,6 +28,11 @@ use serde_json::{Value, json};
 #[path = "rate_bucket.rs"]
 pub mod bucket;
 
+#[path = "mock_batches.rs"]
+pub mod batches;
+
+pub use batches::BatchConfig;
+
 pub use bucket::{HeaderStyle, RateLimit};
 
 /// How the mock answers.
@@ -68,6 +73,8 @@ pub struct MockConfig {
     pub delay: Option<Delay>,
     /// A requests and tokens per minute limit, enforced with 429s and described in headers.
     pub rate_limit: Option<RateLimit>,
+    /// How the batch APIs (`/v1/files`, `/v1/batches`, `/v1/messages/batches`) behave.
+    pub batch: BatchConfig,
 }
 
 /// Decides how long a request waits before it is answered; `None` for the usual latency.
@@ -127,6 +134,7 @@ impl Default for MockConfig {
             slow_ms: 0,
             delay: None,
             rate_limit: None,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -202,6 +210,7 @@ pub struct Counters {
 
 struct State {
     buckets: Option<Mutex<bucket::Buckets>>,
+    batches: Mutex<batches::Batches>,
     config: MockConfig,
     script: Mutex<VecDeque<Fault>>,
     counters: Counters,
@@ -295,6 +304,16 @@ impl MockServer {
         }
     }
 
+    /// How many times each custom id was submitted in a batch, across every batch.
+    pub fn batch_submissions(&self) -> HashMap<String, u64> {
+        lock(&self.state.batches).submitted()
+    }
+
+    /// How many batches were created.
+    pub fn batches_created(&self) -> usize {
+        lock(&self.state.batches).created()
+    }
+
     /// Every request body so far, in arrival order.
     pub fn bodies(&self) -> Vec<Value> {
         self.log().into_iter().map(|l| l.body).collect()
@@ -319,6 +338,7 @@ fn new_state(config: MockConfig) -> Arc<State> {
             .as_ref()
             .map(|limit| Mutex::new(bucket::Buckets::new(limit))),
         script: Mutex::new(config.script.iter().cloned().collect()),
+        batches: Mutex::new(batches::Batches::default()),
         config,
         counters: Counters::default(),
     })
@@ -399,6 +419,9 @@ struct Received {
     anthropic_version: Option<String>,
     path: String,
     is_post: bool,
+    content_type: Option<String>,
+    /// The body as sent (a file upload is not JSON).
+    raw: Bytes,
     /// The JSON body, or `Null` when it is not JSON.
     body: Value,
 }
@@ -416,6 +439,7 @@ async fn receive(request: Request<Incoming>) -> Received {
     let authorization = header("authorization");
     let x_api_key = header("x-api-key");
     let anthropic_version = header("anthropic-version");
+    let content_type = header("content-type");
     let path = request.uri().path().to_string();
     let is_post = request.method() == hyper::Method::POST;
     let bytes = match request.into_body().collect().await {
@@ -430,6 +454,8 @@ async fn receive(request: Request<Incoming>) -> Received {
         anthropic_version,
         path,
         is_post,
+        content_type,
+        raw: bytes,
         body,
     }
 }
@@ -629,6 +655,18 @@ async fn handle(
     let counters = &state.counters;
     let at = Instant::now();
     let received = receive(request).await;
+    if batches::is_batch_route(&received.path) {
+        // Batch traffic is not a model call: it is counted apart (`batch_submissions`).
+        let (status, body) = batches::handle(
+            &mut lock(&state.batches),
+            &state.config,
+            received.is_post,
+            &received.path,
+            received.content_type.as_deref(),
+            &received.raw,
+        );
+        return Ok(http_response(status, None, body, Vec::new()));
+    }
     let (n, _in_flight) = count_arrival(counters, &received.key);
     lock(&counters.arrivals).push((received.key.clone(), received.body.clone()));
 
