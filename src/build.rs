@@ -250,24 +250,32 @@ async fn remote_tier(
             settings.url
         )),
         Access::Unreachable(reason) => options.observer.notice(&format!(
-            "remote cache {} is unreachable ({reason}); building with the local cache and the model, and the next build uploads what this one generates",
-            settings.url
+            "remote cache {} is unreachable ({reason}); building with the local cache and the model{}",
+            settings.url,
+            if settings.mode == RemoteMode::ReadWrite {
+                ", and the next build that reaches it uploads what this one generates"
+            } else {
+                ""
+            }
         )),
     }
-    let uploads = match settings.mode {
-        RemoteMode::ReadOnly => None,
-        RemoteMode::ReadWrite => match Uploads::start(Arc::clone(&cache), local, &config.cache_dir)
-        {
-            Ok(uploads) => Some(uploads),
-            Err(e) => {
-                options.observer.notice(&format!(
+    // Read-only (configured, or the probe could not write): nothing goes up, nothing is owed.
+    // Unreachable: what this build pays for is owed, for a build that reaches the remote.
+    let uploads = match (settings.mode, &access) {
+        (RemoteMode::ReadOnly, _) | (_, Access::ReadOnly(_)) => None,
+        (RemoteMode::ReadWrite, _) => {
+            match Uploads::start(Arc::clone(&cache), local, &config.cache_dir) {
+                Ok(uploads) => Some(uploads),
+                Err(e) => {
+                    options.observer.notice(&format!(
                     "remote cache {}: cannot keep track of uploads in `{}` ({e}); nothing is uploaded by this build",
                     settings.url,
                     config.cache_dir.display()
                 ));
-                None
+                    None
+                }
             }
-        },
+        }
     };
     Ok(Some(RemoteTier {
         cache,

@@ -379,3 +379,23 @@ fn a_build_killed_mid_way_leaves_its_uploads_owed_and_the_next_build_makes_them(
         stats.stdout
     );
 }
+
+#[test]
+fn a_missing_bucket_is_named_and_the_answers_wait_for_it() {
+    let s3 = MotoServer::start();
+    let mock = MockServer::start(MockConfig::default());
+    let p = shared_project(&mock, 10, "later", "");
+    let (summary, stderr) = build(&p, &s3, &[]);
+    assert_eq!(summary["remote"]["access"], "unreachable");
+    assert!(
+        stderr.contains("the bucket does not exist") && stderr.lines().count() < 5,
+        "{stderr}"
+    );
+    let generated = total(&summary, "generated");
+    assert_eq!(remote_count(&summary, "deferred"), generated);
+    // Once the bucket exists, the next build (nothing to build) uploads what was owed.
+    s3.create_bucket(BUCKET);
+    let (summary, _) = build(&p, &s3, &[]);
+    assert_eq!(remote_count(&summary, "uploaded"), generated);
+    assert_eq!(objects(&s3, "later").len() as u64, generated);
+}

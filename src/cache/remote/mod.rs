@@ -171,9 +171,9 @@ impl RemoteCache {
     pub(crate) async fn probe(&self) -> Access {
         let probe = ObjectPath::from(format!("{}/.probe", object::FORMAT_PREFIX));
         let access = match self.mode {
-            RemoteMode::ReadOnly => match self.store.head(&probe).await {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => Access::ReadOnly(None),
-                Err(e) => Access::Unreachable(describe(&e)),
+            RemoteMode::ReadOnly => match self.readable().await {
+                Ok(()) => Access::ReadOnly(None),
+                Err(reason) => Access::Unreachable(reason),
             },
             RemoteMode::ReadWrite => {
                 let payload = PutPayload::from_static(b"ticketbuild remote cache probe\n");
@@ -182,14 +182,12 @@ impl RemoteCache {
                         Ok(_) => Access::ReadWrite,
                         Err(e) => Access::Unreachable(describe(&e)),
                     },
-                    Err(write) => match self.store.head(&probe).await {
-                        Ok(_) | Err(object_store::Error::NotFound { .. }) => {
-                            Access::ReadOnly(Some(format!(
-                                "writing a probe object failed: {}",
-                                describe(&write)
-                            )))
-                        }
-                        Err(_) => Access::Unreachable(describe(&write)),
+                    Err(write) => match self.readable().await {
+                        Ok(()) => Access::ReadOnly(Some(format!(
+                            "writing a probe object failed: {}",
+                            describe(&write)
+                        ))),
+                        Err(reason) => Access::Unreachable(reason),
                     },
                 }
             }
@@ -199,6 +197,26 @@ impl RemoteCache {
         self.down
             .store(matches!(access, Access::Unreachable(_)), Ordering::Release);
         access
+    }
+
+    /// Whether the remote can be read: one listing of the object folder (a HEAD cannot tell a
+    /// missing object from a missing bucket; a listing can).
+    async fn readable(&self) -> Result<(), String> {
+        match self
+            .store
+            .list_with_delimiter(Some(&ObjectPath::from(object::FORMAT_PREFIX)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let reason = describe(&e);
+                Err(if bucket_missing(&reason) {
+                    format!("the bucket does not exist ({reason})")
+                } else {
+                    reason
+                })
+            }
+        }
     }
 
     /// Whether answers go up to the remote (read-write, and the probe could write).
@@ -372,7 +390,34 @@ fn describe(error: &object_store::Error) -> String {
         }
         source = inner.source();
     }
-    text
+    condense_xml(&text)
+}
+
+/// A storage error body in XML (S3's, Azure's) shortened to its code and message, on one line.
+fn condense_xml(text: &str) -> String {
+    let Some(start) = text.find("<?xml").or_else(|| text.find("<Error>")) else {
+        return text.replace('\n', " ");
+    };
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let from = text.find(&open)? + open.len();
+        let to = text[from..].find('<')? + from;
+        Some(text[from..to].to_string())
+    };
+    let mut short = text[..start].trim_end().to_string();
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => short.push_str(&format!(" {code}: {message}")),
+        (Some(code), None) => short.push_str(&format!(" {code}")),
+        _ => {}
+    }
+    short.replace('\n', " ")
+}
+
+/// Whether an error says the bucket (or container) itself is missing.
+fn bucket_missing(text: &str) -> bool {
+    ["NoSuchBucket", "ContainerNotFound", "bucket does not exist"]
+        .iter()
+        .any(|sign| text.contains(sign))
 }
 
 /// How long a request may take, and how it is retried: short, since a remote that does not
@@ -489,5 +534,17 @@ mod tests {
             panic!("an Azure container without an account was accepted");
         };
         assert!(e.to_string().contains("Account must be specified"), "{e}");
+    }
+
+    #[test]
+    fn storage_errors_are_one_line_with_their_code() {
+        let text = "Error performing PUT http://h/b/x in 3ms - 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><RequestId>1</RequestId></Error>";
+        let short = condense_xml(text);
+        assert_eq!(
+            short,
+            "Error performing PUT http://h/b/x in 3ms - 404 Not Found: NoSuchBucket: The specified bucket does not exist"
+        );
+        assert!(bucket_missing(&short));
+        assert_eq!(condense_xml("a\nb"), "a b");
     }
 }
