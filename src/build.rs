@@ -277,10 +277,15 @@ async fn remote_tier(
             }
         }
     };
+    let owed = match &uploads {
+        None if settings.mode == RemoteMode::ReadWrite => upload::pending_count(&config.cache_dir),
+        _ => 0,
+    };
     Ok(Some(RemoteTier {
         cache,
         access,
         uploads,
+        owed,
     }))
 }
 

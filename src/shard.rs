@@ -230,16 +230,29 @@ pub(crate) fn import_artifacts(folder: &Path, cache: &dyn Cache) -> Result<Impor
         return Err(read_error("not a ticketbuild shard artifacts file".into()));
     }
     let mut imported = Imported::default();
+    let size = input
+        .get_ref()
+        .metadata()
+        .map_err(|e| read_error(e.to_string()))?
+        .len();
+    let mut position = ARTIFACTS_MAGIC.len() as u64;
     let mut head = [0u8; 16];
-    loop {
-        match input.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(read_error(e.to_string())),
-        }
+    while position < size {
+        input
+            .read_exact(&mut head)
+            .map_err(|e| read_error(format!("truncated: {e}")))?;
         let ticket = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
         let len = u64::from_le_bytes(head[8..].try_into().unwrap_or_default());
-        let mut bytes = vec![0u8; usize::try_from(len).map_err(|e| read_error(e.to_string()))?];
+        position += 16;
+        // The length is not covered by a checksum: it must fit in what is left of the file.
+        if len > size - position {
+            return Err(read_error(format!(
+                "a record at byte {} says it is {len} bytes long, more than the file holds",
+                position - 16
+            )));
+        }
+        position += len;
+        let mut bytes = vec![0u8; len as usize];
         input
             .read_exact(&mut bytes)
             .map_err(|e| read_error(format!("truncated: {e}")))?;
@@ -363,19 +376,25 @@ pub(crate) async fn remote_manifests(
 /// Problems with a set of shards against the project merging them.
 fn compare(found: &[(PathBuf, ShardManifest)], config: &Config, graph: &Graph) -> Vec<String> {
     let mut problems = Vec::new();
-    let Some(count) = found.iter().map(|(_, s)| s.of).max() else {
+    let expected = manifest::dataset_hash(config, graph);
+    // N is that of the shards built from this project's inputs (the most of them, if shards of
+    // two N are there); manifests of another N left from an earlier split are not this merge's.
+    let mut counts: Vec<u32> = found
+        .iter()
+        .filter(|(_, s)| s.dataset_hash == expected)
+        .map(|(_, s)| s.of)
+        .collect();
+    counts.sort_unstable();
+    let Some(count) = counts
+        .chunk_by(|a, b| a == b)
+        .max_by_key(|run| run.len())
+        .map(|run| run[0])
+        .or_else(|| found.iter().map(|(_, s)| s.of).max())
+    else {
         return problems;
     };
-    for (dir, shard) in found {
-        if shard.of != count {
-            problems.push(format!(
-                "`{}` is shard {} of {}, but other shards are of {count}; build every shard with the same N",
-                dir.display(),
-                shard.shard,
-                shard.of
-            ));
-        }
-    }
+    let found: Vec<&(PathBuf, ShardManifest)> =
+        found.iter().filter(|(_, s)| s.of == count).collect();
     for index in 1..=count {
         let copies = found
             .iter()
@@ -388,8 +407,21 @@ fn compare(found: &[(PathBuf, ShardManifest)], config: &Config, graph: &Graph) -
             n => problems.push(format!("shard {index} of {count} is there {n} times")),
         }
     }
-    let expected = manifest::dataset_hash(config, graph);
     let here = manifest::fingerprints(graph);
+    for (dir, shard) in &found {
+        if shard.dataset_hash == expected && shard.written + shard.failed < shard.tickets {
+            problems.push(format!(
+                "shard {} of {} (`{}`) did not finish: {} of its {} tickets were built; build it again with `ticketbuild build --shard {}/{}`",
+                shard.shard,
+                shard.of,
+                dir.display(),
+                shard.written + shard.failed,
+                shard.tickets,
+                shard.shard,
+                shard.of
+            ));
+        }
+    }
     for (dir, shard) in found {
         if shard.dataset_hash == expected {
             continue;

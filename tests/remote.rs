@@ -399,3 +399,90 @@ fn a_missing_bucket_is_named_and_the_answers_wait_for_it() {
     assert_eq!(remote_count(&summary, "uploaded"), generated);
     assert_eq!(objects(&s3, "later").len() as u64, generated);
 }
+
+#[test]
+fn merge_takes_the_complete_split_and_refuses_an_unfinished_or_damaged_shard() {
+    // The offline model: no servers needed for what merge checks.
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", "rows = 40");
+    for shard in ["1/4", "2/4", "3/4", "4/4", "1/2", "2/2"] {
+        let run = p.run(&["build", "--shard", shard]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    // Shards of 4 and of 2 in one folder: the split merge takes is complete either way.
+    let run = p.run(&["merge", "--cache", "merge-cache"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let merged = p.snapshot("out");
+    let reference = Project::example();
+    reference.edit("dataset.toml", "rows = 200", "rows = 40");
+    reference.build_json(&[]);
+    for file in ["tickets.parquet", "tickets.csv", "tickets.jsonl"] {
+        let ours = merged.iter().find(|(name, _)| name == file).unwrap();
+        assert_eq!(
+            ours.1,
+            std::fs::read(reference.file(&format!("out/{file}"))).unwrap()
+        );
+    }
+
+    // A shard that did not finish (as after Ctrl-C) is named, not merged.
+    for n in ["1-of-4", "3-of-4"] {
+        let path = format!("out/shards/{n}/shard.json");
+        let mut manifest: serde_json::Value = serde_json::from_str(&p.read(&path)).unwrap();
+        if n == "1-of-4" {
+            manifest["written"] = serde_json::json!(0);
+        }
+        p.write(&path, &serde_json::to_string_pretty(&manifest).unwrap());
+    }
+    std::fs::remove_dir_all(p.file("out/shards/1-of-2")).unwrap();
+    let run = p.run(&["merge", "--cache", "merge-cache-2"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("shard 1 of 4"), "{}", run.stderr);
+    assert!(run.stderr.contains("did not finish"), "{}", run.stderr);
+
+    // A damaged length in a shard's artifacts: an error naming the file, not a crash.
+    for n in 1..=4 {
+        std::fs::remove_dir_all(p.file(&format!("out/shards/{n}-of-4"))).unwrap();
+    }
+    let path = p.file("out/shards/2-of-2/artifacts.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let other = p.run(&["build", "--shard", "1/2"]);
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    let run = p.run(&["merge", "--cache", "merge-cache-3"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("more than the file holds"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
+
+/// The shard (1-based) of ticket `index` among `count`, as ticketbuild assigns it.
+fn shard_of(index: u64, count: u64) -> u64 {
+    let hash = blake3::Hasher::new_derive_key("ticketbuild 2026-12-02 shard assignment v1")
+        .update(&index.to_le_bytes())
+        .finalize();
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap()) % count + 1
+}
+
+#[test]
+fn a_shard_with_no_ticket_among_the_first_thousand_still_builds_its_own() {
+    // Concurrency 1: tickets start at most 1,024 past the next one to write. A shard whose first
+    // ticket lies beyond that must still build it.
+    let (count, rows) = (2_000u64, 1_200u64);
+    let shard = (1..=count)
+        .find(|s| {
+            (0..1_024).all(|i| shard_of(i, count) != *s)
+                && (1_024..rows).any(|i| shard_of(i, count) == *s)
+        })
+        .expect("some shard owns only tickets past 1,024");
+    let owned = (0..rows).filter(|i| shard_of(*i, count) == shard).count() as u64;
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", &format!("rows = {rows}"));
+    p.edit("dataset.toml", "concurrency = 64", "concurrency = 1");
+    let summary = p.build_json(&["--shard", &format!("{shard}/{count}")]);
+    assert_eq!(summary["tickets"], owned);
+    assert_eq!(summary["written"], owned);
+}

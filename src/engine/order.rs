@@ -112,6 +112,7 @@ impl Engine {
             near: concurrency.saturating_mul(NEAR_PER_SLOT),
             ahead: concurrency.saturating_mul(AHEAD_PER_SLOT),
         };
+        order.skip_other_shards();
         let mut runner = TicketRunner::new(Arc::clone(self));
         let mut every = tokio::time::interval(IN_FLIGHT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,6 +147,16 @@ impl Engine {
 }
 
 impl Reorder<'_> {
+    /// Moves past another shard's tickets, which are not this build's to write: the next ticket
+    /// to write is always one of this build's, so tickets start up to `ahead` past one it owns
+    /// (however few of the first tickets a shard has).
+    fn skip_other_shards(&mut self) {
+        while self.next_to_write < self.engine.config.rows && !self.engine.owns(self.next_to_write)
+        {
+            self.next_to_write += 1;
+        }
+    }
+
     fn start_before(&self) -> u64 {
         self.next_to_write.saturating_add(self.ahead)
     }
@@ -197,12 +208,7 @@ impl Reorder<'_> {
     /// leave slots idle.
     async fn write_ready(&mut self, runner: &mut TicketRunner) {
         loop {
-            // Another shard's tickets are not this build's to write.
-            while self.next_to_write < self.engine.config.rows
-                && !self.engine.owns(self.next_to_write)
-            {
-                self.next_to_write += 1;
-            }
+            self.skip_other_shards();
             let Some(waiting) = self.waiting.remove(&self.next_to_write) else {
                 break;
             };

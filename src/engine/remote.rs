@@ -23,6 +23,8 @@ pub(crate) struct RemoteTier {
     pub(crate) cache: Arc<RemoteCache>,
     pub(crate) access: Access,
     pub(crate) uploads: Option<Uploads>,
+    /// Without uploads this build (the remote read-only for it), what earlier builds owe it.
+    pub(crate) owed: u64,
 }
 
 /// What the remote cache did in a build (`build --json`: `remote`).
@@ -49,7 +51,7 @@ impl RemoteTier {
                 let summary = uploads.finish().await;
                 (summary.counts, summary.deferred, summary.from_earlier)
             }
-            None => (self.cache.counts(), 0, 0),
+            None => (self.cache.counts(), self.owed, 0),
         };
         let (access, access_reason) = match &self.access {
             Access::ReadWrite => ("read-write", None),

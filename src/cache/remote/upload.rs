@@ -76,12 +76,15 @@ fn fold_leftovers(dir: &Path) -> std::io::Result<()> {
     if leftovers.is_empty() {
         return Ok(());
     }
-    let mut pending = BufWriter::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(PENDING_FILE))?,
-    );
+    let pending_path = dir.join(PENDING_FILE);
+    let whole = records(&pending_path) * RECORD as u64;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&pending_path)?;
+    // A torn record at the end (a crash during an earlier fold) would misalign all that follows.
+    file.set_len(whole)?;
+    let mut pending = BufWriter::new(file);
     for path in &leftovers {
         let whole = records(path) * RECORD as u64;
         let mut reader = BufReader::new(std::fs::File::open(path)?).take(whole);
@@ -207,8 +210,13 @@ impl Uploads {
         {
             // Unbuffered on purpose: the upload task reads the file behind it, and a crash must
             // not lose the record of an owed upload. Failing to write it only risks that upload,
-            // never the answer (it is in the local cache).
-            let _ = file.write_all(&job.to_bytes());
+            // never the answer (it is in the local cache); a part written is cut off, so the
+            // records after it stay aligned.
+            if file.write_all(&job.to_bytes()).is_err() {
+                if let Ok(meta) = file.metadata() {
+                    let _ = file.set_len(meta.len() / RECORD as u64 * RECORD as u64);
+                }
+            }
         }
         self.more.notify_one();
     }
@@ -220,17 +228,24 @@ impl Uploads {
         self.done.store(true, Ordering::Release);
         self.more.notify_one();
         let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let outcome = match worker {
-            Some(worker) => worker.await.unwrap_or(Outcome {
-                failed: 0,
-                gave_up: true,
-            }),
-            None => Outcome::default(),
+        let Some(worker) = worker else {
+            // Finished already: nothing more to do, nothing to change.
+            return UploadSummary {
+                counts: self.remote.counts(),
+                deferred: pending_count(&self.cache_dir),
+                from_earlier: self.from_earlier,
+            };
         };
+        let outcome = worker.await.unwrap_or(Outcome {
+            gave_up: true,
+            ..Outcome::default()
+        });
         let failed = self.dir.join(FAILED_FILE);
         let pending = self.dir.join(PENDING_FILE);
+        let queue = self.dir.join(QUEUE_FILE);
         let deferred = if outcome.gave_up {
-            pending_count(&self.cache_dir)
+            // Every file stays, for the next build to fold in; owed is what did not settle.
+            (records(&pending) + records(&queue)).saturating_sub(outcome.settled)
         } else {
             // Every queued key was tried: what failed is what is owed now.
             if outcome.failed > 0 {
@@ -239,7 +254,7 @@ impl Uploads {
                 let _ = std::fs::remove_file(&failed);
                 let _ = std::fs::remove_file(&pending);
             }
-            let _ = std::fs::remove_file(self.dir.join(QUEUE_FILE));
+            let _ = std::fs::remove_file(&queue);
             outcome.failed
         };
         self.remote.count_upload_failed(deferred);
@@ -250,6 +265,15 @@ impl Uploads {
             deferred,
             from_earlier: self.from_earlier,
         }
+    }
+}
+
+impl Drop for Uploads {
+    /// A build that ends without [`Uploads::finish`] (an error before its engine ran) lets the
+    /// upload task end too; its files stay, and the next build folds them in.
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        self.more.notify_one();
     }
 }
 
@@ -264,112 +288,164 @@ struct Worker {
 }
 
 impl Worker {
-    /// How many uploads failed (written to `failed`), and whether the queue was left unread.
     async fn run(self) -> Outcome {
-        let mut failed = match std::fs::File::create(self.dir.join(FAILED_FILE)) {
-            Ok(file) => BufWriter::new(file),
-            Err(_) => {
-                return Outcome {
-                    failed: 0,
-                    gave_up: true,
-                };
-            }
+        let Ok(file) = std::fs::File::create(self.dir.join(FAILED_FILE)) else {
+            return Outcome {
+                gave_up: true,
+                ..Outcome::default()
+            };
         };
-        let mut count = 0u64;
-        let mut gave_up = false;
+        let mut tally = Tally {
+            failed: BufWriter::new(file),
+            outcome: Outcome::default(),
+        };
         let mut in_flight = FuturesUnordered::new();
-        let limit = self.remote.upload_concurrency;
-        for name in [PENDING_FILE, QUEUE_FILE] {
-            let Ok(mut file) = std::fs::File::open(self.dir.join(name)) else {
+        'files: for name in [PENDING_FILE, QUEUE_FILE] {
+            let Ok(file) = std::fs::File::open(self.dir.join(name)) else {
                 continue;
             };
-            let tail = name == QUEUE_FILE;
-            let mut record = [0u8; RECORD];
-            let mut filled = 0;
-            // Keys are queued as they are put, before the local cache has made them durable:
-            // the queue is read only up to what a flush has covered (`durable_upto` bytes), so
-            // nothing goes up before it is safe locally.
-            let mut position = 0u64;
-            let mut durable_upto = 0u64;
+            let mut reader = Reader {
+                file,
+                tail: name == QUEUE_FILE,
+                record: [0; RECORD],
+                filled: 0,
+                position: 0,
+                durable_upto: 0,
+            };
             loop {
-                if tail && position >= durable_upto {
-                    let written = file.metadata().map_or(0, |m| m.len());
-                    if written > position {
-                        let local = Arc::clone(&self.local);
-                        let flushed = tokio::task::spawn_blocking(move || local.flush()).await;
-                        if !matches!(flushed, Ok(Ok(()))) {
-                            // The local cache cannot flush (the build fails on it too): the rest
-                            // of the queue stays owed, in its file, for the next build.
-                            gave_up = true;
-                            break;
-                        }
-                        durable_upto = written;
-                    }
-                }
-                // Register for a wake-up before looking, so a key queued meanwhile is not missed.
-                let notified = self.more.notified();
-                let done = self.done.load(Ordering::Acquire);
-                let room = if tail {
-                    // Not past what is durable.
-                    (durable_upto.saturating_sub(position) as usize).min(RECORD - filled)
-                } else {
-                    RECORD - filled
-                };
-                let read = if room == 0 {
-                    0
-                } else {
-                    file.read(&mut record[filled..filled + room]).unwrap_or(0)
-                };
-                filled += read;
-                position += read as u64;
-                if filled == RECORD {
-                    filled = 0;
-                    if let Some(job) = Job::from_bytes(&record) {
-                        if in_flight.len() >= limit {
-                            if let Some(Some(job)) = in_flight.next().await {
-                                count += write_failed(&mut failed, job);
+                match self.next_job(&mut reader, &mut in_flight, &mut tally).await {
+                    Next::Job(job) => {
+                        if in_flight.len() >= self.remote.upload_concurrency {
+                            if let Some(result) = in_flight.next().await {
+                                tally.settle(result);
                             }
                         }
                         in_flight.push(upload_one(&self.remote, self.local.as_ref(), job));
                     }
-                    continue;
-                }
-                if read > 0 {
-                    continue;
-                }
-                // At the end of what is written: `pending` is done; `queue` waits for more,
-                // and once the build is done, ends where the file ends.
-                if !tail {
-                    break;
-                }
-                if file.metadata().map_or(0, |m| m.len()) > position {
-                    // More is written than was known durable: the flush at the top covers it.
-                    continue;
-                }
-                if done {
-                    break;
-                }
-                tokio::select! {
-                    () = notified => {}
-                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
-                        if let Some(job) = result {
-                            count += write_failed(&mut failed, job);
-                        }
+                    Next::End => break,
+                    Next::GiveUp => {
+                        tally.outcome.gave_up = true;
+                        break 'files;
                     }
                 }
             }
         }
         while let Some(result) = in_flight.next().await {
-            if let Some(job) = result {
-                count += write_failed(&mut failed, job);
+            tally.settle(result);
+        }
+        match tally.failed.into_inner() {
+            Ok(file) if file.sync_all().is_ok() => {}
+            // A failure not recorded must not be forgotten: every file stays.
+            _ => tally.outcome.gave_up = true,
+        }
+        tally.outcome
+    }
+
+    /// The next whole record of the file `reader` reads: at once when it is there (and, in the
+    /// queue, covered by a flush of the local cache), else once more is queued; `End` at the end
+    /// of `pending`, or of `queue` once the build is done queueing.
+    async fn next_job<F>(
+        &self,
+        reader: &mut Reader,
+        in_flight: &mut FuturesUnordered<F>,
+        tally: &mut Tally,
+    ) -> Next
+    where
+        F: std::future::Future<Output = Option<Job>>,
+    {
+        loop {
+            // Register for a wake-up before looking, so a key queued meanwhile is not missed.
+            let notified = self.more.notified();
+            let done = self.done.load(Ordering::Acquire);
+            let written = reader.file.metadata().map_or(0, |m| m.len());
+            if reader.tail && reader.position >= reader.durable_upto && written > reader.position {
+                let local = Arc::clone(&self.local);
+                match tokio::task::spawn_blocking(move || local.flush()).await {
+                    Ok(Ok(())) => reader.durable_upto = written,
+                    // The local cache cannot flush (the build fails on it too): the rest of the
+                    // queue stays owed, in its file.
+                    _ => return Next::GiveUp,
+                }
+            }
+            match reader.read() {
+                Err(_) => return Next::GiveUp,
+                Ok(Some(job)) => return Next::Job(job),
+                Ok(None) if reader.position < written => continue,
+                Ok(None) if !reader.tail || done => return Next::End,
+                Ok(None) => {}
+            }
+            tokio::select! {
+                () = notified => {}
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => tally.settle(result),
             }
         }
-        if let Ok(file) = failed.into_inner() {
-            let _ = file.sync_all();
+    }
+}
+
+/// Where the upload task is in one file of owed uploads.
+struct Reader {
+    file: std::fs::File,
+    /// The queue, read behind the build and only as far as a flush has covered.
+    tail: bool,
+    record: [u8; RECORD],
+    filled: usize,
+    position: u64,
+    durable_upto: u64,
+}
+
+impl Reader {
+    /// The next whole record, if one can be read now.
+    fn read(&mut self) -> std::io::Result<Option<Job>> {
+        loop {
+            let room = if self.tail {
+                (self.durable_upto.saturating_sub(self.position) as usize).min(RECORD - self.filled)
+            } else {
+                RECORD - self.filled
+            };
+            if room == 0 {
+                return Ok(None);
+            }
+            let read = self
+                .file
+                .read(&mut self.record[self.filled..self.filled + room])?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.filled += read;
+            self.position += read as u64;
+            if self.filled == RECORD {
+                self.filled = 0;
+                // Any 40 bytes decode; a record of a key no longer stored is skipped on upload.
+                return Ok(Job::from_bytes(&self.record));
+            }
         }
-        Outcome {
-            failed: count,
-            gave_up,
+    }
+}
+
+enum Next {
+    Job(Job),
+    End,
+    GiveUp,
+}
+
+/// What the upload task has settled, and the file of what failed.
+struct Tally {
+    failed: BufWriter<std::fs::File>,
+    outcome: Outcome,
+}
+
+impl Tally {
+    /// One upload's result: `Some` is a failure, recorded in `failed`.
+    fn settle(&mut self, result: Option<Job>) {
+        match result {
+            None => self.outcome.settled += 1,
+            Some(job) => {
+                if self.failed.write_all(&job.to_bytes()).is_ok() {
+                    self.outcome.failed += 1;
+                } else {
+                    self.outcome.gave_up = true;
+                }
+            }
         }
     }
 }
@@ -377,15 +453,13 @@ impl Worker {
 /// What the upload task ended with.
 #[derive(Default)]
 struct Outcome {
+    /// Uploads that failed, recorded in `failed`.
     failed: u64,
-    /// The queue was not read to its end: every file stays, for the next build to fold in.
+    /// Uploads that went up, were already there, or had nothing left to upload.
+    settled: u64,
+    /// The task stopped before the end of the queue, or could not record a failure: every file
+    /// stays as it is, for the next build to fold in.
     gave_up: bool,
-}
-
-/// Records a failed upload; 1 when it was written (a failure to write it leaves the key in the
-/// queue file, which the next build folds in after a crash anyway).
-fn write_failed(failed: &mut BufWriter<std::fs::File>, job: Job) -> u64 {
-    u64::from(failed.write_all(&job.to_bytes()).is_ok())
 }
 
 /// One upload; the job back when it must be tried again later.
