@@ -289,11 +289,11 @@ async fn remote_tier(
     }))
 }
 
-/// The remote cache of `config`, probed, for reading what shards left there (`merge --remote`).
+/// The remote cache of `config`, probed (`merge --remote`, `cache push`).
 pub(crate) async fn open_remote(config: &Config) -> Result<Arc<RemoteCache>, String> {
     let Some(settings) = &config.remote else {
         return Err(format!(
-            "`{}` has no [cache.remote]; merge shards from their folder with `--from DIR`",
+            "`{}` has no [cache.remote] (docs/remote-cache.md)",
             config.path.display()
         ));
     };
@@ -367,4 +367,34 @@ async fn share_shard(
             remote.url()
         ));
     }
+}
+
+/// Uploads every artifact of the local cache that the remote lacks (`cache push`): a remote set
+/// up after answers were paid for gets them too. Put-if-absent, through the same queue and task
+/// as a build's uploads.
+pub(crate) async fn push_cache(
+    config: &Config,
+    cache: Arc<dyn Cache>,
+) -> Result<crate::cache::remote::upload::UploadSummary, String> {
+    let remote = open_remote(config).await?;
+    if !remote.writable() {
+        return Err(format!(
+            "the remote cache {} is read-only here (configured so, or it refused the probe write)",
+            remote.url()
+        ));
+    }
+    let store: Arc<dyn ArtifactStore> = cache.clone();
+    let uploads = Uploads::start(remote, store, &config.cache_dir).map_err(|e| {
+        format!(
+            "cannot queue uploads in `{}`: {e}",
+            config.cache_dir.display()
+        )
+    })?;
+    for entry in cache.entries() {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if let Some(ticket) = entry.ticket {
+            uploads.enqueue(ticket, entry.key);
+        }
+    }
+    Ok(uploads.finish().await)
 }

@@ -486,3 +486,43 @@ fn a_shard_with_no_ticket_among_the_first_thousand_still_builds_its_own() {
     assert_eq!(summary["tickets"], owned);
     assert_eq!(summary["written"], owned);
 }
+
+#[test]
+fn cache_push_uploads_what_was_paid_for_before_the_remote_was_set_up() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let before = example_on(&mock, 25, 8, "");
+    let summary = before.build_json(&[]);
+    let generated = total(&summary, "generated");
+    // Only now does the team set up the remote.
+    let mut text = before.read("dataset.toml");
+    text.push_str(&format!(
+        "\n[cache.remote]\nurl = \"s3://{BUCKET}/pushed\"\n"
+    ));
+    before.write("dataset.toml", &text);
+    let run = run_command(&mut with_s3(&before, &s3, &["cache", "push"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("{generated} uploaded, 0 already there")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(objects(&s3, "pushed").len() as u64, generated);
+    let again = run_command(&mut with_s3(&before, &s3, &["cache", "push"]));
+    assert!(
+        again
+            .stdout
+            .contains(&format!("0 uploaded, {generated} already there")),
+        "{}",
+        again.stdout
+    );
+    // A colleague builds it all from the bucket.
+    let paid = mock.requests();
+    let colleague = shared_project(&mock, 25, "pushed", "");
+    colleague.edit("dataset.toml", "concurrency = 16", "concurrency = 8");
+    let (summary, _) = build(&colleague, &s3, &[]);
+    assert_eq!(mock.requests(), paid);
+    assert_eq!(total(&summary, "generated"), 0);
+}

@@ -164,6 +164,9 @@ pub(crate) enum CacheCommand {
     Verify(CacheArgs),
     /// Keep the last build's artifacts through every gc, under a name.
     Pin(PinArgs),
+    /// Upload every artifact of the local cache that the remote cache (`[cache.remote]`) does not
+    /// have yet: answers paid for before the remote was set up, say.
+    Push(CacheArgs),
 }
 
 #[derive(Debug, Args)]

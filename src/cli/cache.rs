@@ -1,4 +1,4 @@
-//! `ticketbuild cache`: stats, gc, verify and pin. What they find is `cache::gc`'s; this prints it.
+//! `ticketbuild cache`: stats, gc, verify, pin and push. What they find is `cache::gc`'s; this prints it.
 
 use super::args::{CacheArgs, GcArgs, PinArgs};
 use super::{CliError, Outcome, open_cache, runtime_error, say};
@@ -120,4 +120,32 @@ pub(super) fn pin(args: PinArgs) -> Result<Outcome, CliError> {
         args.name
     );
     Ok(Outcome::Success)
+}
+
+pub(super) fn push(args: CacheArgs) -> Result<Outcome, CliError> {
+    let config = args.project.config()?;
+    let cache = open_cache(&config)?;
+    let summary = super::runtime()?
+        .block_on(crate::build::push_cache(&config, cache))
+        .map_err(|e| runtime_error(anyhow::anyhow!(e)))?;
+    let c = &summary.counts;
+    say!(
+        "pushed to {}: {} uploaded, {} already there{}",
+        config.remote.as_ref().map_or("", |r| r.url.as_str()),
+        c.uploaded,
+        c.already_present,
+        if summary.deferred > 0 {
+            format!(
+                "; {} failed (kept; the next build or push retries them)",
+                summary.deferred
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(if summary.deferred > 0 {
+        Outcome::Incomplete
+    } else {
+        Outcome::Success
+    })
 }

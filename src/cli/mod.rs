@@ -92,6 +92,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Cache(CacheCommand::Gc(args)) => cache::gc(args),
         Command::Cache(CacheCommand::Verify(args)) => cache::verify(args),
         Command::Cache(CacheCommand::Pin(args)) => cache::pin(args),
+        Command::Cache(CacheCommand::Push(args)) => cache::push(args),
     };
     match result {
         Err(CliError::ClosedPipe) => Ok(Outcome::Success),
