@@ -67,6 +67,12 @@ pub(super) fn run(project: &ProjectArgs, json: bool) -> Result<Outcome, CliError
         money(plan.cost_low),
         money(plan.cost_high)
     );
+    if let Some(remote) = &config.remote {
+        say!(
+            "  `cached` counts the local cache only: a build first looks up what is missing here in the remote cache {} and pays only for what it lacks",
+            remote.url
+        );
+    }
     if let Some(budget) = plan.budget {
         let verdict = match plan.cost_high {
             Some(high) if high <= budget => "the whole build fits",
