@@ -96,6 +96,9 @@ pub(crate) struct NodePlan {
     pub(crate) cost_low: Option<f64>,
     pub(crate) cost_expected: Option<f64>,
     pub(crate) cost_high: Option<f64>,
+    /// The expected cost at the provider's batch-API prices (`batch_input`, `batch_output`);
+    /// `None` when the model has none.
+    pub(crate) batch_cost_expected: Option<f64>,
     /// Some prompts depend on outputs not generated yet; their size is estimated.
     pub(crate) depends_on_pending: bool,
     /// Where the output estimate comes from: `cached outputs` or `max_tokens`.
@@ -111,6 +114,9 @@ pub(crate) struct Plan {
     pub(crate) cost_low: Option<f64>,
     pub(crate) cost_expected: Option<f64>,
     pub(crate) cost_high: Option<f64>,
+    /// The expected cost with every model that has batch prices at those prices (the others at
+    /// their usual ones); `None` when a model has no price at all.
+    pub(crate) batch_cost_expected: Option<f64>,
     pub(crate) budget: Option<f64>,
 }
 
@@ -271,6 +277,13 @@ impl<'a> Planner<'a> {
                         / 1_000_000.0
                 })
             };
+            let batch_cost = price.as_ref().and_then(|p| {
+                let (input, output) = (p.price.batch_input?, p.price.batch_output?);
+                Some(
+                    (input_tokens as f64 * input + (expected * to_generate) as f64 * output)
+                        / 1_000_000.0,
+                )
+            });
             nodes.push(NodePlan {
                 name: node.name.clone(),
                 model: format!("{}/{}", model.provider, model.model),
@@ -285,6 +298,7 @@ impl<'a> Planner<'a> {
                 cost_low: cost(low),
                 cost_expected: cost(expected),
                 cost_high: cost(high),
+                batch_cost_expected: batch_cost,
                 depends_on_pending: acc.blocked > 0,
                 output_basis: basis,
             });
@@ -301,6 +315,7 @@ impl<'a> Planner<'a> {
             cost_low: total(|n| n.cost_low),
             cost_expected: total(|n| n.cost_expected),
             cost_high: total(|n| n.cost_high),
+            batch_cost_expected: total(|n| n.batch_cost_expected.or(n.cost_expected)),
             budget: self.config.cost.budget,
             nodes,
         }

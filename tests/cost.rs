@@ -294,3 +294,46 @@ fn issue_15_after_a_small_build_the_plan_expects_what_the_full_build_spends() {
         "the plan expected ${expected:.4}, the build spent ${spent:.4}"
     );
 }
+
+#[test]
+fn issue_15_plan_batch_shows_the_batch_prices_beside_the_usual_ones() {
+    let mock = fixed_mock();
+    let p = example_on(&mock, 30, "");
+    p.edit(
+        "dataset.toml",
+        &format!("output = {OUTPUT_PRICE}\n"),
+        &format!(
+            "output = {OUTPUT_PRICE}\nbatch_input = {}\nbatch_output = {}\n",
+            INPUT_PRICE / 2.0,
+            OUTPUT_PRICE / 2.0
+        ),
+    );
+    let plan = json(&p.run(&["plan", "--json"]));
+    let expected = plan["cost_expected"].as_f64().unwrap();
+    let batch = plan["batch_cost_expected"].as_f64().unwrap();
+    assert!(expected > 0.0);
+    assert!(
+        (batch - expected / 2.0).abs() < 1e-9,
+        "{batch} vs {expected}"
+    );
+    for node in plan["nodes"].as_array().unwrap() {
+        let usual = node["cost_expected"].as_f64().unwrap();
+        let at_batch = node["batch_cost_expected"].as_f64().unwrap();
+        assert!((at_batch - usual / 2.0).abs() < 1e-9, "{node}");
+    }
+    let text = p.run(&["plan", "--batch"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("expected cost in batch mode:")
+            && text.stdout.contains("7 of 7 nodes at batch prices"),
+        "{}",
+        text.stdout
+    );
+    // Without batch prices: said so, and the usual price stands in.
+    let q = example_on(&mock, 30, "");
+    let plan = json(&q.run(&["plan", "--json"]));
+    assert!(plan["nodes"][0]["batch_cost_expected"].is_null());
+    assert_eq!(plan["batch_cost_expected"], plan["cost_expected"]);
+    let text = q.run(&["plan", "--batch"]);
+    assert!(text.stdout.contains("no batch price"), "{}", text.stdout);
+}

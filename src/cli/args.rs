@@ -87,6 +87,9 @@ pub(crate) struct PlanArgs {
     /// Print the estimate as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also show what the build would cost at the providers' batch-API prices (about half).
+    #[arg(long)]
+    pub(crate) batch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,7 @@ use crate::key::ArtifactKey;
 
 pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
     if args.dry_run {
-        return super::plan::run(&args.project, args.json);
+        return super::plan::run(&args.project, args.json, false);
     }
     let (mut config, graph) = load(&args.project)?;
     config.cost.allow_unpriced |= args.allow_unpriced;

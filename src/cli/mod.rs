@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Status(args) => status::run(args),
         Command::Cost(args) => cost::run(args),
         Command::Report(args) => report::run(args),
-        Command::Plan(args) => plan::run(&args.project, args.json),
+        Command::Plan(args) => plan::run(&args.project, args.json, args.batch),
         Command::Explain(args) => explain::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Merge(args) => merge::run(args),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::args::ProjectArgs;
 use super::{CliError, Outcome, load, name_width, open_cache, runtime, runtime_error, say};
 
-pub(super) fn run(project: &ProjectArgs, json: bool) -> Result<Outcome, CliError> {
+pub(super) fn run(project: &ProjectArgs, json: bool, batch: bool) -> Result<Outcome, CliError> {
     let (config, graph) = load(project)?;
     let cache = open_cache(&config)?;
     let config = Arc::new(config);
@@ -67,6 +67,29 @@ pub(super) fn run(project: &ProjectArgs, json: bool) -> Result<Outcome, CliError
         money(plan.cost_low),
         money(plan.cost_high)
     );
+    if batch {
+        let usd =
+            |v: Option<f64>| v.map_or_else(|| "no batch price".to_string(), |v| format!("${v:.4}"));
+        say!("  at batch-API prices (expected output):");
+        for node in &plan.nodes {
+            say!(
+                "    {:<width$}  {:>14}",
+                node.name,
+                usd(node.batch_cost_expected)
+            );
+        }
+        let with = plan
+            .nodes
+            .iter()
+            .filter(|n| n.batch_cost_expected.is_some())
+            .count();
+        say!(
+            "  expected cost in batch mode: {} against {} ({with} of {} nodes at batch prices, the others at their usual ones)",
+            money(plan.batch_cost_expected),
+            money(plan.cost_expected),
+            plan.nodes.len()
+        );
+    }
     if let Some(remote) = &config.remote {
         say!(
             "  `cached` counts the local cache only: a build first looks up what is missing here in the remote cache {} and pays only for what it lacks",
