@@ -393,7 +393,7 @@ pub(crate) async fn push_cache(
     for entry in cache.entries() {
         let entry = entry.map_err(|e| e.to_string())?;
         if let Some(ticket) = entry.ticket {
-            uploads.enqueue(ticket, entry.key);
+            uploads.enqueue(ticket, entry.key, false);
         }
     }
     Ok(uploads.finish().await)

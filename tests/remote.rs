@@ -526,3 +526,31 @@ fn cache_push_uploads_what_was_paid_for_before_the_remote_was_set_up() {
     assert_eq!(mock.requests(), paid);
     assert_eq!(total(&summary, "generated"), 0);
 }
+
+#[test]
+fn an_answer_forced_anew_replaces_the_remote_one() {
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let mock = MockServer::start(MockConfig::default());
+    let p = shared_project(&mock, 4, "forced", "");
+    build(&p, &s3, &[]);
+    let before: Vec<(String, Vec<u8>)> = objects(&s3, "forced")
+        .into_iter()
+        .map(|k| {
+            let bytes = s3.get(BUCKET, &k);
+            (k, bytes)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (summary, _) = build(&p, &s3, &["--force", "first_response"]);
+    let forced = crate::support::stat(&summary, "first_response", "generated");
+    assert_eq!(forced, 4);
+    // The regenerated answers (new times in their records) replaced the stored ones; nothing else
+    // changed.
+    let changed = before
+        .iter()
+        .filter(|(k, bytes)| s3.get(BUCKET, k) != *bytes)
+        .count() as u64;
+    assert_eq!(changed, forced);
+    assert_eq!(remote_count(&summary, "uploaded"), forced);
+}

@@ -101,10 +101,11 @@ impl Engine {
     }
 
     /// Hands an answer ticket `index` just paid for to the uploads (they wait for it to be durable
-    /// locally before it goes up).
-    pub(super) fn upload_generated(&self, index: u64, key: &ArtifactKey) {
+    /// locally before it goes up). An answer regenerated with `--force` replaces the remote's, so
+    /// that what the user asked for anew is what everyone gets.
+    pub(super) fn upload_generated(&self, index: u64, key: &ArtifactKey, forced: bool) {
         if let Some(uploads) = self.remote.as_ref().and_then(|t| t.uploads.as_ref()) {
-            uploads.enqueue(index, *key);
+            uploads.enqueue(index, *key, forced);
         }
     }
 

@@ -121,7 +121,8 @@ impl Engine {
             .map_err(GenerateError::Cache)?;
         // Queued for the remote cache now, uploaded once durable: a kill after the flush can
         // then not leave a paid answer that no build ever uploads.
-        self.upload_generated(sample.index, &key);
+        let forced = self.options.force.contains(&node.name);
+        self.upload_generated(sample.index, &key, forced);
         Ok(artifact.into_summary())
     }
 

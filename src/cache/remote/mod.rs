@@ -280,11 +280,16 @@ impl RemoteCache {
 
     /// Uploads `object` under `key`: put-if-absent, or overwriting a corrupt object. `Ok(true)`
     /// when uploaded, `Ok(false)` when the remote already had it.
-    pub(crate) async fn upload(&self, key: &ArtifactKey, object: Vec<u8>) -> Result<bool, String> {
+    pub(crate) async fn upload(
+        &self,
+        key: &ArtifactKey,
+        object: Vec<u8>,
+        replace: bool,
+    ) -> Result<bool, String> {
         if self.down.load(Ordering::Acquire) {
             return Err("the remote cache is unreachable".into());
         }
-        let mode = if self.replaces(key) {
+        let mode = if replace || self.replaces(key) {
             PutMode::Overwrite
         } else {
             PutMode::Create

@@ -35,27 +35,31 @@ const QUEUE_FILE: &str = "queue";
 const FAILED_FILE: &str = "failed";
 const COUNTS_FILE: &str = "counts.json";
 
-/// One upload: the ticket the artifact is filed under locally, and its key.
+/// One upload: the ticket the artifact is filed under locally, its key, and whether it replaces
+/// what the remote holds under that key (an answer regenerated with `--force`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Job {
     ticket: u64,
     key: ArtifactKey,
+    replace: bool,
 }
 
-const RECORD: usize = 8 + 32;
+const RECORD: usize = 8 + 32 + 1;
 
 impl Job {
     fn to_bytes(self) -> [u8; RECORD] {
         let mut bytes = [0; RECORD];
         bytes[..8].copy_from_slice(&self.ticket.to_le_bytes());
-        bytes[8..].copy_from_slice(&self.key.0);
+        bytes[8..40].copy_from_slice(&self.key.0);
+        bytes[40] = u8::from(self.replace);
         bytes
     }
 
     fn from_bytes(bytes: &[u8]) -> Option<Job> {
         Some(Job {
             ticket: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
-            key: ArtifactKey(bytes.get(8..RECORD)?.try_into().ok()?),
+            key: ArtifactKey(bytes.get(8..40)?.try_into().ok()?),
+            replace: *bytes.get(40)? == 1,
         })
     }
 }
@@ -199,9 +203,14 @@ impl Uploads {
     }
 
     /// Uploads the artifact `key` of `ticket`, just put in the local cache (it goes up once a
-    /// flush has made it durable there). It is owed (in the queue file) until the upload succeeds.
-    pub(crate) fn enqueue(&self, ticket: u64, key: ArtifactKey) {
-        let job = Job { ticket, key };
+    /// flush has made it durable there); `replace` overwrites what the remote has under the key
+    /// (an answer regenerated on purpose). It is owed (in the queue file) until the upload succeeds.
+    pub(crate) fn enqueue(&self, ticket: u64, key: ArtifactKey, replace: bool) {
+        let job = Job {
+            ticket,
+            key,
+            replace,
+        };
         if let Some(file) = self
             .queue
             .lock()
@@ -475,5 +484,9 @@ async fn upload_one(remote: &RemoteCache, local: &dyn ArtifactStore, job: Job) -
         Err(_) => return Some(job),
     };
     let bytes = object::encode(&artifact);
-    remote.upload(&job.key, bytes).await.err().map(|_| job)
+    remote
+        .upload(&job.key, bytes, job.replace)
+        .await
+        .err()
+        .map(|_| job)
 }
