@@ -81,6 +81,9 @@ struct Args {
     /// Batch APIs: results in a random order.
     #[arg(long)]
     batch_shuffle: bool,
+    /// Batch APIs: files and batches speak Together's dialect instead of OpenAI's.
+    #[arg(long)]
+    batch_together: bool,
 }
 
 /// The rate limit the flags ask for, if any.
@@ -131,6 +134,8 @@ async fn main() -> std::io::Result<()> {
             error_share: args.batch_error_share,
             expire_done_share: args.batch_expire_done_share,
             shuffle: args.batch_shuffle,
+            create_reply_delay_ms: 0,
+            together: args.batch_together,
         },
         ..mock_llm::MockConfig::default()
     };

@@ -15,6 +15,7 @@ use crate::cache::remote::upload::{self, Uploads};
 use crate::cache::remote::{Access, RemoteCache, RemoteMode};
 use crate::cache::{ArtifactStore, Cache};
 use crate::config::Config;
+use crate::engine::batch::BatchMode;
 use crate::engine::remote::{RemoteReport, RemoteTier};
 use crate::engine::{BuildError, BuildOptions, BuildReport, Engine};
 use crate::graph::Graph;
@@ -165,6 +166,13 @@ pub(crate) async fn build_project(
     }
 
     check_prices(&config, &graph)?;
+    let mut graph = graph;
+    if options.batch {
+        // `build --batch`: every model with a batch API uses it for this build.
+        for node in &mut graph.nodes {
+            node.model.batch |= node.model.provider.no_batch_api().is_none();
+        }
+    }
     let shard = options.shard;
     let observer = Arc::clone(&options.observer);
     let store: Arc<dyn ArtifactStore> = cache.clone();
@@ -182,6 +190,9 @@ pub(crate) async fn build_project(
     if let Some(cancel) = cancel {
         engine.use_cancel_flag(cancel);
     }
+    if let Some(batches) = BatchMode::prepare(&config, &graph, &secrets).await? {
+        engine.use_batches(batches);
+    }
     let remote_cache = remote.as_ref().map(|tier| Arc::clone(&tier.cache));
     if let Some(remote) = remote {
         engine.use_remote(remote);
@@ -190,6 +201,7 @@ pub(crate) async fn build_project(
     let manifest_id = cache.next_manifest_id()?;
     let recorder = cache.key_recorder(manifest_id, graph.nodes.len())?;
     let mut report = Arc::clone(&engine).build(Some(recorder)).await?;
+    report.batches = engine.submit_batches().await?;
     if !report.files.is_empty() {
         write_card_and_report(&config, &graph, &mut report, cache.as_ref(), manifest_id)?;
         if let Some(shard) = shard {
@@ -200,7 +212,7 @@ pub(crate) async fn build_project(
         }
     }
     write_last_report(&config, &report);
-    if report.failed == 0 && !report.interrupted {
+    if report.failed == 0 && !report.interrupted && report.awaiting_batch == 0 {
         let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
         let mut manifest = Manifest::new(&config, &graph, inputs, &files);
         manifest.node_totals = report

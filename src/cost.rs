@@ -62,6 +62,19 @@ impl PriceEntry {
             / 1_000_000.0
     }
 
+    /// What `usage` costs at this price's batch rates (a batch API's answer); the usual rates
+    /// where the table has no batch price.
+    pub(crate) fn batch_cost(&self, usage: &Usage) -> f64 {
+        let p = &self.price;
+        match (p.batch_input, p.batch_output) {
+            (Some(input), Some(output)) => {
+                (usage.input_tokens as f64 * input + usage.output_tokens as f64 * output)
+                    / 1_000_000.0
+            }
+            _ => self.cost(usage),
+        }
+    }
+
     /// The most a call can cost: its input at full price and `max_output` output tokens.
     pub(crate) fn worst_case(&self, input_tokens: u64, max_output: u64) -> f64 {
         (input_tokens as f64 * self.price.input + max_output as f64 * self.price.output)

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Incomplete) => ExitCode::from(1),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
+        // EX_TEMPFAIL: nothing failed; the answers are not in yet.
+        Ok(Outcome::Submitted) => ExitCode::from(75),
         Err(error) => {
             ticketbuild::report(&error);
             ExitCode::from(error.exit_code() as u8)

@@ -8,6 +8,7 @@
 
 mod architecture;
 mod bad_inputs;
+mod batch;
 mod build;
 mod cost;
 mod errors;

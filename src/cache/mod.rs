@@ -20,6 +20,7 @@
 //! refused rather than misread.
 
 pub(crate) mod artifact;
+pub(crate) mod batches;
 pub(crate) mod commit;
 pub(crate) mod gc;
 #[cfg(test)]

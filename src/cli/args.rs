@@ -43,9 +43,36 @@ pub(crate) enum Command {
     /// to an unsharded build, after checking that every shard is there and was built from the same
     /// config and prompts.
     Merge(MergeArgs),
+    /// List the provider batches of batch mode (state, requests, answers, cost), or cancel them.
+    Batches(BatchesArgs),
     /// Inspect and maintain the artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BatchesArgs {
+    #[command(flatten)]
+    pub(crate) project: ProjectArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Option<BatchesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BatchesCommand {
+    /// Cancel a live batch (by its provider id), or every one with `--all`. Answers given before
+    /// the cancel are kept; the next build submits the others again.
+    Cancel {
+        /// The batch's id, as `ticketbuild batches` lists it.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Cancel every live batch.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +255,17 @@ pub(crate) struct BuildArgs {
     /// Where `--shard` writes its folder `I-of-N/` (default: `shards/` in the output folder).
     #[arg(long, value_name = "DIR", requires = "shard")]
     pub(crate) shard_dir: Option<PathBuf>,
+    /// Ask every model that has a batch API through it (about half price, answers within hours),
+    /// as `batch = true` in each `[models.NAME]` would.
+    #[arg(long)]
+    pub(crate) batch: bool,
+    /// With batches: wait for them (polling the providers) and build until every answer is in,
+    /// instead of submitting and exiting with code 75.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// With `--wait`: seconds between two polls of the providers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub(crate) poll_secs: f64,
     /// Do not wait for the cache to reach the disk before counting a ticket done (faster, but a
     /// crash can lose paid responses). Meant for measuring what durability costs.
     #[arg(long, hide = true)]

@@ -46,19 +46,59 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
         force: args.force.clone(),
         observer: Arc::new(Terminal::new(progress, args.verbose >= 2)),
         shard: args.shard,
+        batch: args.batch,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let report = runtime()?.block_on(async {
         let flag = Arc::clone(&cancel);
+        let batch_config = config.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!(
                     "ticketbuild: interrupted; finishing the calls in flight (they are paid for), then writing what is complete"
                 );
+                tell_live_batches(&batch_config);
                 flag.store(true, Ordering::Release);
             }
         });
-        build_project(config, graph, cache, options, Some(cancel)).await
+        if !args.wait {
+            return build_project(config, graph, cache, options, Some(cancel)).await;
+        }
+        let secrets = crate::provider::Secrets::load(&config.root)?;
+        let every = Duration::from_secs_f64(args.poll_secs.max(0.05));
+        loop {
+            let report = build_project(
+                config.clone(),
+                graph.clone(),
+                Arc::clone(&cache),
+                options.clone(),
+                Some(Arc::clone(&cancel)),
+            )
+            .await?;
+            if report.awaiting_batch == 0 || cancel.load(Ordering::Acquire) {
+                return Ok(report);
+            }
+            if let Some(batches) = &report.batches {
+                say_batches(&report, batches, true);
+            }
+            let bar = waiting_bar(progress);
+            let ended = crate::engine::batch::wait_for_one(
+                &config,
+                &graph,
+                &secrets,
+                every,
+                &cancel,
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            if !ended {
+                return Ok(report);
+            }
+        }
     });
     let report = report.map_err(runtime_error)?;
     // The dataset is written: a reader of the summary that has gone away changes nothing.
@@ -72,13 +112,72 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
             eprint!("{text}");
         }
     }
+    if report.awaiting_batch > 0 {
+        if let Some(batches) = &report.batches {
+            if !args.json {
+                say_batches(&report, batches, false);
+            }
+        }
+    }
     Ok(if report.interrupted {
         Outcome::Interrupted
+    } else if report.awaiting_batch > 0 {
+        Outcome::Submitted
     } else if report.failed > 0 {
         Outcome::Incomplete
     } else {
         Outcome::Success
     })
+}
+
+/// What a pass of a build in batch mode submitted and what it waits for, on stderr.
+fn say_batches(report: &BuildReport, batches: &crate::engine::batch::BatchSummary, waiting: bool) {
+    let mut line = format!(
+        "ticketbuild: {} requests in {} batches submitted; {} tickets wait for {} requests in {} live batches",
+        batches.submitted_requests,
+        batches.submitted_batches,
+        report.awaiting_batch,
+        batches.live_requests,
+        batches.live_batches
+    );
+    if batches.collected_batches > 0 {
+        line.push_str(&format!(
+            " ({} batches collected)",
+            batches.collected_batches
+        ));
+    }
+    if waiting {
+        line.push_str("; waiting for them");
+    } else {
+        line.push_str("; run `ticketbuild build` again to collect (or `ticketbuild build --wait`)");
+    }
+    eprintln!("{line}");
+}
+
+/// After Ctrl-C: batches keep running at their providers, and are billed; never silent.
+fn tell_live_batches(config: &crate::config::Config) {
+    if let Ok((batches, requests)) = crate::engine::batch::live(config) {
+        if batches > 0 {
+            eprintln!(
+                "ticketbuild: {batches} batches ({requests} requests) are still running at the providers and will be billed; `ticketbuild build` collects them later, `ticketbuild batches cancel --all` cancels them"
+            );
+        }
+    }
+}
+
+/// The bar shown while `--wait` waits for batches.
+fn waiting_bar(progress: bool) -> indicatif::ProgressBar {
+    let bar = if progress {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} batch requests answered",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// What a build shows on stderr as it goes: a progress bar (when stderr is a terminal), one line
@@ -190,6 +289,20 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         }
         return print_remote(report);
     }
+    if report.awaiting_batch > 0 {
+        // A pass of batch mode: nothing is written until every answer is in.
+        say!(
+            "`{}`{profile}: {} of {} tickets wait for answers in provider batches; no file written yet ({:.2} s)",
+            report.dataset,
+            report.awaiting_batch,
+            report.tickets,
+            report.wall_ms as f64 / 1000.0
+        );
+        if let Some(reason) = &report.stopped_by {
+            say!("  stopped early: {reason}; what was asked for before is in the batches");
+        }
+        return print_remote(report);
+    }
     say!(
         "built `{}`{profile}: {} of {} tickets written in {:.2} s",
         report.dataset,
@@ -242,6 +355,12 @@ fn print_summary(report: &BuildReport) -> Result<(), CliError> {
         crate::cost::format_money(Some(spent), &currencies, &rates),
         crate::cost::format_money(Some(reused), &currencies, &rates)
     );
+    if let Some(batches) = &report.batches {
+        say!(
+            "  batches: {} at batch prices over every batch of this cache (`ticketbuild batches` lists them)",
+            crate::cost::format_money(Some(batches.ledger_cost_usd), &currencies, &rates)
+        );
+    }
     if let Some(reason) = &report.stopped_by {
         say!(
             "  stopped early: {reason}; {} of {} tickets complete; build again (with a higher limit) to continue from the cache",

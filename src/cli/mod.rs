@@ -1,14 +1,17 @@
 //! The command line: flags in, a subcommand run, an exit code out.
 //!
 //! This module owns dispatch to one function per subcommand, each in its own file (`build`,
-//! `watch`, `status`, `explain`, `graph`, `plan`, `cost`, `report`, `merge`, `cache`), what they print, and mapping
+//! `watch`, `status`, `explain`, `graph`, `plan`, `cost`, `report`, `merge`, `batches`,
+//! `cache`), what they print, and mapping
 //! errors to exit codes: 2 for bad input (nothing was built), 1 for a build that failed or left
-//! tickets incomplete, 130 for an interrupted build. Flags are in [`args`]. Commands only load,
+//! tickets incomplete, 75 for a build whose requests wait in provider batches (run it again to
+//! collect), 130 for an interrupted build. Flags are in [`args`]. Commands only load,
 //! call and print: a build is `build` (the crate module) and `engine`, reachability is
 //! `cache::gc`, a status is `status`, a plan is `plan`. Everything goes to stdout through
 //! [`out`], where a reader that has gone away (`ticketbuild status | head -1`) is not an error.
 
 pub(crate) mod args;
+mod batches;
 mod build;
 mod cache;
 mod cost;
@@ -39,6 +42,8 @@ pub enum Outcome {
     /// The build ran but some tickets failed; the summary says which.
     Incomplete,
     Interrupted,
+    /// Batch mode: requests are in batches at the providers; a later build collects them.
+    Submitted,
 }
 
 /// Errors that end a command, by exit code.
@@ -88,6 +93,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Explain(args) => explain::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Batches(args) => batches::run(args),
         Command::Cache(CacheCommand::Stats(args)) => cache::stats(args),
         Command::Cache(CacheCommand::Gc(args)) => cache::gc(args),
         Command::Cache(CacheCommand::Verify(args)) => cache::verify(args),

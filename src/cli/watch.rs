@@ -267,7 +267,17 @@ impl Session {
     }
 
     /// Starts a build of `config`; `None` (with the error printed) when the cache cannot be opened.
-    fn start(&mut self, config: Config, graph: Graph, first: bool) -> Option<Running> {
+    fn start(&mut self, config: Config, mut graph: Graph, first: bool) -> Option<Running> {
+        // Tuning a prompt wants its answers now: watch asks batch models one request at a time
+        // (a cached answer serves both ways; `build` uses their batches).
+        if first && graph.nodes.iter().any(|n| n.model.batch) {
+            tell(
+                "watch: models with `batch = true` are asked one request at a time here; `ticketbuild build` uses their batches",
+            );
+        }
+        for node in &mut graph.nodes {
+            node.model.batch = false;
+        }
         let store = match self.store_for(&config) {
             Ok(store) => store,
             Err(error) => {
@@ -296,6 +306,7 @@ impl Session {
             force: Vec::new(),
             observer: Arc::new(Terminal::new(false, false)),
             shard: None,
+            batch: false,
         };
         let handle = tokio::spawn(build_project(
             config,

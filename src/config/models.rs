@@ -95,6 +95,23 @@ impl ProviderKind {
         self == ProviderKind::Anthropic
     }
 
+    /// Why `batch = true` cannot be used with this provider; `None` where it can (OpenAI's Files
+    /// and Batches API, which OpenAI-compatible servers such as LiteLLM's proxy also serve,
+    /// Together's, OpenRouter's and Anthropic's Message Batches).
+    pub(crate) fn no_batch_api(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Offline => {
+                Some("the offline model answers at once and for free; it has no batch API")
+            }
+            ProviderKind::Ollama => Some("Ollama has no batch API; remove `batch` from this model"),
+            ProviderKind::OpenRouter
+            | ProviderKind::OpenAi
+            | ProviderKind::Together
+            | ProviderKind::Anthropic
+            | ProviderKind::OpenAiCompatible => None,
+        }
+    }
+
     /// `a, b or c`: every provider name, for messages.
     fn list() -> String {
         let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.name()).collect();
@@ -123,6 +140,9 @@ pub struct ModelConfig {
     /// How calls to this model are scheduled and retried. Not part of the key: none of it changes
     /// what is sent, only when and how often.
     pub(crate) limits: ModelLimits,
+    /// Requests not cached go through the provider's batch API (`batch = true`, or
+    /// `build --batch`). Not part of the key: the transport never changes what is asked.
+    pub(crate) batch: bool,
 }
 
 impl ModelConfig {
@@ -137,6 +157,7 @@ impl ModelConfig {
             params: Params::default(),
             latency_ms: 0,
             limits: ModelLimits::default(),
+            batch: false,
         }
     }
 
@@ -264,6 +285,7 @@ impl Checker<'_> {
             None => 0,
         };
         let limits = self.model_limits(raw, key);
+        let batch = self.batch(raw, provider, key);
         Some(ModelConfig {
             name: name.to_string(),
             provider,
@@ -273,7 +295,20 @@ impl Checker<'_> {
             params,
             latency_ms,
             limits,
+            batch,
         })
+    }
+
+    /// `batch = true`, where the provider has a batch API ticketbuild speaks.
+    fn batch(&mut self, raw: &RawModel, provider: ProviderKind, key: &str) -> bool {
+        let Some(batch) = raw.batch.as_ref().filter(|b| *b.get_ref()) else {
+            return false;
+        };
+        if let Some(why) = provider.no_batch_api() {
+            self.error(batch.span(), format!("{key}.batch"), why);
+            return false;
+        }
+        true
     }
 
     /// The model's provider; `None` (reported) when missing or unknown.

@@ -128,6 +128,7 @@ pub(super) struct RawModel {
     pub(super) max_invalid_attempts: Option<Spanned<i64>>,
     pub(super) timeout_secs: Option<Spanned<i64>>,
     pub(super) deadline_secs: Option<Spanned<i64>>,
+    pub(super) batch: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,7 +305,7 @@ impl<'de> Deserialize<'de> for RawTableEntry {
 }
 
 /// Every key of a model table, as written.
-pub(super) const MODEL_KEYS: [&str; 20] = [
+pub(super) const MODEL_KEYS: [&str; 21] = [
     "provider",
     "model",
     "base_url",
@@ -325,6 +326,7 @@ pub(super) const MODEL_KEYS: [&str; 20] = [
     "max_invalid_attempts",
     "timeout_secs",
     "deadline_secs",
+    "batch",
 ];
 
 /// Overwrites the keys of `base` that `changes` sets; returns their names.
@@ -358,7 +360,8 @@ pub(super) fn merge_model(base: &mut RawModel, changes: &RawModel) -> Vec<&'stat
         max_attempts,
         max_invalid_attempts,
         timeout_secs,
-        deadline_secs
+        deadline_secs,
+        batch
     );
     taken
 }

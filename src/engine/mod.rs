@@ -5,12 +5,14 @@
 //!   per node, prices, the ledger), the planning entry points, and the [`BuildObserver`] through
 //!   which a build says what happens (the engine prints nothing: the CLI draws a progress bar,
 //!   `watch` and tests see nothing);
-//! - [`ticket`]: one ticket through the graph (where a ticket is built);
+//! - [`ticket`]: one ticket through the graph (where a ticket is built); `context`: what its
+//!   templates see; `tally`: what the build counts as tickets are written;
 //! - [`spend`]: one paid call, from the budget reservation to the stored artifact;
 //! - [`window`]: concurrency: tickets run as slots free, however slow one of them is;
 //! - [`order`]: the build loop: tickets finish in any order, rows leave in ticket order;
 //! - [`dedup`]: duplicate tickets resolved in ticket order;
 //! - [`remote`]: the shared remote cache, asked after a local miss and fed after a durable put;
+//! - [`batch`]: batch mode: answers asked for through providers' batch APIs, pass by pass;
 //! - [`report`]: what a build reports, and the errors that stop it.
 //!
 //! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
@@ -20,11 +22,14 @@
 //! writer as soon as they are next in order, and a ticket finished far ahead of its turn waits as
 //! a few bytes, not as its row).
 
+pub(crate) mod batch;
+mod context;
 mod dedup;
 mod order;
 pub(crate) mod remote;
 pub(crate) mod report;
 pub(crate) mod spend;
+mod tally;
 pub(crate) mod ticket;
 mod window;
 
@@ -38,15 +43,14 @@ use crate::config::Config;
 use crate::cost::{Ledger, PriceEntry};
 use crate::graph::Graph;
 use crate::key::ArtifactKey;
-use crate::output::{DatasetWriter, Failure, OutputError, TicketRecord};
+use crate::output::{DatasetWriter, OutputError, TicketRecord};
 use crate::provider::{self, Provider, Request, Secrets};
 use crate::sampling::Sampler;
 
 pub(crate) use dedup::DuplicateReport;
-pub(crate) use report::{
-    BuildError, BuildReport, ModelTraffic, NodeStats, NodeSummary, currencies,
-};
+pub(crate) use report::{BuildError, BuildReport, ModelTraffic, NodeStats, currencies};
 pub(crate) use spend::{ExpensiveCall, WORST_CASE_OUTPUT_TOKENS};
+use tally::Tally;
 pub(crate) use ticket::{Mode, NodeState, TicketOutcome};
 use window::TicketWindow;
 
@@ -89,6 +93,8 @@ pub struct BuildOptions {
     pub(crate) observer: Arc<dyn BuildObserver>,
     /// Build only this shard's tickets (`build --shard I/N`).
     pub(crate) shard: Option<crate::shard::Shard>,
+    /// Every model with a batch API asks through it (`build --batch`).
+    pub(crate) batch: bool,
 }
 
 impl Default for BuildOptions {
@@ -99,6 +105,7 @@ impl Default for BuildOptions {
             force: Vec::new(),
             observer: Arc::new(Silent),
             shard: None,
+            batch: false,
         }
     }
 }
@@ -110,6 +117,7 @@ impl std::fmt::Debug for BuildOptions {
             .field("write_when_cancelled", &self.write_when_cancelled)
             .field("force", &self.force)
             .field("shard", &self.shard)
+            .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +139,8 @@ pub struct Engine {
     ledger: Ledger,
     /// The shared remote cache (`[cache.remote]`), when the build uses one.
     remote: Option<remote::RemoteTier>,
+    /// Batch mode, when a node's model is in it (or the ledger has batches to collect).
+    batches: Option<batch::BatchMode>,
 }
 
 impl Engine {
@@ -185,6 +195,7 @@ impl Engine {
             prices,
             ledger,
             remote: None,
+            batches: None,
         }
     }
 
@@ -208,6 +219,20 @@ impl Engine {
     /// Whether this build builds ticket `index` (all of them, unless it builds one shard).
     pub(crate) fn owns(&self, index: u64) -> bool {
         self.options.shard.is_none_or(|shard| shard.owns(index))
+    }
+
+    /// Asks for answers of batch models through `batches`.
+    pub(crate) fn use_batches(&mut self, batches: batch::BatchMode) {
+        self.batches = Some(batches);
+    }
+
+    /// Submits what this pass queued for batches (nothing without batch mode).
+    pub(crate) async fn submit_batches(&self) -> Result<Option<batch::BatchSummary>, BuildError> {
+        let Some(batches) = &self.batches else {
+            return Ok(None);
+        };
+        batches.settle(self.store.as_ref())?;
+        batches.submit().await.map(Some)
     }
 
     /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build
@@ -253,12 +278,16 @@ impl Engine {
         }
         let interrupted = self.cancelled.load(Ordering::Acquire);
         let stopped_by = self.ledger.stopped().map(|r| r.to_string());
-        let (failures_file, files) = if interrupted && !self.options.write_when_cancelled {
-            writer.abandon();
-            (None, Vec::new())
-        } else {
-            (writer.write_failures(&tally.failures)?, writer.finish()?)
-        };
+        // A pass that left tickets waiting for batches writes nothing: the files come whole, in
+        // the pass that has every answer.
+        let awaiting = tally.awaiting_batch > 0;
+        let (failures_file, files) =
+            if awaiting || (interrupted && !self.options.write_when_cancelled) {
+                writer.abandon();
+                (None, Vec::new())
+            } else {
+                (writer.write_failures(&tally.failures)?, writer.finish()?)
+            };
         let mut report = tally.into_report(&self.config, &self.graph);
         report.duplicates = dedup.map(|d| d.report());
         report.remote = remote;
@@ -384,125 +413,6 @@ fn providers_for(graph: &Graph, secrets: &Secrets) -> Result<Vec<Arc<dyn Provide
         .iter()
         .map(|n| Arc::clone(&by_model[n.model.name.as_str()]))
         .collect())
-}
-
-/// What the build loop counts as tickets come out of the window.
-struct Tally {
-    stats: Vec<NodeStats>,
-    failures: Vec<Failure>,
-    written: u64,
-    not_started: u64,
-    /// Tickets read back from the cache in their turn (see `order`).
-    read_back: u64,
-    cost_by_model: BTreeMap<String, f64>,
-    cost_by_language: BTreeMap<String, f64>,
-    reused_cost_by_model: BTreeMap<String, f64>,
-    reused_cost_by_language: BTreeMap<String, f64>,
-}
-
-impl Tally {
-    fn new(nodes: usize) -> Tally {
-        Tally {
-            stats: vec![NodeStats::default(); nodes],
-            failures: Vec::new(),
-            written: 0,
-            not_started: 0,
-            read_back: 0,
-            cost_by_model: BTreeMap::new(),
-            cost_by_language: BTreeMap::new(),
-            reused_cost_by_model: BTreeMap::new(),
-            reused_cost_by_language: BTreeMap::new(),
-        }
-    }
-
-    /// A superseded version of a ticket (redrawn as a duplicate): what it paid for counts, but
-    /// for the nodes whose answer the final version uses too (counted with it).
-    fn add_superseded(&mut self, old: &TicketOutcome, last: &TicketOutcome, graph: &Graph) {
-        let nodes = self.stats.iter_mut().zip(&old.stats).zip(&old.states);
-        for (i, ((total, node), state)) in nodes.enumerate() {
-            if state.key().is_some() && state.key() == last.states[i].key() {
-                continue;
-            }
-            total.add_paid(node);
-            if node.generated > 0 {
-                *self
-                    .cost_by_model
-                    .entry(graph.nodes[i].model.name.clone())
-                    .or_insert(0.0) += node.cost_usd;
-                *self
-                    .cost_by_language
-                    .entry(old.sample.language.code().to_string())
-                    .or_insert(0.0) += node.cost_usd;
-            }
-        }
-    }
-
-    fn add(&mut self, outcome: &TicketOutcome, graph: &Graph) {
-        self.add_counts(&outcome.stats, outcome.sample.language.code(), graph);
-    }
-
-    /// One ticket's figures, per node, for a ticket in `language`.
-    fn add_counts(&mut self, stats: &[NodeStats], language: &str, graph: &Graph) {
-        for ((total, node), graph_node) in self.stats.iter_mut().zip(stats).zip(&graph.nodes) {
-            total.add(node);
-            if node.generated > 0 {
-                *self
-                    .cost_by_model
-                    .entry(graph_node.model.name.clone())
-                    .or_insert(0.0) += node.cost_usd;
-                *self
-                    .cost_by_language
-                    .entry(language.to_string())
-                    .or_insert(0.0) += node.cost_usd;
-            }
-            if node.reused > 0 {
-                *self
-                    .reused_cost_by_model
-                    .entry(graph_node.model.name.clone())
-                    .or_insert(0.0) += node.reused_cost_usd;
-                *self
-                    .reused_cost_by_language
-                    .entry(language.to_string())
-                    .or_insert(0.0) += node.reused_cost_usd;
-            }
-        }
-    }
-
-    /// The report, but for what only the end of the build knows (files, interruption, timing).
-    fn into_report(self, config: &Config, graph: &Graph) -> BuildReport {
-        BuildReport {
-            dataset: config.name.clone(),
-            profile: config.profile.clone(),
-            tickets: config.rows,
-            written: self.written,
-            failed: self.failures.len() as u64,
-            not_started: self.not_started,
-            interrupted: false,
-            up_to_date: false,
-            cost_by_model: self.cost_by_model,
-            cost_by_language: self.cost_by_language,
-            reused_cost_by_model: self.reused_cost_by_model,
-            reused_cost_by_language: self.reused_cost_by_language,
-            stopped_by: None,
-            currencies: report::currencies(config),
-            nodes: graph
-                .nodes
-                .iter()
-                .zip(self.stats)
-                .map(|(n, stats)| NodeSummary {
-                    name: n.name.clone(),
-                    stats,
-                })
-                .collect(),
-            files: Vec::new(),
-            failures_file: None,
-            wall_ms: 0,
-            read_back: self.read_back,
-            models: Vec::new(),
-            duplicates: None,
-            remote: None,
-        }
-    }
 }
 
 /// The output writer on a thread of its own, fed rows through a bounded channel: encoding

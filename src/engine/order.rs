@@ -57,6 +57,8 @@ enum Waiting {
     Replay(u64),
     /// Not started: the build was cancelled.
     NotStarted,
+    /// Waiting for a batch (batch mode): no row in this pass.
+    AwaitingBatch,
 }
 
 /// What the turn of a failed ticket needs: its counts, the keys the manifest records, the failure.
@@ -180,7 +182,9 @@ impl Reorder<'_> {
             observer.generated(name, outcome.sample.ticket_id, key);
         }
         observer.ticket_done();
-        let waits = if index - self.next_to_write < self.near {
+        let waits = if outcome.awaits_batch() {
+            Waiting::AwaitingBatch
+        } else if index - self.next_to_write < self.near {
             Waiting::Whole(Box::new(outcome))
         } else if let Some(failure) = outcome.failure {
             Waiting::Failed(Box::new(FailedTicket {
@@ -234,6 +238,7 @@ impl Reorder<'_> {
                     }
                 }
                 Waiting::NotStarted => self.tally.not_started += 1,
+                Waiting::AwaitingBatch => self.tally.awaiting_batch += 1,
             }
             if index % ROWS_PER_YIELD == 0 {
                 // Reading back and judging never wait, so without this the runtime's budget
@@ -250,6 +255,10 @@ impl Reorder<'_> {
     /// One ticket in its turn: duplicates resolved, counted, keys recorded, row sent.
     async fn write(&mut self, outcome: TicketOutcome) {
         let engine = self.engine;
+        if outcome.awaits_batch() {
+            self.tally.awaiting_batch += 1;
+            return;
+        }
         let outcome = match self.dedup.as_deref_mut() {
             Some(dedup) => match engine.deduplicate(dedup, outcome).await {
                 Ok((outcome, superseded)) => {
@@ -260,6 +269,11 @@ impl Reorder<'_> {
             },
             None => outcome,
         };
+        // A duplicate redrawn in batch mode may wait for its new answer.
+        if outcome.awaits_batch() {
+            self.tally.awaiting_batch += 1;
+            return;
+        }
         self.tally.add(&outcome, &engine.graph);
         let keys: Vec<Option<ArtifactKey>> = outcome.states.iter().map(NodeState::key).collect();
         if !self.record(outcome.sample.index, &keys, &outcome.rejected_keys) {

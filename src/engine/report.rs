@@ -143,6 +143,16 @@ pub struct BuildReport {
     /// What the shared remote cache did; absent without `[cache.remote]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) remote: Option<super::remote::RemoteReport>,
+    /// Tickets waiting for a batch (batch mode): while any does, no file is written.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) awaiting_batch: u64,
+    /// What batch mode did; absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) batches: Option<super::batch::BatchSummary>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One model's requests in a build.
@@ -195,6 +205,8 @@ impl BuildReport {
             models: Vec::new(),
             duplicates: None,
             remote: None,
+            awaiting_batch: 0,
+            batches: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::sync::atomic::Ordering;
 
 use super::Engine;
+use super::batch::BatchAnswer;
 use crate::cache::{Artifact, ArtifactSummary, CacheError};
 use crate::cost::Refusal;
 use crate::graph::Node;
@@ -28,6 +29,8 @@ pub(super) enum GenerateError {
     Cache(CacheError),
     /// A cost limit kept the call from being issued.
     Refused(Refusal),
+    /// Batch mode: the answer is in a live batch or queued for the next; the ticket waits.
+    Deferred,
 }
 
 /// A call that cost more than a per-call limit.
@@ -81,7 +84,20 @@ impl Engine {
             None => None,
         };
         let started = Instant::now();
-        let response = match self.providers[index].call(request).await {
+        let (answer, batch_priced) = match self
+            .batches
+            .as_ref()
+            .map(|b| b.answer(index, sample.index, request, &key))
+        {
+            Some(BatchAnswer::Ready(answer)) => (answer, true),
+            // The reservation is not settled, so it stays held for the rest of the pass:
+            // the budget reserves a whole batch's worst case before submitting it.
+            Some(BatchAnswer::Deferred) => return Err(GenerateError::Deferred),
+            Some(BatchAnswer::Unbatched) | None => {
+                (self.providers[index].call(request).await, false)
+            }
+        };
+        let response = match answer {
             Ok(response) => response,
             Err(e) => {
                 if let Some(reservation) = reservation {
@@ -90,7 +106,13 @@ impl Engine {
                 return Err(GenerateError::Provider(e));
             }
         };
-        let computed = price.as_ref().map(|p| p.cost(&response.usage));
+        let computed = price.as_ref().map(|p| {
+            if batch_priced {
+                p.batch_cost(&response.usage)
+            } else {
+                p.cost(&response.usage)
+            }
+        });
         // The provider's own figure wins (OpenRouter reports it); the computed one is kept beside.
         let cost_usd = response.reported_cost_usd.or(computed);
         if let Some(reservation) = reservation {

@@ -11,12 +11,10 @@
 //! downstream prompt; and the ticket's answers that may wait (the reproducible offline model's)
 //! are durable before the ticket counts as done.
 
-use std::collections::BTreeMap;
-
+pub(crate) use super::context::TicketContext;
 use super::spend::GenerateError;
 use super::{BuildError, Engine, NodeStats};
 use crate::cache::{ArtifactSummary, Lookup, MissReason, TicketArtifacts};
-use crate::config::Config;
 use crate::graph::Node;
 use crate::key::ArtifactKey;
 use crate::output::{Failure, LineageEntry};
@@ -94,83 +92,26 @@ pub(crate) struct TicketOutcome {
 }
 
 impl TicketOutcome {
+    /// Whether a built ticket waits for a batch: a node's answer is in a live batch or queued
+    /// for the next (batch mode), so the ticket has no row yet.
+    pub(crate) fn awaits_batch(&self) -> bool {
+        self.failure.is_none()
+            && self
+                .states
+                .iter()
+                .any(|s| matches!(s, NodeState::Missing(_)))
+    }
+
     /// Whether a walk in [`Mode::Replay`] gives this outcome back from the cache alone, the same
     /// in every field: every answer it used or rejected is cached (a failed ticket's failure
     /// is not), none was found corrupt (a replay would find it regenerated) or replaced by a
     /// forced node ([`TicketOutcome::overwrote`]), and its lookups fit the bit set.
     pub(crate) fn replayable(&self) -> bool {
         self.failure.is_none()
+            && !self.awaits_batch()
             && !self.overwrote
             && self.lookups <= u64::BITS
             && self.stats.iter().all(|s| s.corrupt == 0)
-    }
-}
-
-/// The variables a ticket's templates see, kept twice in step: as template values (for
-/// minijinja) and as JSON (the offline model's structured inputs).
-pub(crate) struct TicketContext {
-    template: BTreeMap<String, minijinja::Value>,
-    json: BTreeMap<String, serde_json::Value>,
-}
-
-impl TicketContext {
-    /// The variables every template sees before any node runs: built-ins, table categories and
-    /// sampled values.
-    pub(crate) fn new(config: &Config, sample: &TicketSample) -> TicketContext {
-        let mut context = TicketContext {
-            template: BTreeMap::new(),
-            json: BTreeMap::new(),
-        };
-        let builtins = [
-            ("ticket_id", sample.ticket_id.to_string()),
-            ("language", sample.language.code().to_string()),
-            ("language_name", sample.language.name().to_string()),
-        ];
-        for (name, value) in builtins {
-            context.set_text(name, value);
-        }
-        for (table, category) in config.tables.iter().zip(&sample.categories) {
-            context.set_text(&table.name, category.clone());
-        }
-        for (sampler, value) in config.samplers.iter().zip(&sample.values) {
-            context.set_text(&sampler.name, value.text.clone());
-        }
-        if let (Some(input), Some((_, cells))) = (&config.input, &sample.input) {
-            for (column, value) in input.rows.columns().iter().zip(cells) {
-                context.set_text(column, value.clone());
-            }
-        }
-        context
-    }
-
-    fn set_text(&mut self, name: &str, value: String) {
-        self.template
-            .insert(name.to_string(), minijinja::Value::from(value.as_str()));
-        self.json
-            .insert(name.to_string(), serde_json::Value::String(value));
-    }
-
-    /// A node's output, under the node's name.
-    pub(crate) fn set_output(&mut self, node: &str, output: &NodeOutput) {
-        self.template
-            .insert(node.to_string(), output.to_template_value());
-        self.json.insert(node.to_string(), output.to_json());
-    }
-
-    /// A node skipped by its condition: `none` in templates, `null` for the offline model.
-    pub(crate) fn set_skipped(&mut self, node: &str) {
-        self.template
-            .insert(node.to_string(), minijinja::Value::from(()));
-        self.json.insert(node.to_string(), serde_json::Value::Null);
-    }
-
-    /// The context as templates render it (a copy: later nodes add to this one).
-    pub(crate) fn template_value(&self) -> minijinja::Value {
-        minijinja::Value::from(self.template.clone())
-    }
-
-    pub(crate) fn json(&self, name: &str) -> Option<&serde_json::Value> {
-        self.json.get(name)
     }
 }
 
@@ -583,6 +524,8 @@ impl Engine {
             Err(GenerateError::Provider(e)) => {
                 return Ok(Err(walk.fail(i, node, || e.to_string())));
             }
+            // Asked for in a batch: the node is missing until it is collected.
+            Err(GenerateError::Deferred) => return Ok(Err(NodeState::Missing(key))),
         };
         // A paid response is durable before anything uses it: before its text goes into a
         // downstream prompt (a kill then would lose an answer already acted on), before a

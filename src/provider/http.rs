@@ -426,26 +426,37 @@ impl<A: Adapter> HttpProvider<A> {
             Ok(json) => json,
             Err(e) => return Attempt::Malformed(format!("the response body is not JSON ({e})")),
         };
-        match self.adapter.parse_reply(&json) {
-            // Unless the model is told `response_format = "text"`, list and json nodes ask for JSON
-            // (a schema, JSON mode, or Anthropic's instruction), so the reply must be JSON.
-            Ok(reply) => match if request.params.response_format.as_deref() == Some("text") {
-                request.output.parse(&reply.text)
-            } else {
-                request.output.parse_requested_json(&reply.text)
-            } {
-                Ok(output) => Attempt::Done(Response {
-                    output,
-                    usage: reply.usage,
-                    served_model: reply.served_model.unwrap_or_else(|| request.model.clone()),
-                    reported_cost_usd: reply.reported_cost_usd,
-                }),
-                Err(e) => Attempt::Invalid(e),
-            },
-            Err(ReplyError::Empty) => Attempt::Invalid(InvalidOutput::Empty),
-            Err(ReplyError::Malformed(reason)) => Attempt::Malformed(reason),
-            Err(ReplyError::Error { status, message }) => classify(status, message, retry_after),
-        }
+        judge(&self.adapter, &json, request, retry_after)
+    }
+}
+
+/// What a 2xx body means for a call: a validated [`Response`], or why not. Shared by the
+/// synchronous path and batch results, whose lines carry the same bodies.
+pub(super) fn judge(
+    adapter: &dyn Adapter,
+    json: &serde_json::Value,
+    request: &Request,
+    retry_after: Option<Duration>,
+) -> Attempt {
+    match adapter.parse_reply(json) {
+        // Unless the model is told `response_format = "text"`, list and json nodes ask for JSON
+        // (a schema, JSON mode, or Anthropic's instruction), so the reply must be JSON.
+        Ok(reply) => match if request.params.response_format.as_deref() == Some("text") {
+            request.output.parse(&reply.text)
+        } else {
+            request.output.parse_requested_json(&reply.text)
+        } {
+            Ok(output) => Attempt::Done(Response {
+                output,
+                usage: reply.usage,
+                served_model: reply.served_model.unwrap_or_else(|| request.model.clone()),
+                reported_cost_usd: reply.reported_cost_usd,
+            }),
+            Err(e) => Attempt::Invalid(e),
+        },
+        Err(ReplyError::Empty) => Attempt::Invalid(InvalidOutput::Empty),
+        Err(ReplyError::Malformed(reason)) => Attempt::Malformed(reason),
+        Err(ReplyError::Error { status, message }) => classify(status, message, retry_after),
     }
 }
 

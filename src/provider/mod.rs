@@ -11,6 +11,7 @@
 //! output that passed validation against the node's declared kind, and a request carries no secret.
 
 pub mod anthropic;
+pub(crate) mod batch;
 pub mod http;
 pub(crate) mod limits;
 pub(crate) mod offline;
@@ -300,6 +301,48 @@ pub(crate) fn for_model(
     if model.provider.is_offline() {
         return Ok(Arc::new(offline::OfflineProvider::new(model.latency_ms)));
     }
+    let (root, secret) = reach(model, secrets)?;
+    crate::tls::install_crypto_provider();
+    let settings = http::Settings::new(model, secret);
+    let provider: Arc<dyn Provider> = if model.provider.speaks_messages_api() {
+        Arc::new(http::HttpProvider::new(
+            anthropic::Anthropic::new(root),
+            settings,
+        )?)
+    } else {
+        Arc::new(http::HttpProvider::new(
+            openai::OpenAi::new(model.provider, root),
+            settings,
+        )?)
+    };
+    Ok(provider)
+}
+
+/// The batch API client of a model in batch mode; `None` for a model that is not, or the offline
+/// model (free and immediate, it has no batches).
+pub(crate) fn batch_client(
+    model: &ModelConfig,
+    secrets: &Secrets,
+) -> Result<Option<batch::BatchClient>, ProviderError> {
+    if !model.batch || model.provider.no_batch_api().is_some() {
+        return Ok(None);
+    }
+    let (root, secret) = reach(model, secrets)?;
+    crate::tls::install_crypto_provider();
+    let adapter: Box<dyn http::Adapter> = if model.provider.speaks_messages_api() {
+        Box::new(anthropic::Anthropic::new(root))
+    } else {
+        Box::new(openai::OpenAi::new(model.provider, root))
+    };
+    batch::BatchClient::new(model.provider, &model.model, root, adapter, secret).map(Some)
+}
+
+/// Where a model is reached and the key it is reached with. Fails when a needed key is missing,
+/// naming the environment variable (never a value).
+fn reach<'a>(
+    model: &'a ModelConfig,
+    secrets: &Secrets,
+) -> Result<(&'a str, Option<http::Secret>), ProviderError> {
     // `config` requires `base_url` where a provider has no default root.
     let Some(root) = model
         .base_url
@@ -326,20 +369,7 @@ pub(crate) fn for_model(
             }
         },
     };
-    crate::tls::install_crypto_provider();
-    let settings = http::Settings::new(model, secret);
-    let provider: Arc<dyn Provider> = if model.provider.speaks_messages_api() {
-        Arc::new(http::HttpProvider::new(
-            anthropic::Anthropic::new(root),
-            settings,
-        )?)
-    } else {
-        Arc::new(http::HttpProvider::new(
-            openai::OpenAi::new(model.provider, root),
-            settings,
-        )?)
-    };
-    Ok(provider)
+    Ok((root, secret))
 }
 
 #[cfg(test)]

@@ -10,8 +10,12 @@
 //! the same dataset get the same texts. The mock counts every custom id submitted, across batches,
 //! so a test can assert that none was submitted twice.
 //!
-//! Routes: `POST /v1/files` (multipart: `purpose`, `file`), `GET /v1/files/{id}/content`,
+//! Routes: `POST /v1/files` (multipart: `purpose`, `file`), `GET /v1/files/{id}[/content]`,
 //! `POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`;
+//! with [`BatchConfig::together`], Together's dialect of them (the upload answers 302 to
+//! `PUT /v1/uploads/{id}`, a created batch comes wrapped in `job`, states in upper case, progress
+//! instead of counts, the listing a bare array); OpenRouter's inline batches (`POST /v1/batches`
+//! with `requests`, whose model must be a `:batch` variant; `GET /v1/batches/{id}/results`, paged);
 //! `POST /v1/messages/batches`, `GET /v1/messages/batches[/{id}[/results]]`,
 //! `POST /v1/messages/batches/{id}/cancel`.
 
@@ -27,12 +31,17 @@ use super::{Api, MockConfig, answer, error_body, unit};
 pub struct BatchConfig {
     /// Time from creation until every request of a batch is answered.
     pub complete_after_ms: u64,
-    /// Share of requests that fail on their own (a 500 in their result), chosen by custom id.
+    /// Share of requests that fail on their own (a 500 in their result), chosen by custom id; a
+    /// request fails so only the first time its custom id is submitted (a resubmission succeeds).
     pub error_share: f64,
     /// When set, batches expire at the end instead of completing, with this share of requests done.
     pub expire_done_share: Option<f64>,
     /// Results in a random order instead of submission order.
     pub shuffle: bool,
+    /// How long the reply to a batch creation is held after the batch exists.
+    pub create_reply_delay_ms: u64,
+    /// Files and batches speak Together's dialect instead of OpenAI's.
+    pub together: bool,
 }
 
 impl Default for BatchConfig {
@@ -42,14 +51,26 @@ impl Default for BatchConfig {
             error_share: 0.0,
             expire_done_share: None,
             shuffle: false,
+            create_reply_delay_ms: 0,
+            together: false,
         }
     }
+}
+
+/// Which API a batch was submitted through.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Dialect {
+    OpenAi,
+    Together,
+    OpenRouter,
+    Anthropic,
 }
 
 /// One submitted batch.
 struct Batch {
     id: String,
     api: Api,
+    dialect: Dialect,
     created: Instant,
     created_unix: u64,
     /// (custom id, request body) in submission order.
@@ -57,6 +78,8 @@ struct Batch {
     metadata: Value,
     input_file_id: Option<String>,
     cancelled: Option<Instant>,
+    /// Custom ids submitted before, in an earlier batch: they do not fail on their own again.
+    resubmitted: std::collections::HashSet<String>,
 }
 
 /// Where a batch is, at one moment.
@@ -72,6 +95,8 @@ enum Phase {
 #[derive(Default)]
 pub struct Batches {
     files: HashMap<String, Vec<u8>>,
+    /// Each file's name, as uploaded.
+    file_names: HashMap<String, String>,
     batches: Vec<Batch>,
     next: u64,
     /// How many times each custom id was submitted, across every batch.
@@ -98,28 +123,60 @@ impl Batches {
 /// Whether `path` is one of the batch routes.
 pub fn is_batch_route(path: &str) -> bool {
     path.starts_with("/v1/files")
+        || path.starts_with("/v1/uploads")
         || path.starts_with("/v1/batches")
         || path.starts_with("/v1/messages/batches")
 }
 
-/// Answers a batch route: the status and the body (JSON, or JSONL for results and file content).
+/// One request to a batch route.
+pub struct BatchRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub content_type: Option<&'a str>,
+    pub raw: &'a [u8],
+}
+
+/// Answers a batch route: the status, the body (JSON, or JSONL for results and file content) and
+/// any headers.
 pub fn handle(
     batches: &mut Batches,
     config: &MockConfig,
-    method_is_post: bool,
-    path: &str,
-    content_type: Option<&str>,
-    raw: &[u8],
-) -> (u16, String) {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method_is_post, parts.as_slice()) {
-        (true, ["v1", "files"]) => upload_file(batches, content_type, raw),
-        (false, ["v1", "files", id, "content"]) => match batches.files.get(*id) {
+    request: &BatchRequest<'_>,
+) -> (u16, String, Vec<(String, String)>) {
+    let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    let together = config.batch.together;
+    let plain = |(status, body): (u16, String)| (status, body, Vec::new());
+    match (request.method, parts.as_slice()) {
+        ("POST", ["v1", "files"]) if together => together_upload(batches, request.raw),
+        ("PUT", ["v1", "uploads", id]) => match batches.files.get_mut(*id) {
+            Some(file) => {
+                *file = request.raw.to_vec();
+                plain((200, "{}".to_string()))
+            }
+            None => plain((404, error_body(Api::OpenAi, 404, "no such upload"))),
+        },
+        ("POST", ["v1", "files"]) => plain(upload_file(batches, request.content_type, request.raw)),
+        ("GET", ["v1", "files", id]) => plain(match batches.file_names.get(*id) {
+            Some(name) => (
+                200,
+                json!({"id": id, "object": "file", "filename": name}).to_string(),
+            ),
+            None => (404, error_body(Api::OpenAi, 404, &format!("no file {id}"))),
+        }),
+        ("GET", ["v1", "files", id, "content"]) => plain(match batches.files.get(*id) {
             Some(bytes) => (200, String::from_utf8_lossy(bytes).into_owned()),
             None => file_content(batches, config, id),
-        },
-        (true, ["v1", "batches"]) => create_openai(batches, raw),
-        (false, ["v1", "batches"]) => {
+        }),
+        ("POST", ["v1", "batches"]) => {
+            let body: Value = serde_json::from_slice(request.raw).unwrap_or(Value::Null);
+            plain(if body["requests"].is_array() {
+                create_openrouter(batches, &body)
+            } else {
+                create_openai(batches, request.raw, together)
+            })
+        }
+        ("GET", ["v1", "batches"]) => {
             let data: Vec<Value> = batches
                 .batches
                 .iter()
@@ -127,17 +184,28 @@ pub fn handle(
                 .filter(|b| b.api == Api::OpenAi)
                 .map(|b| openai_object(b, config))
                 .collect();
-            (
+            plain((
                 200,
-                json!({"object": "list", "data": data, "has_more": false}).to_string(),
-            )
+                if together {
+                    Value::Array(data).to_string()
+                } else {
+                    json!({"object": "list", "data": data, "has_more": false}).to_string()
+                },
+            ))
         }
-        (false, ["v1", "batches", id]) => with_batch(batches, id, Api::OpenAi, |b| {
+        ("GET", ["v1", "batches", id]) => plain(with_batch(batches, id, Api::OpenAi, |b| {
             (200, openai_object(b, config).to_string())
-        }),
-        (true, ["v1", "batches", id, "cancel"]) => cancel(batches, id, Api::OpenAi, config),
-        (true, ["v1", "messages", "batches"]) => create_anthropic(batches, raw),
-        (false, ["v1", "messages", "batches"]) => {
+        })),
+        ("GET", ["v1", "batches", id, "results"]) => {
+            plain(with_batch(batches, id, Api::OpenAi, |b| {
+                openrouter_results(b, config, request.query)
+            }))
+        }
+        ("POST", ["v1", "batches", id, "cancel"]) => {
+            plain(cancel(batches, id, Api::OpenAi, config))
+        }
+        ("POST", ["v1", "messages", "batches"]) => plain(create_anthropic(batches, request.raw)),
+        ("GET", ["v1", "messages", "batches"]) => {
             let data: Vec<Value> = batches
                 .batches
                 .iter()
@@ -145,15 +213,15 @@ pub fn handle(
                 .filter(|b| b.api == Api::Anthropic)
                 .map(|b| anthropic_object(b, config))
                 .collect();
-            (200, json!({"data": data, "has_more": false}).to_string())
+            plain((200, json!({"data": data, "has_more": false}).to_string()))
         }
-        (false, ["v1", "messages", "batches", id]) => {
-            with_batch(batches, id, Api::Anthropic, |b| {
+        ("GET", ["v1", "messages", "batches", id]) => {
+            plain(with_batch(batches, id, Api::Anthropic, |b| {
                 (200, anthropic_object(b, config).to_string())
-            })
+            }))
         }
-        (false, ["v1", "messages", "batches", id, "results"]) => {
-            with_batch(batches, id, Api::Anthropic, |b| {
+        ("GET", ["v1", "messages", "batches", id, "results"]) => {
+            plain(with_batch(batches, id, Api::Anthropic, |b| {
                 if phase(b, config).0 == Phase::Running {
                     (
                         400,
@@ -162,16 +230,40 @@ pub fn handle(
                 } else {
                     (200, anthropic_results(b, config))
                 }
-            })
+            }))
         }
-        (true, ["v1", "messages", "batches", id, "cancel"]) => {
-            cancel(batches, id, Api::Anthropic, config)
+        ("POST", ["v1", "messages", "batches", id, "cancel"]) => {
+            plain(cancel(batches, id, Api::Anthropic, config))
         }
-        _ => (
+        _ => plain((
             404,
-            error_body(Api::OpenAi, 404, &format!("no route for {path}")),
-        ),
+            error_body(
+                Api::OpenAi,
+                404,
+                &format!("no route for {} {}", request.method, request.path),
+            ),
+        )),
     }
+}
+
+/// Together's upload, step one: a form naming the file; the answer says where to put it.
+fn together_upload(batches: &mut Batches, raw: &[u8]) -> (u16, String, Vec<(String, String)>) {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(raw).into_owned().collect();
+    if form.get("purpose").map(String::as_str) != Some("batch-api") {
+        let body = error_body(Api::OpenAi, 400, "`purpose` must be `batch-api`");
+        return (400, body, Vec::new());
+    }
+    let id = batches.id("file-");
+    batches.files.insert(id.clone(), Vec::new());
+    batches.file_names.insert(
+        id.clone(),
+        form.get("file_name").cloned().unwrap_or_default(),
+    );
+    let headers = vec![
+        ("location".to_string(), format!("/v1/uploads/{id}")),
+        ("x-together-file-id".to_string(), id),
+    ];
+    (302, String::new(), headers)
 }
 
 fn with_batch(
@@ -205,10 +297,14 @@ fn upload_file(batches: &mut Batches, content_type: Option<&str>, raw: &[u8]) ->
     };
     let mut purpose = None;
     let mut file = None;
-    for (name, content) in multipart_parts(raw, &boundary) {
+    let mut file_name = String::new();
+    for (name, content, filename) in multipart_parts(raw, &boundary) {
         match name.as_str() {
             "purpose" => purpose = Some(String::from_utf8_lossy(&content).into_owned()),
-            "file" => file = Some(content),
+            "file" => {
+                file = Some(content);
+                file_name = filename;
+            }
             _ => {}
         }
     }
@@ -221,14 +317,15 @@ fn upload_file(batches: &mut Batches, content_type: Option<&str>, raw: &[u8]) ->
     let id = batches.id("file-");
     let object = json!({
         "id": id, "object": "file", "bytes": file.len(), "created_at": now_unix(),
-        "filename": "batch.jsonl", "purpose": purpose,
+        "filename": file_name, "purpose": purpose,
     });
+    batches.file_names.insert(id.clone(), file_name);
     batches.files.insert(id, file);
     (200, object.to_string())
 }
 
-/// The parts of a multipart body: (field name, content).
-fn multipart_parts(raw: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
+/// The parts of a multipart body: (field name, content, file name).
+fn multipart_parts(raw: &[u8], boundary: &str) -> Vec<(String, Vec<u8>, String)> {
     let delimiter = format!("--{boundary}");
     let mut parts = Vec::new();
     let mut rest = raw;
@@ -249,7 +346,13 @@ fn multipart_parts(raw: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
             .and_then(|n| n.split('"').next())
             .unwrap_or("")
             .to_string();
-        parts.push((name, body[..end].to_vec()));
+        let filename = head
+            .split("filename=\"")
+            .nth(1)
+            .and_then(|n| n.split('"').next())
+            .unwrap_or("")
+            .to_string();
+        parts.push((name, body[..end].to_vec(), filename));
         rest = &body[end..];
     }
     parts
@@ -260,21 +363,29 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Counts the custom ids of a new batch; a repeated id within it is refused, as providers do.
-fn count_submitted(batches: &mut Batches, requests: &[(String, Value)]) -> Result<(), String> {
+fn count_submitted(
+    batches: &mut Batches,
+    requests: &[(String, Value)],
+) -> Result<std::collections::HashSet<String>, String> {
     let mut seen = std::collections::HashSet::new();
     for (id, _) in requests {
         if !seen.insert(id) {
             return Err(format!("custom_id {id} appears twice in the batch"));
         }
     }
+    let mut resubmitted = std::collections::HashSet::new();
     for (id, _) in requests {
-        *batches.submitted.entry(id.clone()).or_default() += 1;
+        let count = batches.submitted.entry(id.clone()).or_default();
+        *count += 1;
+        if *count > 1 {
+            resubmitted.insert(id.clone());
+        }
     }
-    Ok(())
+    Ok(resubmitted)
 }
 
 /// `POST /v1/batches`: the requests are the lines of the input file.
-fn create_openai(batches: &mut Batches, raw: &[u8]) -> (u16, String) {
+fn create_openai(batches: &mut Batches, raw: &[u8], together: bool) -> (u16, String) {
     let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
     let Some(file_id) = body["input_file_id"].as_str() else {
         return (
@@ -305,24 +416,137 @@ fn create_openai(batches: &mut Batches, raw: &[u8]) -> (u16, String) {
         };
         requests.push((custom_id.to_string(), line["body"].clone()));
     }
-    if let Err(message) = count_submitted(batches, &requests) {
-        return (400, error_body(Api::OpenAi, 400, &message));
-    }
+    let resubmitted = match count_submitted(batches, &requests) {
+        Ok(resubmitted) => resubmitted,
+        Err(message) => return (400, error_body(Api::OpenAi, 400, &message)),
+    };
     let id = batches.id("batch_");
     let batch = Batch {
         id,
         api: Api::OpenAi,
+        dialect: if together {
+            Dialect::Together
+        } else {
+            Dialect::OpenAi
+        },
         created: Instant::now(),
         created_unix: now_unix(),
         requests,
         metadata: body["metadata"].clone(),
         input_file_id: Some(file_id.to_string()),
         cancelled: None,
+        resubmitted,
+    };
+    let object = if together {
+        json!({"job": {"id": batch.id, "status": "VALIDATING", "input_file_id": file_id,
+            "progress": 0.0}, "warning": ""})
+    } else {
+        json!({"id": batch.id, "object": "batch", "status": "validating",
+            "input_file_id": file_id, "metadata": batch.metadata})
+    };
+    batches.batches.push(batch);
+    (if together { 201 } else { 200 }, object.to_string())
+}
+
+/// `POST /v1/batches` with inline `requests` (OpenRouter): one batch-level model, its `:batch`
+/// variant, which the requests' bodies must not contradict.
+fn create_openrouter(batches: &mut Batches, body: &Value) -> (u16, String) {
+    let model = body["model"].as_str().unwrap_or("");
+    if !model.ends_with(":batch") || body["endpoint"] != json!("/v1/chat/completions") {
+        let message = "`endpoint` must be /v1/chat/completions and `model` a `:batch` variant";
+        return (400, error_body(Api::OpenAi, 400, message));
+    }
+    let mut requests = Vec::new();
+    for request in body["requests"].as_array().into_iter().flatten() {
+        let Some(custom_id) = request["custom_id"].as_str() else {
+            return (
+                400,
+                error_body(Api::OpenAi, 400, "a request without custom_id"),
+            );
+        };
+        let asked = &request["body"];
+        if asked["model"].as_str().is_some_and(|m| m != model) {
+            return (
+                400,
+                error_body(Api::OpenAi, 400, "a request names another model"),
+            );
+        }
+        requests.push((custom_id.to_string(), asked.clone()));
+    }
+    let resubmitted = match count_submitted(batches, &requests) {
+        Ok(resubmitted) => resubmitted,
+        Err(message) => return (400, error_body(Api::OpenAi, 400, &message)),
+    };
+    let id = batches.id("batch_");
+    let batch = Batch {
+        id,
+        api: Api::OpenAi,
+        dialect: Dialect::OpenRouter,
+        created: Instant::now(),
+        created_unix: now_unix(),
+        requests,
+        metadata: Value::Null,
+        input_file_id: None,
+        cancelled: None,
+        resubmitted,
     };
     let object = json!({"id": batch.id, "object": "batch", "status": "validating",
-        "input_file_id": file_id, "metadata": batch.metadata});
+        "model": model, "request_counts": {"total": batch.requests.len(), "completed": 0,
+        "failed": 0}, "created_at": batch.created_unix, "results": null});
     batches.batches.push(batch);
-    (200, object.to_string())
+    (202, object.to_string())
+}
+
+/// `GET /v1/batches/{id}/results?limit=N&cursor=C` (OpenRouter): a page of result rows.
+fn openrouter_results(batch: &Batch, config: &MockConfig, query: &str) -> (u16, String) {
+    let (phase, _) = phase(batch, config);
+    if phase == Phase::Running {
+        return (
+            400,
+            error_body(Api::OpenAi, 400, "the batch has not finished"),
+        );
+    }
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let limit: usize = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100);
+    // Small pages, whatever was asked, so that paging is exercised.
+    let limit = limit.clamp(1, 7);
+    let from: usize = params
+        .get("cursor")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let all = outcomes(batch, config);
+    let rows: Vec<Value> = all
+        .iter()
+        .skip(from)
+        .take(limit)
+        .enumerate()
+        .map(|(n, (custom_id, body, done))| {
+            let id = format!("batch_req_{}_{}", batch.id, from + n);
+            if !done {
+                let what = if phase == Phase::Cancelled { "cancelled" } else { "expired" };
+                json!({"id": id, "custom_id": custom_id, "response": null,
+                    "error": {"message": format!("the request was not run: batch {what}")}})
+            } else if errs(config, batch, custom_id) {
+                json!({"id": id, "custom_id": custom_id, "error": null,
+                    "response": {"status_code": 500, "request_id": id,
+                        "body": serde_json::from_str::<Value>(&error_body(Api::OpenAi, 500, "the mock failed this request")).unwrap_or(Value::Null)}})
+            } else {
+                json!({"id": id, "custom_id": custom_id, "error": null,
+                    "response": {"status_code": 200, "request_id": id,
+                        "body": answer(Api::OpenAi, config, body, custom_id, None)}})
+            }
+        })
+        .collect();
+    let next = from + rows.len();
+    let more = next < all.len();
+    let page = json!({"object": "list", "data": rows, "has_more": more,
+        "next_cursor": more.then(|| next.to_string())});
+    (200, page.to_string())
 }
 
 /// `POST /v1/messages/batches`: the requests are inline.
@@ -344,19 +568,22 @@ fn create_anthropic(batches: &mut Batches, raw: &[u8]) -> (u16, String) {
         };
         requests.push((custom_id.to_string(), request["params"].clone()));
     }
-    if let Err(message) = count_submitted(batches, &requests) {
-        return (400, error_body(Api::Anthropic, 400, &message));
-    }
+    let resubmitted = match count_submitted(batches, &requests) {
+        Ok(resubmitted) => resubmitted,
+        Err(message) => return (400, error_body(Api::Anthropic, 400, &message)),
+    };
     let id = batches.id("msgbatch_");
     let batch = Batch {
         id,
         api: Api::Anthropic,
+        dialect: Dialect::Anthropic,
         created: Instant::now(),
         created_unix: now_unix(),
         requests,
         metadata: Value::Null,
         input_file_id: None,
         cancelled: None,
+        resubmitted,
     };
     let config_free = json!({"id": batch.id, "type": "message_batch",
         "processing_status": "in_progress"});
@@ -411,7 +638,10 @@ fn phase(batch: &Batch, config: &MockConfig) -> (Phase, usize) {
 }
 
 /// Whether request `custom_id` fails on its own.
-fn errs(config: &MockConfig, custom_id: &str) -> bool {
+fn errs(config: &MockConfig, batch: &Batch, custom_id: &str) -> bool {
+    if batch.resubmitted.contains(custom_id) {
+        return false;
+    }
     let hash = custom_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
@@ -441,7 +671,7 @@ fn openai_object(batch: &Batch, config: &MockConfig) -> Value {
     let (phase, done) = phase(batch, config);
     let failed_done = batch.requests[..done]
         .iter()
-        .filter(|(id, _)| errs(config, id))
+        .filter(|(id, _)| errs(config, batch, id))
         .count();
     let status = match phase {
         Phase::Running => "in_progress",
@@ -455,15 +685,33 @@ fn openai_object(batch: &Batch, config: &MockConfig) -> Value {
     } else {
         failed_done
     };
-    json!({
-        "id": batch.id, "object": "batch", "endpoint": "/v1/chat/completions",
-        "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
-        "created_at": batch.created_unix, "metadata": batch.metadata,
-        "output_file_id": ended.then(|| format!("file-out-{}", batch.id)),
-        "error_file_id": ended.then(|| format!("file-err-{}", batch.id)),
-        "request_counts": {"total": batch.requests.len(), "completed": done - failed_done,
-            "failed": failed},
-    })
+    match batch.dialect {
+        Dialect::Together => json!({
+            "id": batch.id, "endpoint": "/v1/chat/completions",
+            "input_file_id": batch.input_file_id, "status": status.to_uppercase(),
+            "created_at": chrono::DateTime::from_timestamp(batch.created_unix as i64, 0)
+                .map(|t| t.to_rfc3339()),
+            "progress": 100.0 * done as f64 / batch.requests.len().max(1) as f64,
+            "output_file_id": ended.then(|| format!("file-out-{}", batch.id)),
+            "error_file_id": ended.then(|| format!("file-err-{}", batch.id)),
+        }),
+        Dialect::OpenRouter => json!({
+            "id": batch.id, "object": "batch", "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "status": status, "created_at": batch.created_unix,
+            "request_counts": {"total": batch.requests.len(), "completed": done - failed_done,
+                "failed": failed},
+            "results": null,
+        }),
+        Dialect::OpenAi | Dialect::Anthropic => json!({
+            "id": batch.id, "object": "batch", "endpoint": "/v1/chat/completions",
+            "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
+            "created_at": batch.created_unix, "metadata": batch.metadata,
+            "output_file_id": ended.then(|| format!("file-out-{}", batch.id)),
+            "error_file_id": ended.then(|| format!("file-err-{}", batch.id)),
+            "request_counts": {"total": batch.requests.len(), "completed": done - failed_done,
+                "failed": failed},
+        }),
+    }
 }
 
 /// The content of an ended OpenAI batch's output (`file-out-ID`) or error (`file-err-ID`) file.
@@ -507,7 +755,7 @@ fn file_content(batches: &Batches, config: &MockConfig, file_id: &str) -> (u16, 
                 json!({"id": id, "custom_id": custom_id, "response": null,
                 "error": {"code": code, "message": "This request was not executed."}})
             })
-        } else if errs(config, custom_id) {
+        } else if errs(config, batch, custom_id) {
             errors.then(|| json!({"id": id, "custom_id": custom_id, "error": null,
                 "response": {"status_code": 500, "request_id": id,
                     "body": serde_json::from_str::<Value>(&error_body(Api::OpenAi, 500, "the mock failed this request")).unwrap_or(Value::Null)}}))
@@ -527,7 +775,7 @@ fn anthropic_object(batch: &Batch, config: &MockConfig) -> Value {
     let (phase, done) = phase(batch, config);
     let errored = batch.requests[..done]
         .iter()
-        .filter(|(id, _)| errs(config, id))
+        .filter(|(id, _)| errs(config, batch, id))
         .count();
     let rest = batch.requests.len() - done;
     let (processing, canceled, expired) = match phase {
@@ -553,7 +801,7 @@ fn anthropic_results(batch: &Batch, config: &MockConfig) -> String {
     for (custom_id, body, done) in outcomes(batch, config) {
         let result = if !done {
             json!({"type": if phase == Phase::Cancelled { "canceled" } else { "expired" }})
-        } else if errs(config, custom_id) {
+        } else if errs(config, batch, custom_id) {
             json!({"type": "errored", "error": serde_json::from_str::<Value>(&error_body(Api::Anthropic, 500, "the mock failed this request")).unwrap_or(Value::Null)})
         } else {
             json!({"type": "succeeded", "message": answer(Api::Anthropic, config, body, custom_id, None)})

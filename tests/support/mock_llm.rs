@@ -418,6 +418,8 @@ struct Received {
     x_api_key: Option<String>,
     anthropic_version: Option<String>,
     path: String,
+    query: String,
+    method: String,
     is_post: bool,
     content_type: Option<String>,
     /// The body as sent (a file upload is not JSON).
@@ -441,6 +443,8 @@ async fn receive(request: Request<Incoming>) -> Received {
     let anthropic_version = header("anthropic-version");
     let content_type = header("content-type");
     let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let method = request.method().as_str().to_string();
     let is_post = request.method() == hyper::Method::POST;
     let bytes = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
@@ -453,6 +457,8 @@ async fn receive(request: Request<Incoming>) -> Received {
         x_api_key,
         anthropic_version,
         path,
+        query,
+        method,
         is_post,
         content_type,
         raw: bytes,
@@ -657,15 +663,27 @@ async fn handle(
     let received = receive(request).await;
     if batches::is_batch_route(&received.path) {
         // Batch traffic is not a model call: it is counted apart (`batch_submissions`).
-        let (status, body) = batches::handle(
+        let (status, body, headers) = batches::handle(
             &mut lock(&state.batches),
             &state.config,
-            received.is_post,
-            &received.path,
-            received.content_type.as_deref(),
-            &received.raw,
+            &batches::BatchRequest {
+                method: &received.method,
+                path: &received.path,
+                query: &received.query,
+                content_type: received.content_type.as_deref(),
+                raw: &received.raw,
+            },
         );
-        return Ok(http_response(status, None, body, Vec::new()));
+        let creates = received.is_post
+            && (received.path.ends_with("/batches")
+                || received.path.ends_with("/messages/batches"));
+        let hold = state.config.batch.create_reply_delay_ms;
+        if creates && hold > 0 {
+            // The batch exists; its creator hears of it only later (a crash in between loses
+            // the id, and must not lose the batch).
+            tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+        }
+        return Ok(http_response(status, None, body, headers));
     }
     let (n, _in_flight) = count_arrival(counters, &received.key);
     lock(&counters.arrivals).push((received.key.clone(), received.body.clone()));
