@@ -26,6 +26,7 @@ mod ratelimit;
 mod reliability;
 mod remote;
 mod report;
+mod store;
 mod support;
 mod tables;
 mod watch;
