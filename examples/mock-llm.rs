@@ -136,6 +136,7 @@ async fn main() -> std::io::Result<()> {
             shuffle: args.batch_shuffle,
             create_reply_delay_ms: 0,
             together: args.batch_together,
+            errors_persist: false,
         },
         ..mock_llm::MockConfig::default()
     };

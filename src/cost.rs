@@ -312,6 +312,14 @@ impl Ledger {
         state.node_spent[reservation.node] += cost;
     }
 
+    /// Counts `cost` as spent by `node` without a reservation: an answer already paid for (a
+    /// batch's), which no limit may refuse.
+    pub(crate) fn spend(&self, node: usize, cost: f64) {
+        let mut state = self.lock();
+        state.spent += cost;
+        state.node_spent[node] += cost;
+    }
+
     /// Stops every further call (a call went over `error_per_call`).
     pub(crate) fn stop(&self, refusal: Refusal) {
         self.lock().stopped.get_or_insert(refusal);

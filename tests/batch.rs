@@ -383,3 +383,56 @@ fn issue_15_the_budget_holds_the_worst_case_of_what_a_pass_submits() {
     assert!(submitted > 0 && submitted < 30, "{submitted}");
     assert!(submitted as f64 * worst <= 0.05, "{submitted}");
 }
+
+#[test]
+fn issue_15_a_request_no_batch_answers_fails_its_ticket_after_max_attempts() {
+    let mock = mock(BatchConfig {
+        complete_after_ms: 50,
+        error_share: 0.1,
+        errors_persist: true,
+        ..BatchConfig::default()
+    });
+    let p = project(&mock, 20, Api::OpenAi, true);
+    p.edit(
+        "dataset.toml",
+        "batch = true",
+        "batch = true\nmax_attempts = 2",
+    );
+    let run = run(&p, &["build", "--wait", "--poll-secs", "0.05", "--json"]);
+    assert_eq!(run.code, 1, "some tickets fail: {}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(summary["failed"].as_u64().unwrap() > 0);
+    let submitted = mock.batch_submissions();
+    let failing: Vec<_> = submitted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(!failing.is_empty());
+    assert!(
+        failing.iter().all(|(_, n)| **n == 2),
+        "each failing request submitted max_attempts times: {failing:?}"
+    );
+    let failures = std::fs::read_to_string(p.file("out/tickets.failures.jsonl")).unwrap();
+    assert!(
+        failures.contains("batches ended without answering"),
+        "{failures}"
+    );
+}
+
+#[test]
+fn issue_15_gc_and_force_are_refused_while_they_would_lose_or_repay_batch_answers() {
+    let mock = mock(BatchConfig {
+        complete_after_ms: 5000,
+        ..BatchConfig::default()
+    });
+    let p = project(&mock, 5, Api::OpenAi, true);
+    assert_eq!(run(&p, &["build"]).code, 75);
+    let gc = run(&p, &["cache", "gc"]);
+    assert_eq!(gc.code, 1, "{}", gc.stderr);
+    assert!(gc.stderr.contains("not collected"), "{}", gc.stderr);
+    let forced = run(&p, &["build", "--force", "topic"]);
+    assert_eq!(forced.code, 2, "{}", forced.stderr);
+    assert!(
+        forced.stderr.contains("asks through batches"),
+        "{}",
+        forced.stderr
+    );
+    assert_eq!(mock.batches_created(), 1);
+}

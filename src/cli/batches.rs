@@ -12,6 +12,8 @@ use crate::provider::Secrets;
 
 pub(super) fn run(args: BatchesArgs) -> Result<Outcome, CliError> {
     let (config, graph) = load(&args.project)?;
+    // Holding the cache is holding the ledger: a build running meanwhile would edit it too.
+    let _cache = super::open_cache(&config)?;
     let secrets = Secrets::load(&config.root).map_err(runtime_error)?;
     let runtime = runtime()?;
     match args.command {

@@ -31,6 +31,7 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
         config.output_dir = shards.join(shard.folder_name());
     }
     check_forced(&config, &graph, &args.force)?;
+    check_force_without_batches(&config, &graph, &args)?;
     // Forced nodes run whatever the last build recorded.
     if args.force.is_empty() {
         if let Some(report) = crate::build::up_to_date(&config, &graph) {
@@ -65,7 +66,8 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
             return build_project(config, graph, cache, options, Some(cancel)).await;
         }
         let secrets = crate::provider::Secrets::load(&config.root)?;
-        let every = Duration::from_secs_f64(args.poll_secs.max(0.05));
+        let every = Duration::try_from_secs_f64(args.poll_secs.clamp(0.05, 3600.0))
+            .unwrap_or(Duration::from_secs(30));
         loop {
             let report = build_project(
                 config.clone(),
@@ -128,6 +130,31 @@ pub(super) fn run(args: BuildArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::Success
     })
+}
+
+/// `--force` on a node whose model asks through batches is refused: a forced answer asked for in
+/// a batch would be forced again in every pass, and the old answer found by the pass that
+/// collects it.
+fn check_force_without_batches(
+    config: &crate::config::Config,
+    graph: &crate::graph::Graph,
+    args: &BuildArgs,
+) -> Result<(), CliError> {
+    let batched = |name: &&String| {
+        graph.node(name).is_some_and(|n| {
+            n.model.batch || (args.batch && n.model.provider.no_batch_api().is_none())
+        })
+    };
+    match args.force.iter().find(batched) {
+        Some(node) => Err(crate::diag::Diagnostic::file(
+            &config.path,
+            format!(
+                "`--force {node}`: its model asks through batches, and a forced answer cannot be collected from one; force it without batch mode (drop `--batch`, or `batch = true` from its model, for this build)"
+            ),
+        )
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// What a pass of a build in batch mode submitted and what it waits for, on stderr.

@@ -57,6 +57,19 @@ pub(super) fn stats(args: CacheArgs) -> Result<Outcome, CliError> {
 pub(super) fn gc(args: GcArgs) -> Result<Outcome, CliError> {
     let config = args.project.config()?;
     let cache = open_cache(&config)?;
+    // Answers collected from batches are in no manifest until the build's last pass: gc would
+    // take them for garbage, and they would be paid for again.
+    let in_progress = crate::cache::batches::BatchLedger::new(&config.cache_dir)
+        .records()
+        .map_err(runtime_error)?
+        .iter()
+        .filter(|r| r.state != crate::cache::batches::BatchState::Done)
+        .count();
+    if in_progress > 0 && !args.dry_run {
+        return Err(runtime_error(anyhow::anyhow!(
+            "{in_progress} provider batches of this cache are not collected into a finished build yet; gc would delete answers collected from them; finish the build (`ticketbuild build`) first, or see `ticketbuild batches`"
+        )));
+    }
     let report = gc::collect(cache.as_ref(), args.keep.max(1), args.dry_run, &readable)
         .map_err(runtime_error)?;
     let verb = if args.dry_run {

@@ -232,7 +232,9 @@ impl Engine {
             return Ok(None);
         };
         batches.settle(self.store.as_ref())?;
-        batches.submit().await.map(Some)
+        // Ctrl-C: nothing new is sent (a stop by the budget submits what it reserved for).
+        let interrupted = self.cancelled.load(Ordering::Acquire) && self.ledger.stopped().is_none();
+        batches.submit(!interrupted).await.map(Some)
     }
 
     /// Uses `flag` as the cancel flag (set by Ctrl-C, or by `watch` when an edit makes this build

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use super::Engine;
 use super::batch::BatchAnswer;
 use crate::cache::{Artifact, ArtifactSummary, CacheError};
-use crate::cost::Refusal;
+use crate::cost::{PriceEntry, Refusal, Reservation};
 use crate::graph::Node;
 use crate::key::ArtifactKey;
 use crate::provider::{ProviderError, Request};
@@ -56,56 +56,60 @@ impl Engine {
         sample: &TicketSample,
     ) -> Result<ArtifactSummary, GenerateError> {
         let price = self.prices[index].clone();
-        // Reserve the call's worst case before issuing it, so calls in flight can never take the
-        // build past its budget together.
-        let reservation = match &price {
-            Some(price) => {
-                let model = &node.model;
-                let input = crate::tokens::count(
-                    model.provider,
-                    &model.model,
-                    &[request.system.as_deref().unwrap_or(""), &request.user],
-                );
-                let output = request
-                    .params
-                    .max_tokens
-                    .unwrap_or(WORST_CASE_OUTPUT_TOKENS);
-                match self.ledger.reserve(index, price.worst_case(input, output)) {
-                    Ok(reservation) => Some(reservation),
-                    Err(refusal) => {
-                        if matches!(refusal, Refusal::Budget { .. } | Refusal::PerCall { .. }) {
-                            // Finish what is in flight, start nothing new.
-                            self.cancelled.store(true, Ordering::Release);
-                        }
-                        return Err(GenerateError::Refused(refusal));
-                    }
-                }
-            }
-            None => None,
-        };
         let started = Instant::now();
-        let (answer, batch_priced) = match self
+        // Batch mode first: an answer collected from a batch is paid for already, so no budget
+        // can refuse it; one in a live batch waits without reserving again.
+        let batch = self
             .batches
             .as_ref()
-            .map(|b| b.answer(index, sample.index, request, &key))
-        {
-            Some(BatchAnswer::Ready(answer)) => (answer, true),
-            // The reservation is not settled, so it stays held for the rest of the pass:
-            // the budget reserves a whole batch's worst case before submitting it.
-            Some(BatchAnswer::Deferred) => return Err(GenerateError::Deferred),
-            Some(BatchAnswer::Unbatched) | None => {
-                (self.providers[index].call(request).await, false)
+            .map(|b| b.answer(index, request, &key));
+        let mut needed = false;
+        let collected = match batch {
+            Some(BatchAnswer::Ready(answer)) => Some(answer),
+            Some(BatchAnswer::Waiting) => return Err(GenerateError::Deferred),
+            Some(BatchAnswer::Needed) => {
+                needed = true;
+                None
             }
+            Some(BatchAnswer::Unbatched) | None => None,
         };
-        let response = match answer {
-            Ok(response) => response,
-            Err(e) => {
-                if let Some(reservation) = reservation {
-                    self.ledger.settle(reservation, 0.0);
+        let (answer, batch_priced) = match collected {
+            Some(answer) => {
+                if let Ok(response) = &answer {
+                    let cost = price
+                        .as_ref()
+                        .map_or(0.0, |p| p.batch_cost(&response.usage));
+                    self.ledger
+                        .spend(index, response.reported_cost_usd.unwrap_or(cost));
                 }
-                return Err(GenerateError::Provider(e));
+                (answer, true)
+            }
+            None => {
+                // Reserve the call's worst case before issuing it, so calls in flight (or
+                // requests queued for a batch) can never take the build past its budget together.
+                let reservation = self.reserve(index, node, request, price.as_ref())?;
+                if needed {
+                    if let Some(batches) = &self.batches {
+                        batches.queue(index, sample.index, request, &key);
+                    }
+                    // The reservation is not settled: it stays held for the rest of the pass,
+                    // the worst case of what the pass submits.
+                    return Err(GenerateError::Deferred);
+                }
+                let answer = self.providers[index].call(request).await;
+                if let Some(reservation) = reservation {
+                    let cost = match (&answer, &price) {
+                        (Ok(response), Some(price)) => response
+                            .reported_cost_usd
+                            .unwrap_or_else(|| price.cost(&response.usage)),
+                        _ => 0.0,
+                    };
+                    self.ledger.settle(reservation, cost);
+                }
+                (answer, false)
             }
         };
+        let response = answer.map_err(GenerateError::Provider)?;
         let computed = price.as_ref().map(|p| {
             if batch_priced {
                 p.batch_cost(&response.usage)
@@ -115,9 +119,6 @@ impl Engine {
         });
         // The provider's own figure wins (OpenRouter reports it); the computed one is kept beside.
         let cost_usd = response.reported_cost_usd.or(computed);
-        if let Some(reservation) = reservation {
-            self.ledger.settle(reservation, cost_usd.unwrap_or(0.0));
-        }
         if let Some(cost) = cost_usd {
             self.check_per_call(node, sample.ticket_id, cost);
         }
@@ -146,6 +147,39 @@ impl Engine {
         let forced = self.options.force.contains(&node.name);
         self.upload_generated(sample.index, &key, forced);
         Ok(artifact.into_summary())
+    }
+
+    /// Reserves the worst case of `request` for node `index` (nothing without a price).
+    fn reserve(
+        &self,
+        index: usize,
+        node: &Node,
+        request: &Request,
+        price: Option<&PriceEntry>,
+    ) -> Result<Option<Reservation>, GenerateError> {
+        let Some(price) = price else {
+            return Ok(None);
+        };
+        let model = &node.model;
+        let input = crate::tokens::count(
+            model.provider,
+            &model.model,
+            &[request.system.as_deref().unwrap_or(""), &request.user],
+        );
+        let output = request
+            .params
+            .max_tokens
+            .unwrap_or(WORST_CASE_OUTPUT_TOKENS);
+        match self.ledger.reserve(index, price.worst_case(input, output)) {
+            Ok(reservation) => Ok(Some(reservation)),
+            Err(refusal) => {
+                if matches!(refusal, Refusal::Budget { .. } | Refusal::PerCall { .. }) {
+                    // Finish what is in flight, start nothing new.
+                    self.cancelled.store(true, Ordering::Release);
+                }
+                Err(GenerateError::Refused(refusal))
+            }
+        }
     }
 
     /// Tells the observer about a call that cost more than a per-call limit; above

@@ -42,6 +42,8 @@ pub struct BatchConfig {
     pub create_reply_delay_ms: u64,
     /// Files and batches speak Together's dialect instead of OpenAI's.
     pub together: bool,
+    /// Requests that fail on their own fail every time they are submitted, not only the first.
+    pub errors_persist: bool,
 }
 
 impl Default for BatchConfig {
@@ -53,6 +55,7 @@ impl Default for BatchConfig {
             shuffle: false,
             create_reply_delay_ms: 0,
             together: false,
+            errors_persist: false,
         }
     }
 }
@@ -639,7 +642,7 @@ fn phase(batch: &Batch, config: &MockConfig) -> (Phase, usize) {
 
 /// Whether request `custom_id` fails on its own.
 fn errs(config: &MockConfig, batch: &Batch, custom_id: &str) -> bool {
-    if batch.resubmitted.contains(custom_id) {
+    if batch.resubmitted.contains(custom_id) && !config.batch.errors_persist {
         return false;
     }
     let hash = custom_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

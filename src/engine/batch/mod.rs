@@ -39,10 +39,13 @@ use crate::provider::{self, ProviderError, Request, Response, Secrets};
 
 /// What a batch model has for a request now.
 pub(crate) enum BatchAnswer {
-    /// A collected answer, judged (or why there is none and will be none).
+    /// A collected answer, judged (or why there is none and will be none). Paid for already.
     Ready(Result<Response, ProviderError>),
-    /// In a live batch, or queued for the next: the ticket waits.
-    Deferred,
+    /// In a live batch (or already queued by this pass): the ticket waits.
+    Waiting,
+    /// To be asked for in the next batch: the engine reserves its worst case, then
+    /// [`BatchMode::queue`]s it (or, refused by the budget, does not).
+    Needed,
     /// Not a batch model's, nor in any batch: asked for one by one.
     Unbatched,
 }
@@ -114,6 +117,19 @@ impl BatchMode {
     ) -> Result<Option<BatchMode>, BuildError> {
         let ledger = BatchLedger::new(&config.cache_dir);
         let records = ledger.records()?;
+        // A record whose model is gone cannot be collected, and its requests must not be paid
+        // for again one by one.
+        if let Some(record) = records
+            .iter()
+            .find(|r| r.state != BatchState::Done && !config.models.contains_key(&r.model))
+        {
+            return Err(BuildError::Task(format!(
+                "batch {} was submitted for model `{}`, which dataset.toml no longer defines; put `[models.{}]` back to collect it (`ticketbuild batches` lists the batches)",
+                record.id.as_deref().unwrap_or(&record.tag),
+                record.model,
+                record.model
+            )));
+        }
         let in_batch_mode = graph.nodes.iter().any(|n| n.model.batch);
         if !in_batch_mode && records.iter().all(|r| matches!(r.state, BatchState::Done)) {
             return Ok(None);
@@ -146,14 +162,8 @@ impl BatchMode {
         })
     }
 
-    /// What node `node` of ticket `ticket` gets for `request` (whose key is `key`).
-    pub(crate) fn answer(
-        &self,
-        node: usize,
-        ticket: u64,
-        request: &Request,
-        key: &ArtifactKey,
-    ) -> BatchAnswer {
+    /// What node `node` gets for `request` (whose key is `key`) from batches.
+    pub(crate) fn answer(&self, node: usize, request: &Request, key: &ArtifactKey) -> BatchAnswer {
         let (name, batched) = &self.node_models[node];
         // A model with answers in the ledger but out of batch mode now still takes them: they
         // are paid for.
@@ -191,12 +201,21 @@ impl BatchMode {
             }
         }
         // In a live batch: paying for it again now would pay twice.
-        if self.live.contains(key) {
-            return BatchAnswer::Deferred;
+        if self.live.contains(key) || lock(&self.queued_keys).contains(key) {
+            return BatchAnswer::Waiting;
         }
         if !batched {
             return BatchAnswer::Unbatched;
         }
+        BatchAnswer::Needed
+    }
+
+    /// Queues `request` (node `node` of ticket `ticket`, key `key`) for the next batch.
+    pub(crate) fn queue(&self, node: usize, ticket: u64, request: &Request, key: &ArtifactKey) {
+        let (name, _) = &self.node_models[node];
+        let Some(model) = self.models.get(name) else {
+            return;
+        };
         if lock(&self.queued_keys).insert(*key) {
             lock(&self.queued)
                 .entry(name.clone())
@@ -207,13 +226,17 @@ impl BatchMode {
                     body: model.client.body(request),
                 });
         }
-        BatchAnswer::Deferred
     }
 
     /// Submits what the pass queued, each batch recorded before and after its creation. Returns
     /// the pass's summary.
-    pub(crate) async fn submit(&self) -> Result<BatchSummary, BuildError> {
-        let queued = std::mem::take(&mut *lock(&self.queued));
+    /// With `send` false (the build was interrupted) nothing is submitted: the next pass queues
+    /// the same requests again.
+    pub(crate) async fn submit(&self, send: bool) -> Result<BatchSummary, BuildError> {
+        let mut queued = std::mem::take(&mut *lock(&self.queued));
+        if !send {
+            queued.clear();
+        }
         let mut summary = self.summary.clone();
         let mut problems = Vec::new();
         for (name, requests) in queued {
@@ -245,29 +268,19 @@ impl BatchMode {
         Ok(summary)
     }
 
-    /// Marks `done` every ended batch whose answers are all in `store`, and forgets its results.
+    /// Marks `done` every ended batch whose requests all have their answer in `store` (from it
+    /// or a later batch), and forgets its results. A batch with a request still unanswered stays
+    /// `ended`: its results count the attempts, and say why a request was refused.
     pub(crate) fn settle(&self, store: &dyn ArtifactStore) -> Result<(), BuildError> {
         for mut record in self.ledger.records()? {
-            if record.state != BatchState::Ended {
+            if record.state != BatchState::Ended || record.tickets.len() != record.keys.len() {
                 continue;
             }
-            let results = self.ledger.results(&record.tag)?;
-            let tickets: HashMap<&str, u64> = record
-                .keys
-                .iter()
-                .map(String::as_str)
-                .zip(record.tickets.iter().copied())
-                .collect();
             let mut all_stored = true;
-            for line in results.iter().filter(|l| l.answer.is_some()) {
-                let stored = match (
-                    ArtifactKey::from_hex(&line.key),
-                    tickets.get(line.key.as_str()),
-                ) {
-                    (Some(key), Some(ticket)) => {
-                        matches!(store.get(*ticket, &key)?, crate::cache::Lookup::Hit(_))
-                    }
-                    _ => true,
+            for (key, ticket) in record.keys.iter().zip(&record.tickets) {
+                let stored = match ArtifactKey::from_hex(key) {
+                    Some(key) => matches!(store.get(*ticket, &key)?, crate::cache::Lookup::Hit(_)),
+                    None => false,
                 };
                 if !stored {
                     all_stored = false;
@@ -388,6 +401,7 @@ impl BatchMode {
         let mut seen = HashSet::new();
         let mut cost = 0.0;
         let (mut succeeded, mut failed) = (0, 0);
+        let results_were_foreign = !results.is_empty();
         for (custom_id, outcome) in results {
             // A custom id that is not ours, or a second result for one: not trusted.
             if !ours.contains(custom_id.as_str()) || !seen.insert(custom_id.clone()) {
@@ -416,6 +430,12 @@ impl BatchMode {
                     }
                 }
             });
+        }
+        if seen.is_empty() && !record.keys.is_empty() && results_were_foreign {
+            return Err(BuildError::Task(format!(
+                "batch {} at the provider holds none of the requests ticketbuild recorded for it (batch {} of model `{}`); it is another build's: remove `{}` from cache/batches/ and build again",
+                batch.id, record.tag, record.model, record.tag
+            )));
         }
         for key in &record.keys {
             if !seen.contains(key) {
@@ -520,37 +540,60 @@ async fn recover(
     record: &BatchRecord,
     claimed: &HashSet<String>,
 ) -> Result<Option<RemoteBatch>, BuildError> {
-    let listed = client.list().await.map_err(task)?;
+    // The batch was created after the record was written and before its creation's request
+    // timed out (a little slack either way for clocks that differ).
+    let written = record.submitted_unix_ms / 1000;
+    let listed = client
+        .list(written.saturating_sub(CLOCK_SLACK_SECS))
+        .await
+        .map_err(task)?;
+    let in_window = |b: &RemoteBatch| {
+        b.created_unix.is_some_and(|at| {
+            at + CLOCK_SLACK_SECS >= written
+                && at <= written + CREATE_TIMEOUT_SECS + CLOCK_SLACK_SECS
+        })
+    };
     let mut unclaimed: Vec<RemoteBatch> = listed
         .into_iter()
         .filter(|b| !claimed.contains(&b.id))
         .collect();
     unclaimed.sort_by_key(|b| b.created_unix);
-    // Created at the earliest a little before the record was written (clocks differ).
-    let since = |b: &RemoteBatch| {
-        b.created_unix
-            .is_none_or(|at| at + 120 >= record.submitted_unix_ms / 1000)
-    };
-    match client.api() {
-        BatchApi::OpenAi => Ok(unclaimed
+    let candidates: Vec<RemoteBatch> = match client.api() {
+        BatchApi::OpenAi => unclaimed
             .into_iter()
-            .find(|b| b.tag.as_deref() == Some(record.tag.as_str()))),
+            .filter(|b| b.tag.as_deref() == Some(record.tag.as_str()))
+            .collect(),
         // No metadata: the input file's name carries the tag.
         BatchApi::Together => {
-            for batch in unclaimed.into_iter().filter(since) {
+            let mut found = Vec::new();
+            for batch in unclaimed.into_iter().filter(in_window) {
                 let name = client.input_file_name(&batch).await.map_err(task)?;
                 if name.is_some_and(|n| names_input_of(&n, &record.tag)) {
-                    return Ok(Some(batch));
+                    found.push(batch);
                 }
             }
-            Ok(None)
+            found
         }
-        // No metadata and no file: the first unclaimed batch of the same size created since.
-        BatchApi::OpenRouter | BatchApi::Anthropic => Ok(unclaimed
+        // No metadata and no file: a batch of the same size created in the window.
+        BatchApi::OpenRouter | BatchApi::Anthropic => unclaimed
             .into_iter()
-            .find(|b| b.total == record.keys.len() as u64 && since(b))),
+            .filter(|b| b.total == record.keys.len() as u64 && in_window(b))
+            .collect(),
+    };
+    match candidates.len() {
+        0 | 1 => Ok(candidates.into_iter().next()),
+        // Guessing could collect another build's batch and pay again for this one's.
+        n => Err(BuildError::Task(format!(
+            "batch {} of model `{}` was created but not recorded (a build stopped in between), and {n} batches at the provider could be it; cancel the wrong ones or remove `{}` from cache/batches/ once you know which is which",
+            record.tag, record.model, record.tag
+        ))),
     }
 }
+
+/// Seconds two clocks (this machine's, the provider's) may disagree by.
+const CLOCK_SLACK_SECS: u64 = 120;
+/// The longest a batch's creation request may take (the client's timeout).
+const CREATE_TIMEOUT_SECS: u64 = 600;
 
 /// `requests` in runs of at most `most` requests and `bytes` bytes of bodies.
 fn chunks(requests: &[Queued], most: usize, bytes: usize) -> Vec<&[Queued]> {

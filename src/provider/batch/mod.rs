@@ -233,7 +233,7 @@ impl BatchClient {
                 if !together {
                     body["metadata"] = json!({TAG_FIELD: tag});
                 }
-                self.send(true, "batches", Some(&body)).await?
+                self.create_once("batches", &body).await?
             }
             BatchApi::OpenRouter => {
                 // One batch-level model, its batch variant; the bodies then name none (the
@@ -257,7 +257,7 @@ impl BatchClient {
                 // which reads the body as a stream, requires.
                 let body = json!({"completion_window": "24h", "endpoint": CHAT_ENDPOINT,
                     "model": model, "requests": requests});
-                self.send(true, "batches", Some(&body)).await?
+                self.create_once("batches", &body).await?
             }
             BatchApi::Anthropic => {
                 let requests: Vec<Value> = items
@@ -265,7 +265,7 @@ impl BatchClient {
                     .map(|(custom_id, body)| json!({"custom_id": custom_id, "params": body}))
                     .collect();
                 let body = json!({ "requests": requests });
-                self.send(true, "messages/batches", Some(&body)).await?
+                self.create_once("messages/batches", &body).await?
             }
         };
         self.describe(&batch)
@@ -279,21 +279,50 @@ impl BatchClient {
         self.describe(&batch)
     }
 
-    /// The provider's most recent batches (one page of up to 100).
-    pub(crate) async fn list(&self) -> Result<Vec<RemoteBatch>, BatchError> {
-        let path = match self.api {
-            BatchApi::Together => self.batches().to_string(),
-            _ => format!("{}?limit=100", self.batches()),
-        };
-        let list = self.send(false, &path, None).await?;
-        // Together answers a bare array; the others `{"data": [...]}`.
-        let Some(data) = list.as_array().or(list["data"].as_array()) else {
-            return Err(BatchError(format!(
-                "the batch listing has no `data`: {}",
-                quote(&list.to_string())
-            )));
-        };
-        data.iter().map(|b| self.describe(b)).collect()
+    /// The provider's batches created since `since` (unix seconds), newest first, page by page
+    /// (Together's listing has no pages).
+    pub(crate) async fn list(&self, since: u64) -> Result<Vec<RemoteBatch>, BatchError> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = match self.api {
+                BatchApi::Together => self.batches().to_string(),
+                _ => format!("{}?limit=100", self.batches()),
+            };
+            if let Some(after) = &after {
+                let name = if self.api == BatchApi::Anthropic {
+                    "after_id"
+                } else {
+                    "after"
+                };
+                path.push_str(&format!("&{name}={after}"));
+            }
+            let list = self.send(false, &path, None).await?;
+            // Together answers a bare array; the others `{"data": [...]}`.
+            let Some(data) = list.as_array().or(list["data"].as_array()) else {
+                return Err(BatchError(format!(
+                    "the batch listing has no `data`: {}",
+                    quote(&list.to_string())
+                )));
+            };
+            let page: Vec<RemoteBatch> = data
+                .iter()
+                .map(|b| self.describe(b))
+                .collect::<Result<_, _>>()?;
+            let older = page
+                .iter()
+                .any(|b| b.created_unix.is_some_and(|at| at < since));
+            let last = page.last().map(|b| b.id.clone());
+            found.extend(page);
+            let more = list["has_more"] == json!(true);
+            match (more && !older, last) {
+                (true, Some(last)) => {
+                    after = Some(list["last_id"].as_str().map_or(last, str::to_string))
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
     }
 
     /// The name of the input file of batch `batch` (Together keeps no metadata: the file's name
@@ -346,6 +375,8 @@ impl BatchClient {
                 loop {
                     let mut path = format!("batches/{}/results?limit=1000", batch.id);
                     if let Some(cursor) = &cursor {
+                        let cursor: String =
+                            url::form_urlencoded::byte_serialize(cursor.as_bytes()).collect();
                         path.push_str(&format!("&cursor={cursor}"));
                     }
                     let page = self.send(false, &path, None).await?;
@@ -538,6 +569,30 @@ impl BatchClient {
                 }
             })
             .await?;
+        parse_json(&text)
+    }
+
+    /// Creates a batch: one attempt only. Trying again after a timeout or a lost answer could
+    /// create a second batch, paid for and never collected; a failure leaves the ledger's record
+    /// `submitting`, and the next build looks for the batch in the provider's listing.
+    async fn create_once(&self, path: &str, body: &Value) -> Result<Value, BatchError> {
+        let url = format!("{}/{path}", self.root);
+        let response = self
+            .client
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.error(format!("no answer to the batch's creation ({e})")))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|json| self.adapter.error_message(&json))
+                .unwrap_or_else(|| quote(&text));
+            return Err(self.error(format!("HTTP {status}: {message}")));
+        }
         parse_json(&text)
     }
 
