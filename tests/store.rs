@@ -42,11 +42,24 @@ fn issue_17_an_old_cache_is_read_without_paying_again_and_explains_the_same() {
     let explain = p.run(&["explain", TICKET]);
     assert_eq!(explain.code, 0, "{}", explain.stderr);
     assert_eq!(explain.stdout, pinned_explain(), "explain, byte for byte");
+    // Moved into ticket records once, and said so.
+    assert!(
+        explain
+            .stderr
+            .contains("into one record per ticket (once; nothing is paid again)"),
+        "{}",
+        explain.stderr
+    );
     let build = p.run(&["build", "--json"]);
     assert_eq!(build.code, 0, "{}", build.stderr);
     let summary: serde_json::Value = serde_json::from_str(&build.stdout).unwrap();
     assert_eq!(total(&summary, "generated"), 0, "nothing paid again");
     assert_eq!(summary["written"], 3);
+    assert!(
+        !build.stderr.contains("record per ticket"),
+        "once: {}",
+        build.stderr
+    );
     let again = p.run(&["explain", TICKET]);
     assert_eq!(again.stdout, pinned_explain());
     let verify: Run = p.run(&["cache", "verify"]);

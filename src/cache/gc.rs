@@ -156,11 +156,14 @@ pub(crate) fn collect(
 pub(crate) struct VerifyReport {
     pub(crate) checked: u64,
     pub(crate) bad: Vec<(ArtifactKey, MissReason)>,
+    /// Compression dictionaries whose bytes changed, described.
+    pub(crate) dictionaries: Vec<String>,
 }
 
 /// Checks that every entry decodes and is stored under its own key; moves the bad ones to
 /// quarantine.
 pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
+    let dictionaries = cache.damaged_dictionaries()?;
     let mut checked = 0u64;
     let mut bad = Vec::new();
     for entry in cache.entries() {
@@ -180,6 +183,7 @@ pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
             .into_iter()
             .map(|(entry, reason)| (entry.key, reason))
             .collect(),
+        dictionaries,
     })
 }
 
@@ -216,6 +220,25 @@ mod tests {
         assert_eq!(report.kept_artifacts, 2);
         let left: Vec<u8> = store.entries().map(|e| e.unwrap().key.0[0]).collect();
         assert_eq!(left, [1, 3]);
+    }
+
+    #[test]
+    fn verify_names_a_tampered_dictionary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for ticket in 0..300u64 {
+            let mut a = artifact(1);
+            a.request.user = format!("The template's text, ticket {ticket}. ").repeat(8);
+            store.put(ticket, &a).unwrap();
+        }
+        assert!(verify(&store).unwrap().dictionaries.is_empty());
+        let tree = sled::Db::open_tree(&store.db_for_tests(), "dictionaries").unwrap();
+        let (id, value) = tree.iter().next().unwrap().unwrap();
+        let mut tampered = value.to_vec();
+        tampered[40] ^= 0xff;
+        tree.insert(id, tampered).unwrap();
+        let report = verify(&store).unwrap();
+        assert_eq!(report.dictionaries.len(), 1, "{:?}", report.dictionaries);
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! - the traits here: [`ArtifactStore`] (what the engine needs: get, put, flush),
 //!   [`ManifestStore`] (the keys and manifests of builds, pins) and [`Maintenance`] (listing,
 //!   removing and quarantining entries); [`Cache`] is all three, what [`open`] returns.
-//! - [`sled_store`]: the sled implementation in a cache folder; `memory`: an in-memory double
-//!   for tests.
+//! - [`sled_store`]: the sled implementation in a cache folder (its artifacts in one compressed
+//!   [`record`] per ticket, `sled_records`); `memory`: an in-memory double for tests.
 //! - [`commit`]: *when* a stored artifact is durable ([`GroupCommit`]).
 //! - [`gc`]: what `cache stats`, `cache gc` and `cache verify` find and do.
 //! - [`remote`]: the shared remote tier on object storage (read-through, write-behind).
@@ -22,10 +22,13 @@
 pub(crate) mod artifact;
 pub(crate) mod batches;
 pub(crate) mod commit;
+mod folder;
 pub(crate) mod gc;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod record;
 pub(crate) mod remote;
+mod sled_records;
 pub(crate) mod sled_store;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,19 @@ pub use sled_store::{CACHE_SCHEMA, SledStore};
 /// folder is locked, unwritable, nearly full or written by a newer ticketbuild.
 pub(crate) fn open(path: &Path) -> Result<Arc<dyn Cache>, CacheError> {
     Ok(Arc::new(SledStore::open(path)?))
+}
+
+/// How far the move of an older cache's artifacts into ticket records is: (tickets moved,
+/// artifacts moved, artifacts in all).
+pub type MigrationProgress<'a> = &'a dyn Fn(u64, u64, u64);
+
+/// Like [`open`], telling `progress` (tickets, artifacts moved, artifacts in all) how the one-time
+/// move of an older cache's artifacts into ticket records goes, when there is one.
+pub(crate) fn open_migrating(
+    path: &Path,
+    progress: MigrationProgress<'_>,
+) -> Result<Arc<dyn Cache>, CacheError> {
+    Ok(Arc::new(SledStore::open_migrating(path, progress)?))
 }
 
 /// The outcome of a lookup: a whole [`Artifact`], or an [`ArtifactSummary`] where a build only
@@ -111,6 +127,11 @@ pub trait ArtifactStore: Send + Sync {
     /// Stores a valid artifact of ticket `ticket`. Not durable until [`ArtifactStore::flush`]
     /// returns.
     fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError>;
+    /// Stores several artifacts of ticket `ticket` at once (a ticket's free, reproducible answers,
+    /// put together when the ticket is done). Not durable until [`ArtifactStore::flush`] returns.
+    fn put_ticket(&self, ticket: u64, artifacts: &[Artifact]) -> Result<(), CacheError> {
+        artifacts.iter().try_for_each(|a| self.put(ticket, a))
+    }
     /// Makes every put that returned before this call durable.
     fn flush(&self) -> Result<(), CacheError>;
     fn len(&self) -> usize;
@@ -195,6 +216,10 @@ pub(crate) trait Maintenance: Send + Sync {
     fn remove(&self, slot: &[u8]) -> Result<(), CacheError>;
     /// Moves a bad entry aside (kept for inspection, never served).
     fn quarantine(&self, slot: &[u8], bytes: &[u8]) -> Result<(), CacheError>;
+    /// Compression dictionaries whose bytes are not what was stored, each described.
+    fn damaged_dictionaries(&self) -> Result<Vec<String>, CacheError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A whole cache folder: artifacts, manifests and maintenance.

@@ -1,39 +1,46 @@
 //! The sled store: artifacts, manifests and pins in a cache folder.
 //!
-//! This module owns the on-disk layout (sled trees, how artifacts are filed, the cache schema),
-//! opening a cache folder safely (lock, write probe, free space, schema) and the three store
-//! traits over it. The invariant: a cache with a schema above [`CACHE_SCHEMA`] is refused, and
-//! one from before slots stays readable (its entries are still found).
+//! This module owns the on-disk layout (sled trees, the cache schema), opening a cache folder
+//! safely (lock, write probe, free space, schema, moving an older layout's artifacts into ticket
+//! records once) and the three store traits over it; how artifacts are filed is `sled_records`'s.
+//! The invariant: a cache with a schema above [`CACHE_SCHEMA`] is refused, and every artifact an
+//! older layout stored is found (moved into records, or read where it is).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::artifact::{EncodedBytes, decode, encode};
+use super::folder::{check_free_space, open_error};
+use super::record::{Dictionaries, Trainer};
 use super::{
     Artifact, ArtifactStore, CacheError, KeyChunks, KeyRecorder, Lookup, Maintenance,
-    ManifestStore, MissReason, StoredEntry, TicketArtifacts,
+    ManifestStore, StoredEntry, TicketArtifacts,
 };
 use crate::key::ArtifactKey;
 
 /// The sled-backed store in a cache folder.
 ///
-/// Artifacts are filed under a 40-byte slot: the ticket index (big-endian, so sled's byte order is
-/// ticket order) followed by the 32-byte key. With keys alone, every put and get landed on a random
-/// leaf of the tree, and once the tree outgrew sled's page cache nearly every one read a page back
-/// from disk: at 20,000 tickets, filing by ticket halved the time to reassemble a dataset from the
-/// cache. Caches written before slots existed hold bare 32-byte keys; they are still read (a miss
-/// under the slot tries the bare key), so no stored response is lost.
+/// Artifacts are filed by ticket: one record per ticket (see `record`), under the ticket index
+/// (big-endian, so sled's byte order is ticket order: a build appends at the end of the tree and a
+/// rebuild reads it front to back). Before records, each artifact had an entry of its own under a
+/// 40-byte slot (ticket index, then key; layout 2), and before that under its bare key (layout 1).
+/// Opening a layout-2 cache moves its artifacts into records; bare keys name no ticket, so they
+/// stay in the old tree and are still read (a miss in a record tries the bare key).
 pub struct SledStore {
-    path: PathBuf,
-    db: ::sled::Db,
-    artifacts: ::sled::Tree,
-    /// The tree holds entries under bare keys, from before slots.
-    legacy_entries: bool,
+    pub(super) path: PathBuf,
+    pub(super) db: ::sled::Db,
+    /// Ticket records.
+    pub(super) tickets: ::sled::Tree,
+    /// The old tree of one entry per artifact: what a layout-1 cache holds under bare keys.
+    pub(super) artifacts: ::sled::Tree,
+    /// The old tree holds entries under bare keys, from before slots.
+    pub(super) legacy_entries: bool,
+    pub(super) dictionaries: Dictionaries,
+    pub(super) trainer: std::sync::Mutex<Trainer>,
 }
 
-/// The bytes an artifact is filed under in sled: ticket index, then key.
-fn slot(ticket: u64, key: &ArtifactKey) -> [u8; 40] {
+/// How an artifact is named in `Maintenance` (and was filed in layout 2): ticket index, then key.
+pub(super) fn slot(ticket: u64, key: &ArtifactKey) -> [u8; 40] {
     let mut slot = [0u8; 40];
     slot[..8].copy_from_slice(&ticket.to_be_bytes());
     slot[8..].copy_from_slice(&key.0);
@@ -41,7 +48,7 @@ fn slot(ticket: u64, key: &ArtifactKey) -> [u8; 40] {
 }
 
 /// The key of a stored entry, from its slot (or bare key, in a cache from before slots).
-fn key_of_slot(slot: &[u8]) -> Option<ArtifactKey> {
+pub(super) fn key_of_slot(slot: &[u8]) -> Option<ArtifactKey> {
     let bytes = match slot.len() {
         40 => &slot[8..],
         32 => slot,
@@ -50,25 +57,30 @@ fn key_of_slot(slot: &[u8]) -> Option<ArtifactKey> {
     bytes.try_into().ok().map(ArtifactKey)
 }
 
-const META_TREE: &str = "meta";
-const ARTIFACT_TREE: &str = "artifacts";
+pub(super) const META_TREE: &str = "meta";
+pub(super) const ARTIFACT_TREE: &str = "artifacts";
+const TICKET_TREE: &str = "tickets";
+/// Compression dictionaries of ticket records, by id: blake3 of the dictionary, then its bytes.
+pub(super) const DICTIONARY_TREE: &str = "dictionaries";
 const MANIFEST_TREE: &str = "manifests";
 const MANIFEST_KEYS_TREE: &str = "manifest_keys";
 /// Keys a build paid for that no row uses (rejected draws), by (manifest id, chunk).
 const MANIFEST_KEPT_TREE: &str = "manifest_kept_keys";
 const PIN_TREE: &str = "pins";
-const QUARANTINE_TREE: &str = "quarantine";
-const SCHEMA_KEY: &str = "key_schema";
+pub(super) const QUARANTINE_TREE: &str = "quarantine";
+pub(super) const SCHEMA_KEY: &str = "key_schema";
 /// The cache schema this ticketbuild writes (under `key_schema` in the meta tree): 1, bare keys;
-/// 2, artifacts filed by ticket (slots). A ticketbuild refuses a cache with a schema above its own,
+/// 2, artifacts filed by ticket (slots); 3, ticket records. A ticketbuild refuses a cache with a schema above its own,
 /// so an older one never misses, and pays again for, what a newer one stored. Opening an older
 /// cache raises its schema (its entries stay readable: see `legacy_entries`). Raise it with
 /// `key::KEY_VERSION` too, and with any change to how artifacts are filed or encoded.
-pub const CACHE_SCHEMA: u32 = 2;
+pub const CACHE_SCHEMA: u32 = 3;
 const NEXT_MANIFEST_KEY: &str = "next_manifest";
-/// How artifacts are filed: absent or 1, bare keys; 2, slots (ticket index, then key).
-const LAYOUT_KEY: &str = "artifact_layout";
-const SLOT_LAYOUT: u8 = 2;
+/// How artifacts are filed: absent or 1, bare keys; 2, slots (ticket index, then key); 3, ticket
+/// records (bare keys of a layout-1 cache may remain beside them).
+pub(super) const LAYOUT_KEY: &str = "artifact_layout";
+pub(super) const SLOT_LAYOUT: u8 = 2;
+const RECORD_LAYOUT: u8 = 3;
 
 /// Tickets per stored chunk of manifest keys: bounds the memory a build uses for its manifest.
 const KEYS_PER_CHUNK: u64 = 4096;
@@ -77,6 +89,15 @@ impl SledStore {
     /// Opens (or creates) the cache at `path`; fails early, before any model call, if the folder is
     /// locked, unwritable or written by a newer key schema.
     pub fn open(path: &Path) -> Result<SledStore, CacheError> {
+        SledStore::open_migrating(path, &|_, _, _| {})
+    }
+
+    /// Like [`SledStore::open`], telling `progress` how the move of an older layout's artifacts
+    /// into ticket records goes (it is called only when there is one to move).
+    pub fn open_migrating(
+        path: &Path,
+        progress: super::MigrationProgress<'_>,
+    ) -> Result<SledStore, CacheError> {
         std::fs::create_dir_all(path).map_err(|e| CacheError::NotWritable {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -127,25 +148,70 @@ impl SledStore {
             }
         }
         let artifacts = db.open_tree(ARTIFACT_TREE).map_err(io)?;
-        let legacy_entries = match meta.get(LAYOUT_KEY).map_err(io)? {
-            Some(layout) => layout.as_ref() != [SLOT_LAYOUT],
-            None => {
-                // A cache without the mark was written before slots, unless it is empty.
-                let legacy = !artifacts.is_empty();
-                let layout = if legacy { 1 } else { SLOT_LAYOUT };
-                meta.insert(LAYOUT_KEY, &[layout]).map_err(io)?;
-                legacy
-            }
+        let tickets = db.open_tree(TICKET_TREE).map_err(io)?;
+        let layout = match meta.get(LAYOUT_KEY).map_err(io)? {
+            Some(layout) => layout.first().copied().unwrap_or(1),
+            // A cache without the mark was written before slots, unless it is empty.
+            None if artifacts.is_empty() => RECORD_LAYOUT,
+            None => 1,
         };
-        Ok(SledStore {
+        // Bare keys live on beside records: layout 1, or a layout-1 cache migrated since
+        // (the mark `3 1`).
+        let legacy_entries = layout == 1
+            || meta
+                .get(LAYOUT_KEY)
+                .map_err(io)?
+                .is_some_and(|l| l.get(1) == Some(&1));
+        let dictionary_tree = db.open_tree(DICTIONARY_TREE).map_err(io)?;
+        let stored: Vec<(u64, sled::IVec)> = dictionary_tree
+            .iter()
+            .map(|item| {
+                item.map(|(id, value)| {
+                    (
+                        id.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+                        value,
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let (dictionaries, trained) =
+            Dictionaries::stored(stored.iter().map(|(id, value)| (*id, value.as_ref())));
+        let store = SledStore {
             path: path.to_path_buf(),
             db,
+            tickets,
             artifacts,
             legacy_entries,
-        })
+            dictionaries,
+            trainer: std::sync::Mutex::new(if trained {
+                Trainer::finished()
+            } else {
+                Trainer::default()
+            }),
+        };
+        if layout != RECORD_LAYOUT {
+            if layout == SLOT_LAYOUT
+                || store
+                    .artifacts
+                    .iter()
+                    .keys()
+                    .any(|k| k.is_ok_and(|k| k.len() == 40))
+            {
+                store.migrate_slots(progress)?;
+            }
+            let mark: &[u8] = if legacy_entries {
+                &[RECORD_LAYOUT, 1]
+            } else {
+                &[RECORD_LAYOUT]
+            };
+            meta.insert(LAYOUT_KEY, mark).map_err(io)?;
+            store.db.flush().map_err(io)?;
+        }
+        Ok(store)
     }
 
-    fn io(&self, e: sled::Error) -> CacheError {
+    pub(super) fn io(&self, e: sled::Error) -> CacheError {
         CacheError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -153,89 +219,21 @@ impl SledStore {
     }
 }
 
-/// Free space a cache folder must have before a build starts (MB); `TICKETBUILD_CACHE_MIN_FREE_MB`
-/// overrides it. A build that cannot store what it pays for would pay twice, so a nearly full disk
-/// is refused before the first call rather than discovered after it.
-pub(crate) const MIN_FREE_MB: u64 = 64;
-
-fn check_free_space(path: &Path) -> Result<(), CacheError> {
-    let needed_mb = std::env::var("TICKETBUILD_CACHE_MIN_FREE_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MIN_FREE_MB);
-    // A file system that cannot report its free space is not refused for that.
-    let Ok(free) = fs2::available_space(path) else {
-        return Ok(());
-    };
-    let free_mb = free / (1024 * 1024);
-    if free_mb < needed_mb {
-        return Err(CacheError::Full {
-            path: path.to_path_buf(),
-            free_mb,
-            needed_mb,
-        });
-    }
-    Ok(())
-}
-
-fn open_error(path: &Path, error: sled::Error) -> CacheError {
-    // The full path: "cache" alone does not say which project's cache is busy.
-    let path = &path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let reason = error.to_string();
-    let locked = match &error {
-        sled::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::WouldBlock || reason.contains("lock")
-        }
-        _ => false,
-    };
-    if locked {
-        CacheError::Locked {
-            path: path.to_path_buf(),
-        }
-    } else {
-        CacheError::Open {
-            path: path.to_path_buf(),
-            reason,
-        }
-    }
-}
-
 impl ArtifactStore for SledStore {
     fn get(&self, ticket: u64, key: &ArtifactKey) -> Result<Lookup, CacheError> {
-        let mut found = self
-            .artifacts
-            .get(slot(ticket, key))
-            .map_err(|e| self.io(e))?;
-        if found.is_none() && self.legacy_entries {
-            found = self.artifacts.get(key.0).map_err(|e| self.io(e))?;
-        }
-        match found {
-            Some(bytes) => Ok(decode(key, &bytes)),
-            None => Ok(Lookup::Miss(MissReason::New)),
-        }
+        self.get_artifact(ticket, key)
     }
 
     fn ticket_artifacts(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
-        let mut entries = Vec::new();
-        for entry in self.artifacts.scan_prefix(ticket.to_be_bytes()) {
-            let (slot, bytes) = entry.map_err(|e| self.io(e))?;
-            if let Some(key) = key_of_slot(&slot) {
-                entries.push((key, Box::new(bytes) as EncodedBytes));
-            }
-        }
-        // A cache from before slots may hold the ticket's artifacts under bare keys.
-        Ok(TicketArtifacts::listed(
-            ticket,
-            entries,
-            !self.legacy_entries,
-        ))
+        self.read_ticket(ticket)
     }
 
     fn put(&self, ticket: u64, artifact: &Artifact) -> Result<(), CacheError> {
-        self.artifacts
-            .insert(slot(ticket, &artifact.key), encode(artifact))
-            .map_err(|e| self.io(e))?;
-        Ok(())
+        self.put_artifacts(ticket, std::slice::from_ref(artifact))
+    }
+
+    fn put_ticket(&self, ticket: u64, artifacts: &[Artifact]) -> Result<(), CacheError> {
+        self.put_artifacts(ticket, artifacts)
     }
 
     fn flush(&self) -> Result<(), CacheError> {
@@ -244,7 +242,7 @@ impl ArtifactStore for SledStore {
     }
 
     fn len(&self) -> usize {
-        self.artifacts.len()
+        self.count()
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -420,40 +418,28 @@ impl ManifestStore for SledStore {
 }
 
 impl SledStore {
-    fn tree(&self, name: &str) -> Result<::sled::Tree, CacheError> {
+    pub(super) fn tree(&self, name: &str) -> Result<::sled::Tree, CacheError> {
         self.db.open_tree(name).map_err(|e| self.io(e))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_for_tests(&self) -> ::sled::Db {
+        self.db.clone()
     }
 
     /// Test helper and `verify` fixture: stores raw bytes for ticket `ticket` under `key`.
     pub fn put_raw(&self, ticket: u64, key: &ArtifactKey, bytes: &[u8]) -> Result<(), CacheError> {
-        self.artifacts
-            .insert(slot(ticket, key), bytes)
-            .map_err(|e| self.io(e))?;
-        Ok(())
+        self.merge_into_record(ticket, &[(*key, bytes.to_vec())])
     }
 }
 
 impl Maintenance for SledStore {
-    /// Every artifact entry, in ticket order. An entry filed under bytes that are neither a slot
-    /// nor a key (which ticketbuild never writes) is listed under the all-zero key, so that
-    /// `verify` reports it.
     fn entries(&self) -> Box<dyn Iterator<Item = Result<StoredEntry, CacheError>> + '_> {
-        Box::new(self.artifacts.iter().map(|entry| {
-            let (slot, value) = entry.map_err(|e| self.io(e))?;
-            Ok(StoredEntry {
-                key: key_of_slot(&slot).unwrap_or(ArtifactKey([0; 32])),
-                ticket: (slot.len() == 40)
-                    .then(|| slot[..8].try_into().ok().map(u64::from_be_bytes))
-                    .flatten(),
-                slot: slot.to_vec(),
-                value: value.to_vec(),
-            })
-        }))
+        self.all_entries()
     }
 
     fn remove(&self, slot: &[u8]) -> Result<(), CacheError> {
-        self.artifacts.remove(slot).map_err(|e| self.io(e))?;
-        Ok(())
+        self.remove_entry(slot)
     }
 
     fn quarantine(&self, slot: &[u8], bytes: &[u8]) -> Result<(), CacheError> {
@@ -461,6 +447,10 @@ impl Maintenance for SledStore {
             .insert(slot, bytes)
             .map_err(|e| self.io(e))?;
         self.remove(slot)
+    }
+
+    fn damaged_dictionaries(&self) -> Result<Vec<String>, CacheError> {
+        self.damaged_dictionaries_found()
     }
 }
 
@@ -547,7 +537,8 @@ impl KeyRecorder for ManifestKeyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::artifact::test_artifact as artifact;
+    use crate::cache::MissReason;
+    use crate::cache::artifact::{encode, test_artifact as artifact};
 
     /// Opens a cache a dropped store had open. sled's background threads may still hold the
     /// folder's lock for a moment after the drop; a second process would see the same (and be
@@ -642,7 +633,7 @@ mod tests {
             Lookup::Hit(_)
         ));
         // Its schema is raised, so an older ticketbuild now refuses it instead of missing the
-        // entries filed by ticket and paying for them again.
+        // artifacts filed in records and paying for them again.
         let schema = store.tree(META_TREE).unwrap().get(SCHEMA_KEY).unwrap();
         assert_eq!(schema.as_deref(), Some(&CACHE_SCHEMA.to_le_bytes()[..]));
         let ticket = store.ticket_artifacts(4).unwrap();
@@ -652,8 +643,9 @@ mod tests {
         ));
         store.put(4, &artifact(2)).unwrap();
         let keys: Vec<ArtifactKey> = store.entries().map(|e| e.unwrap().key).collect();
-        // Slots sort before bare keys (ticket indices start with zero bytes); both are listed.
+        // Records come first, then what is under bare keys; both are listed.
         assert_eq!(keys, [ArtifactKey([2; 32]), ArtifactKey([1; 32])]);
+        assert_eq!(store.len(), 2);
         drop(store);
         // The mark is kept: the old entries are still found after the cache has grown.
         let store = reopen(dir.path());

@@ -93,6 +93,9 @@ pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
     let cache = open_cache(&config)?;
     let report = gc::verify(cache.as_ref()).map_err(runtime_error)?;
     let print = || -> Result<(), CliError> {
+        for problem in &report.dictionaries {
+            say!("{problem}");
+        }
         for (key, reason) in &report.bad {
             say!("bad entry {}: {reason:?}; moved to quarantine", key.short());
         }
@@ -106,7 +109,7 @@ pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
     // The entries are checked and moved: a reader of the lines that has gone away changes
     // nothing, and the exit code still says whether there were bad ones.
     super::unless_closed(print())?;
-    Ok(if report.bad.is_empty() {
+    Ok(if report.bad.is_empty() && report.dictionaries.is_empty() {
         Outcome::Success
     } else {
         Outcome::Incomplete

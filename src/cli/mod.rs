@@ -134,7 +134,31 @@ fn runtime_error(error: impl Into<anyhow::Error>) -> CliError {
 }
 
 fn open_cache(config: &Config) -> Result<Arc<dyn Cache>, CliError> {
-    crate::cache::open(&config.cache_dir).map_err(runtime_error)
+    // A cache written by an older ticketbuild has its artifacts moved into ticket records once:
+    // said, with a bar, since it takes a while on a large cache.
+    let bar = std::cell::OnceCell::new();
+    let progress = |tickets: u64, moved: u64, total: u64| {
+        let bar = bar.get_or_init(|| {
+            eprintln!(
+                "ticketbuild: moving the {total} artifacts of `{}` into one record per ticket (once; nothing is paid again)",
+                config.cache_dir.display()
+            );
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::new(total)
+            } else {
+                indicatif::ProgressBar::hidden()
+            }
+        });
+        bar.set_position(moved);
+        bar.set_message(format!("{tickets} tickets"));
+    };
+    let cache =
+        crate::cache::open_migrating(&config.cache_dir, &progress).map_err(runtime_error)?;
+    if let Some(bar) = bar.get() {
+        bar.finish_and_clear();
+        eprintln!("ticketbuild: the cache now holds one record per ticket");
+    }
+    Ok(cache)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

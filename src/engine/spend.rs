@@ -33,6 +33,14 @@ pub(super) enum GenerateError {
     Deferred,
 }
 
+/// What a node asks: its request, the request's key, and the upstream answers it depends on.
+pub(super) struct Asked<'a> {
+    pub(super) node: &'a Node,
+    pub(super) request: &'a Request,
+    pub(super) key: ArtifactKey,
+    pub(super) upstream: Vec<(String, ArtifactKey)>,
+}
+
 /// A call that cost more than a per-call limit.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ExpensiveCall {
@@ -45,16 +53,21 @@ pub(crate) struct ExpensiveCall {
 }
 
 impl Engine {
-    /// Generates `node`'s answer to `request` and stores it under `key` for the ticket.
+    /// Generates `node`'s answer to `request` and stores it under `key` for the ticket, or, with
+    /// `held`, leaves it there for the walk to put with the ticket's other reproducible answers.
     pub(super) async fn generate(
         &self,
         index: usize,
-        node: &Node,
-        request: &Request,
-        key: ArtifactKey,
-        upstream: Vec<(String, ArtifactKey)>,
+        asked: Asked<'_>,
         sample: &TicketSample,
+        held: Option<&mut Vec<Artifact>>,
     ) -> Result<ArtifactSummary, GenerateError> {
+        let Asked {
+            node,
+            request,
+            key,
+            upstream,
+        } = asked;
         let price = self.prices[index].clone();
         let started = Instant::now();
         // Batch mode first: an answer collected from a batch is paid for already, so no budget
@@ -139,6 +152,11 @@ impl Engine {
             upstream,
             request: request.record(),
         };
+        let summary = artifact.clone().into_summary();
+        if let Some(held) = held {
+            held.push(artifact);
+            return Ok(summary);
+        }
         self.store
             .put(sample.index, &artifact)
             .map_err(GenerateError::Cache)?;
@@ -146,7 +164,7 @@ impl Engine {
         // then not leave a paid answer that no build ever uploads.
         let forced = self.options.force.contains(&node.name);
         self.upload_generated(sample.index, &key, forced);
-        Ok(artifact.into_summary())
+        Ok(summary)
     }
 
     /// Reserves the worst case of `request` for node `index` (nothing without a price).

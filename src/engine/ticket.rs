@@ -12,9 +12,9 @@
 //! are durable before the ticket counts as done.
 
 pub(crate) use super::context::TicketContext;
-use super::spend::GenerateError;
+use super::spend::{Asked, GenerateError};
 use super::{BuildError, Engine, NodeStats};
-use crate::cache::{ArtifactSummary, Lookup, MissReason, TicketArtifacts};
+use crate::cache::{Artifact, ArtifactSummary, Lookup, MissReason, TicketArtifacts};
 use crate::graph::Node;
 use crate::key::ArtifactKey;
 use crate::output::{Failure, LineageEntry};
@@ -141,6 +141,8 @@ struct Walk {
     stored: TicketArtifacts,
     /// Reproducible answers put but not yet known durable; one wait covers them all.
     awaiting_commit: bool,
+    /// Reproducible answers generated in this walk, put together when it ends.
+    held: Vec<Artifact>,
     /// Per node, the draws the checks rejected in this walk, with why.
     rejected: Vec<Vec<(u32, Rejection)>>,
     /// The keys of those draws: paid for, so the manifest keeps them from gc.
@@ -233,6 +235,7 @@ impl Engine {
             lineage: vec![None; nodes],
             pending_prompts: vec![None; nodes],
             awaiting_commit: false,
+            held: Vec::new(),
             rejected: vec![Vec::new(); nodes],
             rejected_keys: Vec::new(),
             redraw: redraw.map(|r| (r.node, r.round)),
@@ -249,6 +252,13 @@ impl Engine {
                 walk.context.set_output(&node.name, output);
             }
             walk.states.push(state);
+        }
+        if !walk.held.is_empty() {
+            self.store.put_ticket(index, &walk.held)?;
+            for artifact in &walk.held {
+                let forced = self.options.force.contains(&artifact.node);
+                self.upload_generated(index, &artifact.key, forced);
+            }
         }
         if walk.awaiting_commit {
             self.commit.durable().await?;
@@ -512,8 +522,21 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        // A reproducible answer waits in the walk and is put with the ticket's others: one
+        // write of the ticket's record instead of one per answer.
+        let held = self.providers[i].reproducible().then_some(&mut walk.held);
         let artifact = match self
-            .generate(i, node, request, key, upstream, &walk.sample)
+            .generate(
+                i,
+                Asked {
+                    node,
+                    request,
+                    key,
+                    upstream,
+                },
+                &walk.sample,
+                held,
+            )
             .await
         {
             Ok(artifact) => artifact,

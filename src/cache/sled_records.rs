@@ -1,0 +1,429 @@
+//! Artifacts in the sled store: one record per ticket, its dictionaries, and the migration from
+//! one entry per artifact.
+//!
+//! This module owns how [`SledStore`] files artifacts (the layout of `record`: a ticket's
+//! artifacts in one compressed value under its index), reads them back, lists and removes them
+//! for gc and verify, trains the cache's compression dictionary on its first records, and moves a
+//! cache written with one entry per artifact (layout 2, before ticket records) into records once,
+//! when it is opened. A put reads the ticket's record, adds the artifact and writes the record back
+//! as one compare-and-swap, so puts of one ticket never lose each other's artifacts; a build puts
+//! the free, reproducible answers of a ticket in one go (`put_ticket`).
+//! The invariants: a record that does not decode is moved to the quarantine before anything
+//! replaces it (nothing stored is silently dropped), and the artifacts of a migrated cache are
+//! all in records before the old entries are removed.
+
+use std::sync::Mutex;
+
+use super::record::{self, RecordError};
+use super::sled_store::{DICTIONARY_TREE, QUARANTINE_TREE, SledStore, key_of_slot, slot};
+use super::{
+    Artifact, CacheError, Lookup, MigrationProgress, MissReason, StoredEntry, TicketArtifacts,
+};
+use crate::cache::artifact::{EncodedBytes, decode, encode};
+use crate::key::ArtifactKey;
+
+/// A dictionary's size: the templates' text and the records' repeated fields fit in it.
+const DICTIONARY_BYTES: usize = 64 * 1024;
+
+impl SledStore {
+    fn record_error(&self, ticket: u64, e: &RecordError) -> CacheError {
+        CacheError::Io {
+            path: self.path.clone(),
+            reason: format!("the record of ticket {ticket}: {e}"),
+        }
+    }
+
+    /// The decoded artifacts of ticket `ticket`'s record (empty when it has none).
+    fn read_record(&self, ticket: u64) -> Result<Result<record::Entries, RecordError>, CacheError> {
+        match self
+            .tickets
+            .get(ticket.to_be_bytes())
+            .map_err(|e| self.io(e))?
+        {
+            Some(bytes) => Ok(record::decode(&bytes, &self.dictionaries)),
+            None => Ok(Ok(Vec::new())),
+        }
+    }
+
+    pub(super) fn get_artifact(
+        &self,
+        ticket: u64,
+        key: &ArtifactKey,
+    ) -> Result<Lookup, CacheError> {
+        match self.read_record(ticket)? {
+            Ok(entries) => {
+                if let Some((_, bytes)) = entries.iter().find(|(k, _)| k == key) {
+                    return Ok(decode(key, bytes));
+                }
+            }
+            Err(e) => return Ok(Lookup::Miss(MissReason::Corrupt(e.to_string()))),
+        }
+        if self.legacy_entries {
+            if let Some(bytes) = self.artifacts.get(key.0).map_err(|e| self.io(e))? {
+                return Ok(decode(key, &bytes));
+            }
+        }
+        Ok(Lookup::Miss(MissReason::New))
+    }
+
+    pub(super) fn read_ticket(&self, ticket: u64) -> Result<TicketArtifacts, CacheError> {
+        let entries = match self.read_record(ticket)? {
+            Ok(entries) => entries
+                .into_iter()
+                .map(|(key, bytes)| (key, Box::new(bytes) as EncodedBytes))
+                .collect(),
+            // Lookups then go to `get`, which reports the damage: the answers are made again.
+            Err(_) => return Ok(TicketArtifacts::unlisted(ticket)),
+        };
+        // A cache from before slots may hold the ticket's artifacts under bare keys.
+        Ok(TicketArtifacts::listed(
+            ticket,
+            entries,
+            !self.legacy_entries,
+        ))
+    }
+
+    /// Adds (or replaces) `new` (key, encoded artifact) in ticket `ticket`'s record.
+    pub(super) fn merge_into_record(
+        &self,
+        ticket: u64,
+        new: &[(ArtifactKey, Vec<u8>)],
+    ) -> Result<(), CacheError> {
+        let name = ticket.to_be_bytes();
+        let mut damaged: Option<Vec<u8>> = None;
+        let mut sample: Option<Vec<u8>> = None;
+        self.tickets
+            .fetch_and_update(name, |old| {
+                let mut entries = match old.map(|bytes| record::decode(bytes, &self.dictionaries)) {
+                    Some(Ok(entries)) => entries,
+                    Some(Err(_)) => {
+                        damaged = old.map(<[u8]>::to_vec);
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
+                for (key, bytes) in new {
+                    match entries.iter_mut().find(|(k, _)| k == key) {
+                        Some(entry) => entry.1.clone_from(bytes),
+                        None => entries.push((*key, bytes.clone())),
+                    }
+                }
+                let borrowed: Vec<(ArtifactKey, &[u8])> =
+                    entries.iter().map(|(k, b)| (*k, b.as_slice())).collect();
+                if self.dictionaries.active() == 0 {
+                    sample = Some(record::payload(&borrowed));
+                }
+                Some(record::encode(&borrowed, &self.dictionaries))
+            })
+            .map_err(|e| self.io(e))?;
+        if let Some(bytes) = damaged {
+            // Kept for inspection: what replaced it holds only the new answers.
+            self.tree(QUARANTINE_TREE)?
+                .insert(name, bytes)
+                .map_err(|e| self.io(e))?;
+        }
+        if let Some(sample) = sample {
+            self.learn(sample)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn put_artifacts(
+        &self,
+        ticket: u64,
+        artifacts: &[Artifact],
+    ) -> Result<(), CacheError> {
+        let new: Vec<(ArtifactKey, Vec<u8>)> =
+            artifacts.iter().map(|a| (a.key, encode(a))).collect();
+        self.merge_into_record(ticket, &new)
+    }
+
+    /// Collects `payload` to train the dictionary on; trains it once there are enough.
+    fn learn(&self, payload: Vec<u8>) -> Result<(), CacheError> {
+        let samples = {
+            match lock(&self.trainer).learn(payload) {
+                Some(samples) => samples,
+                None => return Ok(()),
+            }
+        };
+        let Some(dictionary) = record::train(&samples, DICTIONARY_BYTES) else {
+            return Ok(());
+        };
+        let dictionaries = self.tree(DICTIONARY_TREE)?;
+        let id = dictionaries
+            .last()
+            .map_err(|e| self.io(e))?
+            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+            + 1;
+        let mut value = blake3::hash(&dictionary).as_bytes().to_vec();
+        value.extend_from_slice(&dictionary);
+        dictionaries
+            .insert(id.to_be_bytes(), value)
+            .map_err(|e| self.io(e))?;
+        // Durable before any record names it.
+        dictionaries.flush().map_err(|e| self.io(e))?;
+        self.dictionaries.add(id, dictionary);
+        self.dictionaries.set_active(id);
+        Ok(())
+    }
+
+    /// Every artifact, in ticket order; a record that does not decode is one entry under the
+    /// all-zero key (filed under the ticket alone), so that `verify` reports and quarantines it.
+    pub(super) fn all_entries(
+        &self,
+    ) -> Box<dyn Iterator<Item = Result<StoredEntry, CacheError>> + '_> {
+        let records = self.tickets.iter().flat_map(move |item| {
+            let listed: Vec<Result<StoredEntry, CacheError>> = match item {
+                Err(e) => vec![Err(self.io(e))],
+                Ok((name, bytes)) => {
+                    let ticket = name.as_ref().try_into().ok().map(u64::from_be_bytes);
+                    match record::decode(&bytes, &self.dictionaries) {
+                        Ok(entries) => entries
+                            .into_iter()
+                            .map(|(key, value)| {
+                                Ok(StoredEntry {
+                                    slot: slot(ticket.unwrap_or(0), &key).to_vec(),
+                                    ticket,
+                                    key,
+                                    value,
+                                })
+                            })
+                            .collect(),
+                        Err(_) => vec![Ok(StoredEntry {
+                            slot: name.to_vec(),
+                            ticket,
+                            key: ArtifactKey([0; 32]),
+                            value: bytes.to_vec(),
+                        })],
+                    }
+                }
+            };
+            listed
+        });
+        // What a cache from before slots holds under bare keys.
+        let legacy = self.artifacts.iter().map(move |entry| {
+            let (name, value) = entry.map_err(|e| self.io(e))?;
+            Ok(StoredEntry {
+                key: key_of_slot(&name).unwrap_or(ArtifactKey([0; 32])),
+                ticket: None,
+                slot: name.to_vec(),
+                value: value.to_vec(),
+            })
+        });
+        Box::new(records.chain(legacy))
+    }
+
+    /// Removes what `slot` names: one artifact of a record (ticket and key), a whole record
+    /// (ticket alone), or an entry under a bare key.
+    pub(super) fn remove_entry(&self, slot: &[u8]) -> Result<(), CacheError> {
+        match slot.len() {
+            40 => {
+                let name: [u8; 8] = slot[..8].try_into().unwrap_or_default();
+                let ticket = u64::from_be_bytes(name);
+                let Some(key) = key_of_slot(slot) else {
+                    return Ok(());
+                };
+                let mut failed = None;
+                self.tickets
+                    .fetch_and_update(name, |old| {
+                        let bytes = old?;
+                        match record::decode(bytes, &self.dictionaries) {
+                            Ok(mut entries) => {
+                                entries.retain(|(k, _)| *k != key);
+                                if entries.is_empty() {
+                                    return None;
+                                }
+                                let borrowed: Vec<(ArtifactKey, &[u8])> =
+                                    entries.iter().map(|(k, b)| (*k, b.as_slice())).collect();
+                                Some(record::encode(&borrowed, &self.dictionaries))
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                Some(bytes.to_vec())
+                            }
+                        }
+                    })
+                    .map_err(|e| self.io(e))?;
+                match failed {
+                    Some(e) => Err(self.record_error(ticket, &e)),
+                    None => Ok(()),
+                }
+            }
+            8 => {
+                self.tickets.remove(slot).map_err(|e| self.io(e))?;
+                Ok(())
+            }
+            _ => {
+                self.artifacts.remove(slot).map_err(|e| self.io(e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// How many artifacts the cache holds (records' headers, and entries under bare keys).
+    pub(super) fn count(&self) -> usize {
+        let in_records: usize = self
+            .tickets
+            .iter()
+            .values()
+            .filter_map(Result::ok)
+            .map(|bytes| record::count(&bytes))
+            .sum();
+        in_records + self.artifacts.len()
+    }
+
+    /// Dictionaries whose bytes no longer hash to what was stored with them.
+    pub(super) fn damaged_dictionaries_found(&self) -> Result<Vec<String>, CacheError> {
+        let mut damaged = Vec::new();
+        for item in self.tree(DICTIONARY_TREE)?.iter() {
+            let (id, value) = item.map_err(|e| self.io(e))?;
+            let id = id.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let intact = value.len() > 32 && blake3::hash(&value[32..]).as_bytes() == &value[..32];
+            if !intact {
+                damaged.push(format!(
+                    "compression dictionary {id} is damaged: the records compressed with it cannot be trusted"
+                ));
+            }
+        }
+        Ok(damaged)
+    }
+
+    /// Moves every artifact filed under a slot (layout 2: one entry per artifact) into ticket
+    /// records, then removes the old entries. Entries under bare keys (layout 1) stay where they
+    /// are: they name no ticket, and are still read.
+    pub(super) fn migrate_slots(&self, progress: MigrationProgress<'_>) -> Result<(), CacheError> {
+        let total = self.artifacts.len() as u64;
+        let (mut tickets, mut moved) = (0u64, 0u64);
+        let mut current: Option<u64> = None;
+        let mut batch: Vec<(ArtifactKey, Vec<u8>)> = Vec::new();
+        for item in self.artifacts.iter() {
+            let (name, value) = item.map_err(|e| self.io(e))?;
+            if name.len() != 40 {
+                continue;
+            }
+            let ticket = u64::from_be_bytes(name[..8].try_into().unwrap_or_default());
+            let Some(key) = key_of_slot(&name) else {
+                continue;
+            };
+            if current.is_some_and(|c| c != ticket) && !batch.is_empty() {
+                self.merge_into_record(current.unwrap_or(0), &batch)?;
+                moved += batch.len() as u64;
+                tickets += 1;
+                batch.clear();
+                if tickets % 1024 == 0 {
+                    progress(tickets, moved, total);
+                }
+            }
+            current = Some(ticket);
+            batch.push((key, value.to_vec()));
+        }
+        if let Some(ticket) = current.filter(|_| !batch.is_empty()) {
+            self.merge_into_record(ticket, &batch)?;
+            moved += batch.len() as u64;
+            tickets += 1;
+        }
+        self.db.flush().map_err(|e| self.io(e))?;
+        // Only once every answer is in a record, durably.
+        let slots: Vec<sled::IVec> = self
+            .artifacts
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.len() == 40)
+            .collect();
+        for name in slots {
+            self.artifacts.remove(name).map_err(|e| self.io(e))?;
+        }
+        progress(tickets, moved, total);
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A trainer's samples are plain bytes: a panic mid-push leaves nothing inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::ArtifactStore;
+    use crate::cache::artifact::test_artifact as artifact;
+    use crate::cache::sled_store::{ARTIFACT_TREE, LAYOUT_KEY, META_TREE, SCHEMA_KEY, SLOT_LAYOUT};
+
+    #[test]
+    fn a_cache_of_one_entry_per_artifact_is_moved_into_records_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Layout 2: each artifact under its slot, three tickets.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree(ARTIFACT_TREE).unwrap();
+            for (ticket, byte) in [(0u64, 1u8), (0, 2), (1, 3), (7, 4)] {
+                tree.insert(
+                    slot(ticket, &ArtifactKey([byte; 32])),
+                    encode(&artifact(byte)),
+                )
+                .unwrap();
+            }
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(LAYOUT_KEY, &[SLOT_LAYOUT]).unwrap();
+            meta.insert(SCHEMA_KEY, &2u32.to_le_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let calls = std::cell::Cell::new((0, 0, 0));
+        let store = SledStore::open_migrating(dir.path(), &|t, m, n| calls.set((t, m, n))).unwrap();
+        assert_eq!(calls.get(), (3, 4, 4), "tickets, moved, in all");
+        assert!(store.artifacts.is_empty(), "the old entries are gone");
+        assert_eq!(store.tickets.len(), 3);
+        for (ticket, byte) in [(0u64, 1u8), (0, 2), (1, 3), (7, 4)] {
+            match store.get(ticket, &ArtifactKey([byte; 32])).unwrap() {
+                Lookup::Hit(found) => assert_eq!(*found, artifact(byte)),
+                other => panic!("{ticket}/{byte}: {other:?}"),
+            }
+        }
+        drop(store);
+        // Once: a second open moves nothing.
+        let calls = std::cell::Cell::new((0, 0, 0));
+        let store = loop {
+            match SledStore::open_migrating(dir.path(), &|t, m, n| calls.set((t, m, n))) {
+                Err(CacheError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(calls.get(), (0, 0, 0));
+        assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn the_dictionary_is_trained_on_the_first_records_and_checked_by_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for ticket in 0..300u64 {
+            let mut a = artifact(1);
+            a.key = ArtifactKey([(ticket % 251) as u8; 32]);
+            a.request.user =
+                format!("Write the body of ticket {ticket} about a refund. ").repeat(10);
+            store.put(ticket, &a).unwrap();
+        }
+        assert_ne!(store.dictionaries.active(), 0, "trained");
+        assert!(store.damaged_dictionaries_found().unwrap().is_empty());
+        // Every record reads back, those written before the dictionary and after.
+        for ticket in [0u64, 299] {
+            let key = ArtifactKey([(ticket % 251) as u8; 32]);
+            assert!(matches!(store.get(ticket, &key).unwrap(), Lookup::Hit(_)));
+        }
+        // A tampered dictionary is named.
+        let tree = store.tree(DICTIONARY_TREE).unwrap();
+        let (id, value) = tree.iter().next().unwrap().unwrap();
+        let mut bad = value.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        tree.insert(id, bad).unwrap();
+        assert_eq!(store.damaged_dictionaries_found().unwrap().len(), 1);
+    }
+}
