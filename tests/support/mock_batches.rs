@@ -387,6 +387,35 @@ fn count_submitted(
     Ok(resubmitted)
 }
 
+/// A new batch of `requests`, its custom ids counted (a repeated one within it refused).
+fn new_batch(
+    batches: &mut Batches,
+    (api, dialect): (Api, Dialect),
+    requests: Vec<(String, Value)>,
+    metadata: Value,
+    input_file_id: Option<String>,
+) -> Result<Batch, (u16, String)> {
+    let resubmitted = count_submitted(batches, &requests)
+        .map_err(|message| (400, error_body(api, 400, &message)))?;
+    let prefix = if api == Api::Anthropic {
+        "msgbatch_"
+    } else {
+        "batch_"
+    };
+    Ok(Batch {
+        id: batches.id(prefix),
+        api,
+        dialect,
+        created: Instant::now(),
+        created_unix: now_unix(),
+        requests,
+        metadata,
+        input_file_id,
+        cancelled: None,
+        resubmitted,
+    })
+}
+
 /// `POST /v1/batches`: the requests are the lines of the input file.
 fn create_openai(batches: &mut Batches, raw: &[u8], together: bool) -> (u16, String) {
     let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
@@ -419,26 +448,21 @@ fn create_openai(batches: &mut Batches, raw: &[u8], together: bool) -> (u16, Str
         };
         requests.push((custom_id.to_string(), line["body"].clone()));
     }
-    let resubmitted = match count_submitted(batches, &requests) {
-        Ok(resubmitted) => resubmitted,
-        Err(message) => return (400, error_body(Api::OpenAi, 400, &message)),
+    let dialect = if together {
+        Dialect::Together
+    } else {
+        Dialect::OpenAi
     };
-    let id = batches.id("batch_");
-    let batch = Batch {
-        id,
-        api: Api::OpenAi,
-        dialect: if together {
-            Dialect::Together
-        } else {
-            Dialect::OpenAi
-        },
-        created: Instant::now(),
-        created_unix: now_unix(),
+    let metadata = body["metadata"].clone();
+    let batch = match new_batch(
+        batches,
+        (Api::OpenAi, dialect),
         requests,
-        metadata: body["metadata"].clone(),
-        input_file_id: Some(file_id.to_string()),
-        cancelled: None,
-        resubmitted,
+        metadata,
+        Some(file_id.to_string()),
+    ) {
+        Ok(batch) => batch,
+        Err(refused) => return refused,
     };
     let object = if together {
         json!({"job": {"id": batch.id, "status": "VALIDATING", "input_file_id": file_id,
@@ -476,22 +500,15 @@ fn create_openrouter(batches: &mut Batches, body: &Value) -> (u16, String) {
         }
         requests.push((custom_id.to_string(), asked.clone()));
     }
-    let resubmitted = match count_submitted(batches, &requests) {
-        Ok(resubmitted) => resubmitted,
-        Err(message) => return (400, error_body(Api::OpenAi, 400, &message)),
-    };
-    let id = batches.id("batch_");
-    let batch = Batch {
-        id,
-        api: Api::OpenAi,
-        dialect: Dialect::OpenRouter,
-        created: Instant::now(),
-        created_unix: now_unix(),
+    let batch = match new_batch(
+        batches,
+        (Api::OpenAi, Dialect::OpenRouter),
         requests,
-        metadata: Value::Null,
-        input_file_id: None,
-        cancelled: None,
-        resubmitted,
+        Value::Null,
+        None,
+    ) {
+        Ok(batch) => batch,
+        Err(refused) => return refused,
     };
     let object = json!({"id": batch.id, "object": "batch", "status": "validating",
         "model": model, "request_counts": {"total": batch.requests.len(), "completed": 0,
@@ -571,22 +588,15 @@ fn create_anthropic(batches: &mut Batches, raw: &[u8]) -> (u16, String) {
         };
         requests.push((custom_id.to_string(), request["params"].clone()));
     }
-    let resubmitted = match count_submitted(batches, &requests) {
-        Ok(resubmitted) => resubmitted,
-        Err(message) => return (400, error_body(Api::Anthropic, 400, &message)),
-    };
-    let id = batches.id("msgbatch_");
-    let batch = Batch {
-        id,
-        api: Api::Anthropic,
-        dialect: Dialect::Anthropic,
-        created: Instant::now(),
-        created_unix: now_unix(),
+    let batch = match new_batch(
+        batches,
+        (Api::Anthropic, Dialect::Anthropic),
         requests,
-        metadata: Value::Null,
-        input_file_id: None,
-        cancelled: None,
-        resubmitted,
+        Value::Null,
+        None,
+    ) {
+        Ok(batch) => batch,
+        Err(refused) => return refused,
     };
     let config_free = json!({"id": batch.id, "type": "message_batch",
         "processing_status": "in_progress"});
