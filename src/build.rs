@@ -1,25 +1,28 @@
 //! One build of a project, from a checked config to written files and a recorded manifest.
 //!
 //! This module owns the steps around the engine that make builds incremental across runs: the
-//! no-op check against the last manifest (same inputs, intact files: nothing to do), setting up the
+//! no-op check against the last manifest (same inputs, intact files: nothing to do), reassembly
+//! (same inputs, files gone: written again from the manifest's keys), setting up the
 //! engine with its providers, recording the keys and the manifest of a complete build. `build` and
 //! `watch` both call [`build_project`]; the CLI only parses flags and prints. The invariant: a
 //! manifest is recorded only for a build that wrote every ticket, so a later no-op check can trust it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use crate::cache::batches::BatchLedger;
 use crate::cache::remote::upload::{self, Uploads};
 use crate::cache::remote::{Access, RemoteCache, RemoteMode};
 use crate::cache::{ArtifactStore, Cache};
 use crate::config::Config;
 use crate::engine::batch::BatchMode;
+use crate::engine::reassemble;
 use crate::engine::remote::{RemoteReport, RemoteTier};
 use crate::engine::{BuildError, BuildOptions, BuildReport, Engine};
 use crate::graph::Graph;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, FileRecord, Manifest};
 use crate::provider::Secrets;
 
 /// The file next to the cache database that repeats the last manifest, so a no-op build can be
@@ -165,6 +168,9 @@ pub(crate) async fn build_project(
         }
     }
 
+    if let Some(report) = reassemble_last(&config, &graph, &cache, &options, &inputs).await? {
+        return Ok(report);
+    }
     check_prices(&config, &graph)?;
     let mut graph = graph;
     if options.batch {
@@ -211,8 +217,12 @@ pub(crate) async fn build_project(
             }
         }
     }
+    let complete = report.failed == 0 && !report.interrupted && report.awaiting_batch == 0;
+    if complete {
+        report.manifest = Some(manifest_id);
+    }
     write_last_report(&config, &report);
-    if report.failed == 0 && !report.interrupted && report.awaiting_batch == 0 {
+    if complete {
         let files: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
         let mut manifest = Manifest::new(&config, &graph, inputs, &files);
         manifest.node_totals = report
@@ -230,6 +240,64 @@ pub(crate) async fn build_project(
         write_last_build(&config, &manifest);
     }
     Ok(report)
+}
+
+/// Nothing changed since the last complete build but its files (deleted or edited): writes them
+/// again from its manifest's keys ([`reassemble`]) instead of walking the graph. `None` when that
+/// does not apply (a forced node, a shard, batch mode, another build since) or the cache cannot
+/// give every answer back; the build then walks as usual.
+async fn reassemble_last(
+    config: &Config,
+    graph: &Graph,
+    cache: &Arc<dyn Cache>,
+    options: &BuildOptions,
+    inputs: &str,
+) -> Result<Option<BuildReport>, BuildError> {
+    let batches = options.batch
+        || graph.nodes.iter().any(|n| n.model.batch)
+        || !BatchLedger::new(&config.cache_dir).records()?.is_empty();
+    if !options.force.is_empty() || options.shard.is_some() || batches {
+        return Ok(None);
+    }
+    let Some((id, mut manifest)) = Manifest::last(cache.as_ref())? else {
+        return Ok(None);
+    };
+    if manifest.inputs_hash != inputs {
+        return Ok(None);
+    }
+    let Some(last) = reassemble::last_build(graph, id, last_report(config)) else {
+        return Ok(None);
+    };
+    let (owned_config, owned_graph) = (config.clone(), graph.clone());
+    let (store, observer) = (Arc::clone(cache), Arc::clone(&options.observer));
+    let report = tokio::task::spawn_blocking(move || {
+        reassemble::reassemble(
+            &owned_config,
+            &owned_graph,
+            store.as_ref(),
+            &last,
+            observer.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| BuildError::Task(format!("reassembly: {e}")))??;
+    let Some(mut report) = report else {
+        return Ok(None);
+    };
+    write_card_and_report(config, graph, &mut report, cache.as_ref(), id)?;
+    if owes_uploads(config) {
+        report.remote = upload_owed(config, cache.clone(), options).await?;
+    }
+    write_last_report(config, &report);
+    // The same build, its files written anew: the manifest now describes these.
+    manifest.files = report
+        .files
+        .iter()
+        .filter_map(|f| FileRecord::of(Path::new(f)))
+        .collect();
+    cache.put_manifest(id, &manifest.encode())?;
+    write_last_build(config, &manifest);
+    Ok(Some(report))
 }
 
 /// Whether the cache folder owes the configured remote cache uploads from earlier builds.

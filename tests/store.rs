@@ -65,3 +65,68 @@ fn issue_17_an_old_cache_is_read_without_paying_again_and_explains_the_same() {
     let verify: Run = p.run(&["cache", "verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }
+
+/// Every file but the lineage file, which says "generated" where a cold build generated.
+fn without_lineage(files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    files
+        .into_iter()
+        .filter(|(path, _)| !path.contains("lineage"))
+        .collect()
+}
+
+/// A summary without what differs from one build of the same dataset to the next.
+fn steady(mut summary: serde_json::Value) -> serde_json::Value {
+    for key in ["wall_ms", "manifest", "reassembled"] {
+        summary.as_object_mut().unwrap().remove(key);
+    }
+    summary
+}
+
+#[test]
+fn issue_17_deleted_files_are_reassembled_from_the_manifest_byte_for_byte() {
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", "rows = 3000");
+    // A check that rejects a few of the offline model's subjects, so that the card has rejected
+    // draws (and, at 3,000 tickets, a duplicate redrawn) to carry over.
+    p.edit("dataset.toml", "max_words = 30", "max_words = 19");
+    let toml = p.read("dataset.toml");
+    p.write(
+        "dataset.toml",
+        &format!("{toml}\n[output]\nlineage = true\n"),
+    );
+    let cold = p.build_json(&[]);
+    assert!(crate::support::stat(&cold, "subject", "rejected") > 0);
+    assert!(cold["duplicates"]["redraws"].as_u64().unwrap() > 0);
+    let files = p.snapshot("out");
+
+    // Files deleted: written again from the manifest's keys, the same bytes (the card too).
+    std::fs::remove_dir_all(p.file("out")).unwrap();
+    let reassembled = p.build_json(&[]);
+    assert_eq!(reassembled["reassembled"], true, "{reassembled}");
+    assert_eq!(total(&reassembled, "generated"), 0);
+    assert_eq!(without_lineage(p.snapshot("out")), without_lineage(files));
+    let replayed = p.snapshot("out");
+    assert!(
+        p.build_json(&[])["up_to_date"] == true,
+        "the manifest lists the new files"
+    );
+
+    // An edited file: the same again.
+    p.write("out/tickets.csv", "edited\n");
+    assert_eq!(p.build_json(&[])["reassembled"], true);
+    assert_eq!(p.snapshot("out"), replayed);
+
+    // The same build walking the graph (no report of the last build to carry figures from)
+    // writes the same files, lineage included, and reports the same figures.
+    std::fs::remove_dir_all(p.file("out")).unwrap();
+    std::fs::remove_file(p.file("cache/last-report.json")).unwrap();
+    let walked = p.build_json(&[]);
+    assert!(walked.get("reassembled").is_none(), "{walked}");
+    assert_eq!(p.snapshot("out"), replayed);
+    assert_eq!(steady(walked), steady(reassembled));
+
+    // A forced node walks (and its answers are made again).
+    std::fs::remove_dir_all(p.file("out")).unwrap();
+    let forced = p.build_json(&["--force", "tags"]);
+    assert!(forced.get("reassembled").is_none(), "{forced}");
+}

@@ -13,6 +13,8 @@
 //! - [`dedup`]: duplicate tickets resolved in ticket order;
 //! - [`remote`]: the shared remote cache, asked after a local miss and fed after a durable put;
 //! - [`batch`]: batch mode: answers asked for through providers' batch APIs, pass by pass;
+//! - [`reassemble`]: the last build's files written again from its manifest's keys, when its
+//!   inputs are unchanged and its files are gone;
 //! - [`report`]: what a build reports, and the errors that stop it.
 //!
 //! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
@@ -26,6 +28,7 @@ pub(crate) mod batch;
 mod context;
 mod dedup;
 mod order;
+pub(crate) mod reassemble;
 pub(crate) mod remote;
 pub(crate) mod report;
 pub(crate) mod spend;

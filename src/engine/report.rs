@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CacheError;
+use crate::cache::{ArtifactSummary, CacheError};
 use crate::config::Config;
+use crate::cost::PriceEntry;
 use crate::manifest::Manifest;
 use crate::output::OutputError;
 
@@ -23,6 +24,9 @@ pub(crate) struct NodeStats {
     /// Artifacts produced by a model call in this build (rejected draws included: they were
     /// paid for).
     pub(crate) generated: u64,
+    /// Answers that passed their checks and are used by the tickets (reused or generated; not
+    /// those of a ticket's versions superseded as duplicates, nor rejected draws).
+    pub(crate) used: u64,
     /// Tickets for which the node's `when` condition was false.
     pub(crate) skipped: u64,
     /// Tickets for which the node failed (or an upstream node did).
@@ -67,9 +71,39 @@ impl NodeStats {
         }
     }
 
+    /// Counts an answer that passed its checks and is used: generated in this build (paid now)
+    /// or reused from the cache (paid when it was made); `price` is the node's, when known.
+    pub(crate) fn count_used(
+        &mut self,
+        artifact: &ArtifactSummary,
+        generated: bool,
+        price: Option<&PriceEntry>,
+    ) {
+        self.used += 1;
+        if generated {
+            self.generated += 1;
+            self.input_tokens += artifact.usage.input_tokens;
+            self.output_tokens += artifact.usage.output_tokens;
+            match artifact.cost_usd {
+                Some(cost) => self.cost_usd += cost,
+                None => self.unknown_cost += 1,
+            }
+        } else {
+            self.reused += 1;
+            match artifact.cost_usd {
+                Some(cost) => self.reused_cost_usd += cost,
+                None => self.unknown_cost += 1,
+            }
+        }
+        if let Some(price) = price {
+            self.regenerate_cost_usd += price.cost(&artifact.usage);
+        }
+    }
+
     /// Adds one ticket's figures for the node to the build's.
     pub(crate) fn add(&mut self, ticket: &NodeStats) {
         self.reused += ticket.reused;
+        self.used += ticket.used;
         self.generated += ticket.generated;
         self.skipped += ticket.skipped;
         self.failed += ticket.failed;
@@ -146,6 +180,14 @@ pub struct BuildReport {
     /// Tickets waiting for a batch (batch mode): while any does, no file is written.
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) awaiting_batch: u64,
+    /// The manifest this build recorded (a complete build records one): what a later build
+    /// reassembles the files from when nothing changed but the files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) manifest: Option<u64>,
+    /// True when the files were written again from the last build's manifest (its inputs
+    /// unchanged, its files gone) without walking the graph.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) reassembled: bool,
     /// What batch mode did; absent without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) batches: Option<super::batch::BatchSummary>,
@@ -207,6 +249,8 @@ impl BuildReport {
             remote: None,
             awaiting_batch: 0,
             batches: None,
+            manifest: None,
+            reassembled: false,
         }
     }
 

@@ -136,6 +136,8 @@ impl Tally {
             duplicates: None,
             batches: None,
             remote: None,
+            manifest: None,
+            reassembled: false,
         }
     }
 }

@@ -444,25 +444,7 @@ impl Engine {
         artifact: ArtifactSummary,
         generated: bool,
     ) -> NodeState {
-        let stats = &mut walk.stats[i];
-        if generated {
-            stats.generated += 1;
-            stats.input_tokens += artifact.usage.input_tokens;
-            stats.output_tokens += artifact.usage.output_tokens;
-            match artifact.cost_usd {
-                Some(cost) => stats.cost_usd += cost,
-                None => stats.unknown_cost += 1,
-            }
-        } else {
-            stats.reused += 1;
-            match artifact.cost_usd {
-                Some(cost) => stats.reused_cost_usd += cost,
-                None => stats.unknown_cost += 1,
-            }
-        }
-        if let Some(price) = &self.prices[i] {
-            stats.regenerate_cost_usd += price.cost(&artifact.usage);
-        }
+        walk.stats[i].count_used(&artifact, generated, self.prices[i].as_ref());
         walk.lineage[i] = Some(LineageEntry::of(&artifact, generated));
         if !generated {
             return NodeState::Done(artifact.output, artifact.key);

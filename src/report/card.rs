@@ -205,12 +205,9 @@ fn body(card: &mut String, config: &Config, graph: &Graph, report: &BuildReport)
     let _ = writeln!(
         card,
         "\n## Cost\n\nGenerating the whole dataset from an empty cache costs about ${regenerate:.4} \
-         at the prices ticketbuild knows today ({} model calls).",
-        report
-            .nodes
-            .iter()
-            .map(|n| n.stats.reused + n.stats.generated)
-            .sum::<u64>()
+         at the prices ticketbuild knows today ({} answers used, {} draws rejected by checks).",
+        report.nodes.iter().map(|n| n.stats.used).sum::<u64>(),
+        report.nodes.iter().map(|n| n.stats.rejected).sum::<u64>(),
     );
     loading(card, config);
 }
