@@ -24,6 +24,7 @@ pub(crate) mod batches;
 pub(crate) mod commit;
 mod folder;
 pub(crate) mod gc;
+mod key_files;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod record;

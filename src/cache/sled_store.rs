@@ -8,9 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::folder::{check_free_space, open_error};
+use super::key_files::{ChunkKeys, KeyFile, KeyFileWriter, KeyFiles, encode_chunk};
 use super::record::{Dictionaries, Trainer};
 use super::{
     Artifact, ArtifactStore, CacheError, KeyChunks, KeyRecorder, Lookup, Maintenance,
@@ -88,6 +87,11 @@ const KEYS_PER_CHUNK: u64 = 4096;
 impl SledStore {
     /// Opens (or creates) the cache at `path`; fails early, before any model call, if the folder is
     /// locked, unwritable or written by a newer key schema.
+    /// The folder's manifest key files.
+    fn key_files(&self) -> KeyFiles {
+        KeyFiles::new(&self.path)
+    }
+
     pub fn open(path: &Path) -> Result<SledStore, CacheError> {
         SledStore::open_migrating(path, &|_, _, _| {})
     }
@@ -272,10 +276,8 @@ impl ManifestStore for SledStore {
 
     fn key_recorder(&self, id: u64, nodes: usize) -> Result<Box<dyn KeyRecorder>, CacheError> {
         Ok(Box::new(ManifestKeyWriter {
-            tree: self.tree(MANIFEST_KEYS_TREE)?,
-            kept_tree: self.tree(MANIFEST_KEPT_TREE)?,
+            files: self.key_files().writer(id)?,
             path: self.path.clone(),
-            id,
             nodes,
             chunk: 0,
             keys: Vec::new(),
@@ -311,6 +313,20 @@ impl ManifestStore for SledStore {
     }
 
     fn manifest_keys(&self, id: u64, each: &mut KeyChunks<'_>) -> Result<(), CacheError> {
+        let in_file = self
+            .key_files()
+            .frames(id, KeyFile::Used, &mut |chunk, bytes| {
+                if let Ok((keys, _)) = bincode::serde::decode_from_slice::<ChunkKeys, _>(
+                    bytes,
+                    bincode::config::standard(),
+                ) {
+                    each(chunk * KEYS_PER_CHUNK, &keys.keys, keys.nodes);
+                }
+            })?;
+        if in_file {
+            return Ok(());
+        }
+        // A cache from before key files: the keys are in a tree.
         let tree = self.tree(MANIFEST_KEYS_TREE)?;
         for entry in tree.scan_prefix(id.to_be_bytes()) {
             let (key, bytes) = entry.map_err(|e| self.io(e))?;
@@ -329,6 +345,19 @@ impl ManifestStore for SledStore {
     }
 
     fn kept_keys(&self, id: u64, each: &mut dyn FnMut(&[ArtifactKey])) -> Result<(), CacheError> {
+        let in_file = self
+            .key_files()
+            .frames(id, KeyFile::Kept, &mut |_, bytes| {
+                if let Ok((keys, _)) = bincode::serde::decode_from_slice::<Vec<ArtifactKey>, _>(
+                    bytes,
+                    bincode::config::standard(),
+                ) {
+                    each(&keys);
+                }
+            })?;
+        if in_file {
+            return Ok(());
+        }
         for entry in self.tree(MANIFEST_KEPT_TREE)?.scan_prefix(id.to_be_bytes()) {
             let (_, bytes) = entry.map_err(|e| self.io(e))?;
             if let Ok((keys, _)) = bincode::serde::decode_from_slice::<Vec<ArtifactKey>, _>(
@@ -347,12 +376,19 @@ impl ManifestStore for SledStore {
         ticket: u64,
         node: usize,
     ) -> Result<Option<ArtifactKey>, CacheError> {
-        let tree = self.tree(MANIFEST_KEYS_TREE)?;
         let chunk = ticket / KEYS_PER_CHUNK;
-        let mut key = id.to_be_bytes().to_vec();
-        key.extend_from_slice(&chunk.to_be_bytes());
-        let Some(bytes) = tree.get(key).map_err(|e| self.io(e))? else {
-            return Ok(None);
+        let bytes = match self.key_files().frame(id, chunk)? {
+            Some(Some(bytes)) => bytes,
+            Some(None) => return Ok(None),
+            None => {
+                let mut key = id.to_be_bytes().to_vec();
+                key.extend_from_slice(&chunk.to_be_bytes());
+                let tree = self.tree(MANIFEST_KEYS_TREE)?;
+                let Some(bytes) = tree.get(key).map_err(|e| self.io(e))? else {
+                    return Ok(None);
+                };
+                bytes.to_vec()
+            }
         };
         let Ok((keys, _)) =
             bincode::serde::decode_from_slice::<ChunkKeys, _>(&bytes, bincode::config::standard())
@@ -385,6 +421,7 @@ impl ManifestStore for SledStore {
         self.tree(MANIFEST_TREE)?
             .remove(id.to_be_bytes())
             .map_err(|e| self.io(e))?;
+        self.key_files().remove(id)?;
         for name in [MANIFEST_KEYS_TREE, MANIFEST_KEPT_TREE] {
             let keys = self.tree(name)?;
             for entry in keys.scan_prefix(id.to_be_bytes()) {
@@ -398,6 +435,14 @@ impl ManifestStore for SledStore {
     fn unfinished_manifest_ids(&self) -> Result<Vec<u64>, CacheError> {
         let manifests = self.tree(MANIFEST_TREE)?;
         let mut ids = std::collections::BTreeSet::new();
+        for id in self.key_files().ids()? {
+            if !manifests
+                .contains_key(id.to_be_bytes())
+                .map_err(|e| self.io(e))?
+            {
+                ids.insert(id);
+            }
+        }
         for entry in self.tree(MANIFEST_KEYS_TREE)?.iter() {
             let (key, _) = entry.map_err(|e| self.io(e))?;
             if let Some(id) = key
@@ -454,18 +499,10 @@ impl Maintenance for SledStore {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct ChunkKeys {
-    nodes: usize,
-    keys: Vec<Option<ArtifactKey>>,
-}
-
-/// Writes a build's keys to the cache in chunks as tickets finish, so memory stays flat in rows.
+/// Writes a build's keys to its key files in chunks as tickets finish, so memory stays flat in rows.
 struct ManifestKeyWriter {
-    tree: sled::Tree,
-    kept_tree: sled::Tree,
+    files: KeyFileWriter,
     path: PathBuf,
-    id: u64,
     nodes: usize,
     chunk: u64,
     keys: Vec<Option<ArtifactKey>>,
@@ -474,19 +511,9 @@ struct ManifestKeyWriter {
 
 impl ManifestKeyWriter {
     fn write_chunk(&mut self) -> Result<(), CacheError> {
-        let io = |e: &dyn std::fmt::Display| CacheError::Io {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
-        let mut key = self.id.to_be_bytes().to_vec();
-        key.extend_from_slice(&self.chunk.to_be_bytes());
         if !self.kept.is_empty() {
-            let kept = std::mem::take(&mut self.kept);
-            let bytes = bincode::serde::encode_to_vec(&kept, bincode::config::standard())
-                .map_err(|e| io(&e))?;
-            self.kept_tree
-                .insert(key.clone(), bytes)
-                .map_err(|e| io(&e))?;
+            let bytes = encode_chunk(&std::mem::take(&mut self.kept), &self.path)?;
+            self.files.append(KeyFile::Kept, self.chunk, &bytes)?;
         }
         if self.keys.is_empty() {
             return Ok(());
@@ -495,26 +522,15 @@ impl ManifestKeyWriter {
             nodes: self.nodes,
             keys: std::mem::take(&mut self.keys),
         };
-        let bytes =
-            bincode::serde::encode_to_vec(&chunk, bincode::config::standard()).map_err(|e| {
-                CacheError::Io {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        let mut key = self.id.to_be_bytes().to_vec();
-        key.extend_from_slice(&self.chunk.to_be_bytes());
-        self.tree.insert(key, bytes).map_err(|e| CacheError::Io {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(())
+        let bytes = encode_chunk(&chunk, &self.path)?;
+        self.files.append(KeyFile::Used, self.chunk, &bytes)
     }
 }
 
 impl KeyRecorder for ManifestKeyWriter {
     fn finish(&mut self) -> Result<(), CacheError> {
-        self.write_chunk()
+        self.write_chunk()?;
+        self.files.sync()
     }
 
     fn record(

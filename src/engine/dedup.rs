@@ -63,18 +63,23 @@ pub(crate) struct Deduplicator {
     columns: Vec<usize>,
     redraw_from: Option<usize>,
     max_rounds: u32,
-    /// Ticket ids of the tickets in the index, by index (to name the earlier ticket).
     report: DuplicateReport,
+    /// Where the index's files are (the cache folder), for error messages.
+    dir: std::path::PathBuf,
 }
 
 impl Deduplicator {
-    /// `None` when the dataset has no unique columns.
+    /// `None` when the dataset has no unique columns. The index's files go in the cache folder
+    /// (the system's temporary folder when it does not exist yet).
     pub(crate) fn new(
         quality: Option<&QualityConfig>,
         config: &crate::config::Config,
         graph: &Graph,
-    ) -> Option<Deduplicator> {
-        let quality = quality.filter(|q| !q.unique.is_empty())?;
+    ) -> Result<Option<Deduplicator>, BuildError> {
+        let Some(quality) = quality.filter(|q| !q.unique.is_empty()) else {
+            return Ok(None);
+        };
+        let dir = config.cache_dir.clone();
         let rows = RowBuilder::new(config, graph);
         let columns: Vec<usize> = quality
             .unique
@@ -85,13 +90,16 @@ impl Deduplicator {
             Some(name) => graph.nodes.iter().position(|n| &n.name == name),
             None => first_node_upstream(config, graph, &quality.unique),
         };
-        Some(Deduplicator {
-            // Capped: a huge `rows` should not reserve memory before any ticket exists.
-            index: DedupIndex::new(
-                columns.len(),
-                quality.similarity,
-                usize::try_from(config.rows.min(1 << 22)).unwrap_or(1 << 22),
-            ),
+        // Capped: a huge `rows` should not reserve disk before any ticket exists.
+        let index = DedupIndex::new(
+            columns.len(),
+            quality.similarity,
+            usize::try_from(config.rows.min(1 << 22)).unwrap_or(1 << 22),
+            dir.is_dir().then_some(dir.as_path()),
+        )
+        .map_err(|e| index_error(&dir, &e))?;
+        Ok(Some(Deduplicator {
+            index,
             rows,
             columns,
             redraw_from,
@@ -101,7 +109,8 @@ impl Deduplicator {
                 redraw_from: redraw_from.map(|i| graph.nodes[i].name.clone()),
                 ..DuplicateReport::default()
             },
-        })
+            dir,
+        }))
     }
 
     /// The report so far, with the index's size.
@@ -137,16 +146,21 @@ impl Deduplicator {
 
     /// The first duplicate of `outcome` among the tickets decided so far, with the ticket's
     /// fingerprints (to insert it with, when it is kept).
-    fn find(&self, outcome: &TicketOutcome) -> (Prints, Option<Duplicate>) {
+    fn find(&self, outcome: &TicketOutcome) -> Result<(Prints, Option<Duplicate>), BuildError> {
         let values = self.values(outcome);
         let refs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
         let prints = Prints::of(&refs);
-        let duplicate = self.index.find(&prints);
-        (prints, duplicate)
+        let duplicate = self
+            .index
+            .find(&prints)
+            .map_err(|e| index_error(&self.dir, &e))?;
+        Ok((prints, duplicate))
     }
 
-    fn insert(&mut self, index: u64, prints: &Prints) {
-        self.index.insert(index, prints);
+    fn insert(&mut self, index: u64, prints: &Prints) -> Result<(), BuildError> {
+        self.index
+            .insert(index, prints)
+            .map_err(|e| index_error(&self.dir, &e))
     }
 
     fn column_name(&self, duplicate: &Duplicate) -> String {
@@ -173,9 +187,9 @@ impl Engine {
             if outcome.failure.is_some() {
                 break;
             }
-            let (prints, duplicate) = dedup.find(&outcome);
+            let (prints, duplicate) = dedup.find(&outcome)?;
             let Some(duplicate) = duplicate else {
-                dedup.insert(outcome.sample.index, &prints);
+                dedup.insert(outcome.sample.index, &prints)?;
                 match first_found {
                     Some(true) => dedup.report.exact_resolved += 1,
                     Some(false) => dedup.report.near_resolved += 1,
@@ -186,7 +200,7 @@ impl Engine {
             first_found.get_or_insert(duplicate.exact);
             let redraw_from = dedup.redraw_from.filter(|_| round <= dedup.max_rounds);
             let Some(node) = redraw_from else {
-                self.leave_duplicate(dedup, &mut outcome, &prints, &duplicate);
+                self.leave_duplicate(dedup, &mut outcome, &prints, &duplicate)?;
                 break;
             };
             dedup.report.redraws += 1;
@@ -222,7 +236,7 @@ impl Engine {
         outcome: &mut TicketOutcome,
         prints: &Prints,
         duplicate: &Duplicate,
-    ) {
+    ) -> Result<(), BuildError> {
         let column = dedup.column_name(duplicate);
         let of_ticket_id = self
             .sampler
@@ -244,7 +258,7 @@ impl Engine {
                     "`{column}` repeats ticket {of_ticket_id} exactly, {redraws}; not written"
                 ),
             });
-            return;
+            return Ok(());
         }
         dedup.report.near_remaining += 1;
         if dedup.report.examples.len() < EXAMPLES {
@@ -255,8 +269,16 @@ impl Engine {
                 similarity: duplicate.similarity,
             });
         }
-        dedup.insert(outcome.sample.index, prints);
+        dedup.insert(outcome.sample.index, prints)
     }
+}
+
+/// A failure of the duplicate index's files, as the cache error it is (they live in its folder).
+fn index_error(dir: &std::path::Path, error: &std::io::Error) -> BuildError {
+    BuildError::Cache(crate::cache::CacheError::Io {
+        path: dir.to_path_buf(),
+        reason: format!("the duplicate index: {error}"),
+    })
 }
 
 /// The first node, in graph order, that the `columns` depend on (their own nodes included).

@@ -262,7 +262,7 @@ impl Engine {
         });
         let mut tally = Tally::new(self.graph.nodes.len());
         let mut dedup =
-            dedup::Deduplicator::new(self.config.quality.as_ref(), &self.config, &self.graph);
+            dedup::Deduplicator::new(self.config.quality.as_ref(), &self.config, &self.graph)?;
         let mut fatal = self
             .take_tickets(&mut tally, &writer, &mut recorder, dedup.as_mut())
             .await;

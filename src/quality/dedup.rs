@@ -12,13 +12,17 @@
 //!
 //! Bands of 4 min-hashes (8 bands) find a pair of similarity 0.8 with probability 98.5% and of
 //! 0.9 with 99.998%; below a threshold of 0.75, bands of 2 (16 bands) are used instead (a pair of
-//! 0.5 is then found with probability 99%). What one value costs in memory: its signature (32 x
-//! 2 bytes), its exact hash and its band entries, about 250 bytes; [`DedupIndex::bytes`] reports
-//! it. The invariant: a ticket is only ever compared with tickets inserted before it, and the
+//! 0.5 is then found with probability 99%). What one value costs: its signature (32 x 2 bytes),
+//! its exact hash and its band entries, about 350 bytes with the tables' room; the index keeps
+//! them in files ([`super::on_disk`]), not in the heap, so a build's memory stays flat in
+//! rows. [`DedupIndex::bytes`] reports their size. The invariant: a ticket is only ever compared with tickets inserted before it, and the
 //! hashes are fixed functions of the text, so the verdicts depend on the order of insertion alone
 //! (the engine inserts in ticket order), not on timing.
 
-use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+use super::on_disk::{FirstSlots, Records};
 
 /// Min-hashes per signature.
 const HASHES: usize = 32;
@@ -38,113 +42,140 @@ pub(crate) struct Duplicate {
     pub(crate) similarity: f64,
 }
 
-/// The index of one unique column.
-#[derive(Default)]
+/// The index of one unique column, in files (see [`super::on_disk`]).
 struct ColumnIndex {
     /// Exact hash -> slot of the first ticket with it.
-    exact: HashMap<u64, u32>,
+    exact: FirstSlots,
     /// (band number, band hash) mixed into one key -> slot of the first ticket with it.
-    bands: HashMap<u64, u32>,
-    /// Signatures by slot.
-    signatures: Vec<[u16; HASHES]>,
+    bands: FirstSlots,
+    /// Signatures by slot, each min-hash in two little-endian bytes.
+    signatures: Records<SIGNATURE_BYTES>,
 }
+
+const SIGNATURE_BYTES: usize = HASHES * 2;
 
 /// Every ticket inserted so far, by its unique columns.
 pub(crate) struct DedupIndex {
     columns: Vec<ColumnIndex>,
-    /// Ticket index of each slot (one slot per inserted ticket).
-    tickets: Vec<u64>,
+    /// Ticket index of each slot (one slot per inserted ticket), little-endian.
+    tickets: Records<8>,
     similarity: f64,
     rows_per_band: usize,
 }
 
 impl DedupIndex {
     /// An empty index of `columns` unique columns with near-duplicate threshold `similarity`,
-    /// sized for `tickets` tickets (growing it as it fills would copy it over and over).
-    pub(crate) fn new(columns: usize, similarity: f64, tickets: usize) -> DedupIndex {
+    /// sized for `tickets` tickets (it grows past them), its files in `dir` (the system's
+    /// temporary folder when `None`).
+    pub(crate) fn new(
+        columns: usize,
+        similarity: f64,
+        tickets: usize,
+        dir: Option<&Path>,
+    ) -> io::Result<DedupIndex> {
         let rows_per_band = if similarity >= 0.75 { 4 } else { 2 };
         let bands = HASHES / rows_per_band;
-        DedupIndex {
-            columns: (0..columns)
-                .map(|_| ColumnIndex {
-                    exact: HashMap::with_capacity(tickets),
-                    bands: HashMap::with_capacity(tickets * bands),
-                    signatures: Vec::with_capacity(tickets),
+        let columns = (0..columns)
+            .map(|_| {
+                Ok(ColumnIndex {
+                    exact: FirstSlots::new(dir, tickets)?,
+                    bands: FirstSlots::new(dir, tickets * bands)?,
+                    signatures: Records::new(dir)?,
                 })
-                .collect(),
-            tickets: Vec::with_capacity(tickets),
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(DedupIndex {
+            columns,
+            tickets: Records::new(dir)?,
             similarity,
             rows_per_band,
-        }
+        })
     }
 
     /// The first duplicate of a ticket (its [`Prints`]) among the tickets inserted so far, exact
     /// ones before near ones.
-    pub(crate) fn find(&self, prints: &Prints) -> Option<Duplicate> {
+    pub(crate) fn find(&self, prints: &Prints) -> io::Result<Option<Duplicate>> {
         let prints = &prints.0;
         for (column, print) in prints.iter().enumerate() {
             let Some(print) = print else { continue };
-            if let Some(&slot) = self.columns[column].exact.get(&print.exact) {
-                return Some(Duplicate {
+            if let Some(slot) = self.columns[column].exact.get(print.exact)? {
+                return Ok(Some(Duplicate {
                     column,
-                    of_index: self.tickets[slot as usize],
+                    of_index: self.ticket(slot)?,
                     exact: true,
                     similarity: 1.0,
-                });
+                }));
             }
         }
         if self.similarity >= 1.0 {
-            return None;
+            return Ok(None);
         }
         for (column, print) in prints.iter().enumerate() {
             let Some(print) = print else { continue };
             let index = &self.columns[column];
             for key in print.band_keys(self.rows_per_band) {
-                let Some(&slot) = index.bands.get(&key) else {
+                let Some(slot) = index.bands.get(key)? else {
                     continue;
                 };
-                let similarity = estimate(&print.signature, &index.signatures[slot as usize]);
+                let earlier = signature(&index.signatures.get(slot as usize)?);
+                let similarity = estimate(&print.signature, &earlier);
                 if similarity >= self.similarity {
-                    return Some(Duplicate {
+                    return Ok(Some(Duplicate {
                         column,
-                        of_index: self.tickets[slot as usize],
+                        of_index: self.ticket(slot)?,
                         exact: false,
                         similarity,
-                    });
+                    }));
                 }
             }
         }
-        None
+        Ok(None)
+    }
+
+    fn ticket(&self, slot: u32) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.tickets.get(slot as usize)?))
     }
 
     /// Adds ticket `index` with its [`Prints`].
-    pub(crate) fn insert(&mut self, index: u64, prints: &Prints) {
+    pub(crate) fn insert(&mut self, index: u64, prints: &Prints) -> io::Result<()> {
         let slot = u32::try_from(self.tickets.len()).unwrap_or(u32::MAX);
-        self.tickets.push(index);
+        self.tickets.push(&index.to_le_bytes())?;
         for (column, print) in prints.0.iter().enumerate() {
             let column_index = &mut self.columns[column];
             // Every ticket has a slot in every column, so slots line up across columns.
-            column_index
-                .signatures
-                .push(print.as_ref().map_or([0; HASHES], |p| p.signature));
+            let signature = print.as_ref().map_or([0; HASHES], |p| p.signature);
+            let mut bytes = [0u8; SIGNATURE_BYTES];
+            for (to, value) in bytes.chunks_exact_mut(2).zip(signature) {
+                to.copy_from_slice(&value.to_le_bytes());
+            }
+            column_index.signatures.push(&bytes)?;
             let Some(print) = print else { continue };
-            column_index.exact.entry(print.exact).or_insert(slot);
+            column_index.exact.insert_first(print.exact, slot)?;
             for key in print.band_keys(self.rows_per_band) {
-                column_index.bands.entry(key).or_insert(slot);
+                column_index.bands.insert_first(key, slot)?;
             }
         }
+        Ok(())
     }
 
-    /// About how many bytes the index holds: what one more ticket costs, times the tickets.
+    /// How many bytes the index's files hold.
     pub(crate) fn bytes(&self) -> usize {
-        let entry = |map: &HashMap<u64, u32>| map.capacity() * (8 + 4 + 1);
-        self.tickets.capacity() * 8
+        self.tickets.bytes()
             + self
                 .columns
                 .iter()
-                .map(|c| entry(&c.exact) + entry(&c.bands) + c.signatures.capacity() * HASHES * 2)
+                .map(|c| c.exact.bytes() + c.bands.bytes() + c.signatures.bytes())
                 .sum::<usize>()
     }
+}
+
+/// A signature from its stored bytes.
+fn signature(bytes: &[u8; SIGNATURE_BYTES]) -> [u16; HASHES] {
+    let mut signature = [0u16; HASHES];
+    for (value, from) in signature.iter_mut().zip(bytes.chunks_exact(2)) {
+        *value = u16::from_le_bytes([from[0], from[1]]);
+    }
+    signature
 }
 
 /// The fingerprints of a ticket's unique columns, computed once for a lookup and an insert.
@@ -318,14 +349,18 @@ mod tests {
 
     #[test]
     fn numbers_case_and_punctuation_do_not_make_a_ticket_new() {
-        let mut index = DedupIndex::new(1, 0.9, 4);
-        index.insert(
-            0,
-            &Prints::of(&[Some("Incident #656189: Switch to annual billing")]),
-        );
-        let found = index.find(&Prints::of(&[Some(
-            "incident #12: switch to annual billing!",
-        )]));
+        let mut index = DedupIndex::new(1, 0.9, 4, None).unwrap();
+        index
+            .insert(
+                0,
+                &Prints::of(&[Some("Incident #656189: Switch to annual billing")]),
+            )
+            .unwrap();
+        let found = index
+            .find(&Prints::of(&[Some(
+                "incident #12: switch to annual billing!",
+            )]))
+            .unwrap();
         assert_eq!(
             found,
             Some(Duplicate {
@@ -336,19 +371,22 @@ mod tests {
             })
         );
         assert_eq!(
-            index.find(&Prints::of(&[Some("Refund for a cancelled order")])),
+            index
+                .find(&Prints::of(&[Some("Refund for a cancelled order")]))
+                .unwrap(),
             None
         );
-        assert_eq!(index.find(&Prints::of(&[None])), None);
+        assert_eq!(index.find(&Prints::of(&[None])).unwrap(), None);
     }
 
     #[test]
     fn a_near_copy_is_found_and_a_different_text_is_not() {
-        let mut index = DedupIndex::new(1, 0.8, 4);
-        index.insert(7, &Prints::of(&[Some(BODY)]));
+        let mut index = DedupIndex::new(1, 0.8, 4, None).unwrap();
+        index.insert(7, &Prints::of(&[Some(BODY)])).unwrap();
         let near = BODY.replace("Slack Pro", "Slack Business");
         let found = index
             .find(&Prints::of(&[Some(&near)]))
+            .unwrap()
             .expect("a near duplicate");
         assert!(
             !found.exact && found.of_index == 7 && found.similarity >= 0.8,
@@ -356,23 +394,29 @@ mod tests {
         );
         let other = "Our printer in the second floor office shows a paper jam error although no \
             paper is stuck anywhere; we restarted it twice and cleaned the rollers.";
-        assert_eq!(index.find(&Prints::of(&[Some(other)])), None);
+        assert_eq!(index.find(&Prints::of(&[Some(other)])).unwrap(), None);
     }
 
     #[test]
     fn the_first_ticket_with_a_value_is_the_one_named() {
-        let mut index = DedupIndex::new(2, 0.9, 4);
-        index.insert(1, &Prints::of(&[Some("a b c d"), None]));
-        index.insert(2, &Prints::of(&[Some("a b c d"), Some("x y z")]));
+        let mut index = DedupIndex::new(2, 0.9, 4, None).unwrap();
+        index
+            .insert(1, &Prints::of(&[Some("a b c d"), None]))
+            .unwrap();
+        index
+            .insert(2, &Prints::of(&[Some("a b c d"), Some("x y z")]))
+            .unwrap();
         assert_eq!(
             index
                 .find(&Prints::of(&[Some("A B C D"), None]))
+                .unwrap()
                 .map(|d| d.of_index),
             Some(1)
         );
         assert_eq!(
             index
                 .find(&Prints::of(&[None, Some("x y z")]))
+                .unwrap()
                 .map(|d| (d.column, d.of_index)),
             Some((1, 2))
         );

@@ -8,6 +8,7 @@
 
 pub(crate) mod dedup;
 pub(crate) mod language;
+mod on_disk;
 
 use std::fmt;
 

@@ -90,6 +90,8 @@ pub(super) struct Figures {
     unique: Vec<usize>,
     similarity: f64,
     index: DedupIndex,
+    /// The first error of the duplicate index's files, if any (then `finish` reports it).
+    index_error: Option<std::io::Error>,
     /// Ticket id of each row, to name the first row of a duplicate group.
     ids: Vec<u64>,
     clusters: HashMap<u64, ClusterState>,
@@ -100,7 +102,7 @@ pub(super) struct Figures {
 }
 
 impl Figures {
-    pub(super) fn new(config: &Config, kinds: &[(String, ColumnKind)]) -> Figures {
+    pub(super) fn new(config: &Config, kinds: &[(String, ColumnKind)]) -> std::io::Result<Figures> {
         let position = |kind: ColumnKind| kinds.iter().position(|(_, k)| *k == kind);
         let mut tables = Vec::new();
         let mut texts = Vec::new();
@@ -142,7 +144,7 @@ impl Figures {
             .quality
             .as_ref()
             .map_or(DEFAULT_SIMILARITY, |q| q.similarity);
-        Figures {
+        Ok(Figures {
             id: position(ColumnKind::TicketId),
             language: position(ColumnKind::Language),
             names: kinds.iter().map(|(n, _)| n.clone()).collect(),
@@ -151,7 +153,8 @@ impl Figures {
             lists,
             spread,
             languages: BTreeMap::new(),
-            index: DedupIndex::new(unique.len(), similarity, rows_hint(config)),
+            index: DedupIndex::new(unique.len(), similarity, rows_hint(config), None)?,
+            index_error: None,
             unique,
             similarity,
             ids: Vec::new(),
@@ -160,7 +163,7 @@ impl Figures {
             near: 0,
             rows: 0,
             examples: BTreeMap::new(),
-        }
+        })
     }
 
     /// Counts one row.
@@ -241,7 +244,14 @@ impl Figures {
             .unwrap_or(0);
         let values: Vec<Option<&str>> = self.unique.iter().map(|&p| cells[p].text()).collect();
         let prints = Prints::of(&values);
-        match self.index.find(&prints) {
+        let found = match self.index.find(&prints) {
+            Ok(found) => found,
+            Err(e) => {
+                self.index_error.get_or_insert(e);
+                return;
+            }
+        };
+        match found {
             Some(duplicate) => {
                 if duplicate.exact {
                     self.exact += 1;
@@ -266,7 +276,9 @@ impl Figures {
                 }
             }
             None => {
-                self.index.insert(self.ids.len() as u64, &prints);
+                if let Err(e) = self.index.insert(self.ids.len() as u64, &prints) {
+                    self.index_error.get_or_insert(e);
+                }
                 self.ids.push(id);
             }
         }
@@ -313,7 +325,10 @@ impl Figures {
         });
     }
 
-    pub(super) fn finish(self) -> Found {
+    pub(super) fn finish(self) -> std::io::Result<Found> {
+        if let Some(e) = self.index_error {
+            return Err(e);
+        }
         let rows = self.rows;
         let balance = self
             .tables
@@ -343,7 +358,7 @@ impl Figures {
                 .then_with(|| a.ticket_ids.cmp(&b.ticket_ids))
         });
         clusters.truncate(CLUSTERS);
-        Found {
+        Ok(Found {
             languages: self.languages,
             balance,
             agreement,
@@ -359,7 +374,7 @@ impl Figures {
                 index_bytes: self.index.bytes() as u64,
             },
             examples: self.examples.into_values().flatten().collect(),
-        }
+        })
     }
 }
 

@@ -371,14 +371,18 @@ pub(crate) fn compute(sources: &Sources<'_>) -> Result<DatasetReport, ReportErro
         dir: config.output_dir.clone(),
     })?;
     let kinds = column_kinds(config, sources.graph);
-    let mut figures = figures::Figures::new(config, &kinds);
+    let index_error = |e: std::io::Error| ReportError::Write {
+        path: std::env::temp_dir(),
+        reason: format!("the duplicate index: {e}"),
+    };
+    let mut figures = figures::Figures::new(config, &kinds).map_err(index_error)?;
     let names: Vec<String> = kinds.iter().map(|(name, _)| name.clone()).collect();
     let lists: Vec<bool> = kinds
         .iter()
         .map(|(_, kind)| *kind == ColumnKind::List)
         .collect();
     let rows = file.for_each_row(&names, &lists, &mut |cells| figures.add(cells))?;
-    let found = figures.finish();
+    let found = figures.finish().map_err(index_error)?;
     let build = sources.build;
     let mut examples = found.examples;
     if let Some((cache, manifest)) = sources.cache {

@@ -1,0 +1,361 @@
+//! The duplicate index's storage: tables in unlinked temporary files, not in the heap.
+//!
+//! The index remembers every ticket kept so far (its fingerprints), so it grows with rows: about
+//! 350 bytes a ticket with the tables' room, 350 MB at a million tickets, which in the heap would
+//! be most of a large build's memory. Here it lives in files, read and written with positioned
+//! I/O (`pread`/`pwrite`); the page cache keeps what it can, and the build's resident memory holds
+//! only fixed buffers and a Bloom filter (10 bits a key).
+//!
+//! Lookups stay cheap because most keys were never seen: the Bloom filter answers those without
+//! touching the file. Inserts collect in memory and are written in batches, sorted by where they
+//! go, a few pages at a time, so a batch of half a million keys costs one pass over the table,
+//! not a million system calls. The files are created unlinked (`tempfile::tempfile_in`), so a
+//! build that stops, however it stops, leaves nothing behind.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes of one table entry: key (8), slot + 1 (4; 0 for an empty entry), padding (4).
+const ENTRY: usize = 16;
+/// Entries of one page, the unit a batch reads and writes.
+const PAGE_ENTRIES: usize = 256;
+const PAGE: usize = PAGE_ENTRIES * ENTRY;
+/// Inserts kept in memory before they are written (about 12 MB with the map's room).
+const PENDING: usize = 1 << 19;
+/// Bloom filter bits per key, and probes per key: about 1% false positives.
+const BLOOM_BITS_PER_KEY: usize = 10;
+const BLOOM_PROBES: u64 = 3;
+
+fn temporary(dir: Option<&Path>) -> io::Result<File> {
+    match dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+}
+
+/// A hash table from 64-bit keys (hashes already) to the first slot inserted under each, with
+/// linear probing, in a file; kept at most half full, doubled when it fills.
+pub(super) struct FirstSlots {
+    file: File,
+    /// Entries in the file (a power of two).
+    entries: usize,
+    /// Keys in the file.
+    stored: usize,
+    /// Keys inserted since the last batch was written.
+    pending: HashMap<u64, u32>,
+    /// How many keys a batch holds ([`PENDING`]; fewer in tests).
+    batch: usize,
+    /// Every key inserted (file and pending), as bits.
+    bloom: Vec<u64>,
+    dir: Option<PathBuf>,
+}
+
+impl FirstSlots {
+    /// A table for about `keys` keys, in a file in `dir` (the system's temporary folder when
+    /// `None`).
+    pub(super) fn new(dir: Option<&Path>, keys: usize) -> io::Result<FirstSlots> {
+        let entries = (keys.max(PAGE_ENTRIES) * 2).next_power_of_two();
+        let file = temporary(dir)?;
+        file.set_len((entries * ENTRY) as u64)?;
+        let bloom_words = (keys.max(64) * BLOOM_BITS_PER_KEY / 64).next_power_of_two();
+        Ok(FirstSlots {
+            file,
+            entries,
+            stored: 0,
+            pending: HashMap::new(),
+            batch: PENDING,
+            bloom: vec![0; bloom_words],
+            dir: dir.map(Path::to_path_buf),
+        })
+    }
+
+    fn bloom_bits(&self, key: u64) -> impl Iterator<Item = (usize, u64)> + use<> {
+        let bits = (self.bloom.len() * 64) as u64;
+        let step = key.rotate_left(29) | 1;
+        (0..BLOOM_PROBES).map(move |i| {
+            let bit = key.wrapping_add(i.wrapping_mul(step)) & (bits - 1);
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    /// The first slot inserted under `key`.
+    pub(super) fn get(&self, key: u64) -> io::Result<Option<u32>> {
+        if !self
+            .bloom_bits(key)
+            .all(|(word, bit)| self.bloom[word] & bit != 0)
+        {
+            return Ok(None);
+        }
+        if let Some(slot) = self.pending.get(&key) {
+            return Ok(Some(*slot));
+        }
+        let mask = self.entries - 1;
+        let mut at = key as usize & mask;
+        let mut page = [0u8; PAGE];
+        loop {
+            // Read from `at` to the end of its page: the probe continues there.
+            let in_page = PAGE_ENTRIES - at % PAGE_ENTRIES;
+            let bytes = &mut page[..in_page * ENTRY];
+            self.file.read_exact_at(bytes, (at * ENTRY) as u64)?;
+            for entry in bytes.chunks_exact(ENTRY) {
+                let slot = read_u32(&entry[8..12]);
+                if slot == 0 {
+                    return Ok(None);
+                }
+                if read_u64(&entry[..8]) == key {
+                    return Ok(Some(slot - 1));
+                }
+            }
+            at = (at + in_page) & mask;
+        }
+    }
+
+    /// Inserts `slot` under `key` unless the key has a slot already (the first one stays).
+    pub(super) fn insert_first(&mut self, key: u64, slot: u32) -> io::Result<()> {
+        if self.get(key)?.is_some() {
+            return Ok(());
+        }
+        for (word, bit) in self.bloom_bits(key).collect::<Vec<_>>() {
+            self.bloom[word] |= bit;
+        }
+        self.pending.insert(key, slot);
+        if self.pending.len() >= self.batch {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending keys into the file (doubling it first when they would fill it past
+    /// half).
+    fn write_pending(&mut self) -> io::Result<()> {
+        if (self.stored + self.pending.len()) * 2 > self.entries {
+            self.double()?;
+        }
+        let pending: Vec<(u64, u32)> = self.pending.drain().collect();
+        self.stored += pending.len();
+        place_all(&self.file, self.entries, pending)
+    }
+
+    /// Moves every entry into a file twice the size.
+    fn double(&mut self) -> io::Result<()> {
+        let entries = self.entries * 2;
+        let file = temporary(self.dir.as_deref())?;
+        file.set_len((entries * ENTRY) as u64)?;
+        let mut moved = Vec::new();
+        let mut page = vec![0u8; PAGE];
+        for first in (0..self.entries).step_by(PAGE_ENTRIES) {
+            self.file.read_exact_at(&mut page, (first * ENTRY) as u64)?;
+            for entry in page.chunks_exact(ENTRY) {
+                let slot = read_u32(&entry[8..12]);
+                if slot != 0 {
+                    moved.push((read_u64(&entry[..8]), slot - 1));
+                }
+            }
+            if moved.len() >= PENDING {
+                place_all(&file, entries, std::mem::take(&mut moved))?;
+            }
+        }
+        place_all(&file, entries, moved)?;
+        self.file = file;
+        self.entries = entries;
+        Ok(())
+    }
+
+    /// Bytes of the table's file and its filter.
+    pub(super) fn bytes(&self) -> usize {
+        self.entries * ENTRY + self.bloom.len() * 8
+    }
+}
+
+/// Writes new keys (none of them in the file yet) into a table of `entries` entries: sorted by
+/// where they go, through a window of pages that only moves forward.
+fn place_all(file: &File, entries: usize, mut keys: Vec<(u64, u32)>) -> io::Result<()> {
+    let mask = entries - 1;
+    keys.sort_unstable_by_key(|(key, _)| *key as usize & mask);
+    let mut window = Window::default();
+    for (key, slot) in keys {
+        let mut at = key as usize & mask;
+        window.retire_before(file, at / PAGE_ENTRIES)?;
+        loop {
+            let entry = window.entry(file, at)?;
+            if read_u32(&entry[8..12]) == 0 {
+                entry[..8].copy_from_slice(&key.to_le_bytes());
+                // + 1 marks the entry used; slots are counted in u32 (see `DedupIndex::insert`).
+                entry[8..12].copy_from_slice(&slot.saturating_add(1).to_le_bytes());
+                break;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+    window.retire_before(file, usize::MAX)
+}
+
+/// Consecutive pages of a table read into memory, written back when retired.
+#[derive(Default)]
+struct Window {
+    first_page: usize,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    fn pages(&self) -> usize {
+        self.bytes.len() / PAGE
+    }
+
+    /// Writes back and drops the pages before `page`.
+    fn retire_before(&mut self, file: &File, page: usize) -> io::Result<()> {
+        let retire = page.saturating_sub(self.first_page).min(self.pages());
+        if retire == 0 {
+            return Ok(());
+        }
+        file.write_all_at(
+            &self.bytes[..retire * PAGE],
+            (self.first_page * PAGE) as u64,
+        )?;
+        self.bytes.drain(..retire * PAGE);
+        self.first_page += retire;
+        Ok(())
+    }
+
+    /// Entry `at`, its page read in if it is not in the window (a page that does not follow
+    /// the window, after a probe wrapped around the table's end, starts a new window).
+    fn entry(&mut self, file: &File, at: usize) -> io::Result<&mut [u8]> {
+        let page = at / PAGE_ENTRIES;
+        let end = self.first_page + self.pages();
+        if page < self.first_page || page > end || self.bytes.is_empty() {
+            self.retire_before(file, usize::MAX)?;
+            self.first_page = page;
+        }
+        if page == self.first_page + self.pages() {
+            let start = self.bytes.len();
+            self.bytes.resize(start + PAGE, 0);
+            file.read_exact_at(&mut self.bytes[start..], (page * PAGE) as u64)?;
+        }
+        let offset = (page - self.first_page) * PAGE + (at % PAGE_ENTRIES) * ENTRY;
+        Ok(&mut self.bytes[offset..offset + ENTRY])
+    }
+}
+
+/// Fixed-size records by slot, appended, in a file; the newest are buffered in memory.
+pub(super) struct Records<const N: usize> {
+    file: File,
+    /// Records in the file.
+    written: usize,
+    /// Records after them, not written yet.
+    buffer: Vec<u8>,
+}
+
+/// Bytes of records buffered before they are written.
+const RECORD_BUFFER: usize = 64 * 1024;
+
+impl<const N: usize> Records<N> {
+    pub(super) fn new(dir: Option<&Path>) -> io::Result<Records<N>> {
+        Ok(Records {
+            file: temporary(dir)?,
+            written: 0,
+            buffer: Vec::with_capacity(RECORD_BUFFER),
+        })
+    }
+
+    pub(super) fn push(&mut self, record: &[u8; N]) -> io::Result<()> {
+        self.buffer.extend_from_slice(record);
+        if self.buffer.len() >= RECORD_BUFFER {
+            self.file
+                .write_all_at(&self.buffer, (self.written * N) as u64)?;
+            self.written += self.buffer.len() / N;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Record `index`; it must have been pushed.
+    pub(super) fn get(&self, index: usize) -> io::Result<[u8; N]> {
+        let mut record = [0u8; N];
+        if index >= self.written {
+            let at = (index - self.written) * N;
+            record.copy_from_slice(&self.buffer[at..at + N]);
+        } else {
+            self.file.read_exact_at(&mut record, (index * N) as u64)?;
+        }
+        Ok(record)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.written + self.buffer.len() / N
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.len() * N
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut buffer = [0u8; 8];
+    buffer.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(buffer)
+}
+
+fn read_u32(bytes: &[u8]) -> u32 {
+    let mut buffer = [0u8; 4];
+    buffer.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key 0, keys inserted twice (the first slot stays), more keys than the table was made for
+    /// (it doubles) and more than one batch.
+    #[test]
+    fn the_first_slot_stays_through_batches_and_doubling() {
+        let mut table = FirstSlots::new(None, 1000).unwrap();
+        table.batch = 700;
+        // Two slots a key; slots 0 and 1 have key 0.
+        let key = |i: u32| u64::from(i / 2).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let count = 20_000;
+        for slot in 0..count {
+            table.insert_first(key(slot), slot).unwrap();
+        }
+        assert!(table.pending.len() < table.batch && table.stored > 0);
+        assert!(table.entries >= count as usize, "doubled");
+        for slot in (0..count).step_by(7) {
+            assert_eq!(table.get(key(slot)).unwrap(), Some(slot & !1), "{slot}");
+        }
+        assert_eq!(table.get(0x1234_5678).unwrap(), None);
+    }
+
+    #[test]
+    fn a_probe_wraps_around_the_tables_end() {
+        let mut table = FirstSlots::new(None, 10).unwrap();
+        let last = (table.entries - 1) as u64;
+        for slot in 0..5u32 {
+            table
+                .insert_first(last | (u64::from(slot) << 32), slot)
+                .unwrap();
+        }
+        table.write_pending().unwrap();
+        for slot in 0..5u32 {
+            assert_eq!(
+                table.get(last | (u64::from(slot) << 32)).unwrap(),
+                Some(slot)
+            );
+        }
+    }
+
+    #[test]
+    fn records_read_back_from_the_buffer_and_the_file() {
+        let mut records = Records::<8>::new(None).unwrap();
+        let count = (RECORD_BUFFER / 8 * 3 + 5) as u64;
+        for i in 0..count {
+            records.push(&i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(records.len() as u64, count);
+        for i in [0, 1, count / 2, count - 1] {
+            assert_eq!(u64::from_le_bytes(records.get(i as usize).unwrap()), i);
+        }
+    }
+}
