@@ -23,8 +23,11 @@ const ENTRY: usize = 16;
 /// Entries of one page, the unit a batch reads and writes.
 const PAGE_ENTRIES: usize = 256;
 const PAGE: usize = PAGE_ENTRIES * ENTRY;
-/// Inserts kept in memory before they are written (about 12 MB with the map's room).
-const PENDING: usize = 1 << 19;
+/// Inserts kept in memory before they are written (about 8 MB with the map's room).
+/// Each batch is one pass over the table's file, so fewer, larger batches cost less time.
+const PENDING: usize = 1 << 18;
+/// Keys the table's file has room for at first, at most (4 MB).
+const INITIAL_KEYS: usize = 1 << 17;
 /// Bloom filter bits per key, and probes per key: about 1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u64 = 3;
@@ -55,9 +58,11 @@ pub(super) struct FirstSlots {
 
 impl FirstSlots {
     /// A table for about `keys` keys, in a file in `dir` (the system's temporary folder when
-    /// `None`).
+    /// `None`). The file starts small and doubles as keys come (a batch passes over all of it,
+    /// and repeated texts share keys, so it is often far smaller than `keys` suggests); the
+    /// Bloom filter is sized for `keys`.
     pub(super) fn new(dir: Option<&Path>, keys: usize) -> io::Result<FirstSlots> {
-        let entries = (keys.max(PAGE_ENTRIES) * 2).next_power_of_two();
+        let entries = (keys.clamp(PAGE_ENTRIES, INITIAL_KEYS) * 2).next_power_of_two();
         let file = temporary(dir)?;
         file.set_len((entries * ENTRY) as u64)?;
         let bloom_words = (keys.max(64) * BLOOM_BITS_PER_KEY / 64).next_power_of_two();
@@ -131,7 +136,7 @@ impl FirstSlots {
     /// Writes the pending keys into the file (doubling it first when they would fill it past
     /// half).
     fn write_pending(&mut self) -> io::Result<()> {
-        if (self.stored + self.pending.len()) * 2 > self.entries {
+        while (self.stored + self.pending.len()) * 2 > self.entries {
             self.double()?;
         }
         let pending: Vec<(u64, u32)> = self.pending.drain().collect();
