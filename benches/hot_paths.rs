@@ -116,6 +116,7 @@ fn artifact(i: u64) -> Artifact {
             user: "Write the body of a support email. ".repeat(20),
             ..RecordedRequest::default()
         },
+        key_fields: None,
     }
 }
 

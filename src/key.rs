@@ -98,6 +98,26 @@ pub struct KeyInput<'a> {
 
 impl KeyInput<'_> {
     pub fn key(&self) -> ArtifactKey {
+        let extra = canonical_json_map(&self.params.extra);
+        let offline_inputs = self
+            .offline
+            .map(|(_, _, inputs)| canonical_json_map(inputs));
+        self.hash(&extra, offline_inputs.as_deref())
+    }
+
+    /// The key of a request as its artifact records it, where the two JSON maps are already
+    /// canonical text: `extra_json` stands for `params.extra`, `offline_inputs` for the offline
+    /// inputs (the maps in `self` are not read). Canonical text hashes as the map it was written
+    /// from, so this is [`KeyInput::key`] without parsing JSON back (which could round a float).
+    pub(crate) fn key_of_recorded(
+        &self,
+        extra_json: &str,
+        offline_inputs: Option<&str>,
+    ) -> ArtifactKey {
+        self.hash(extra_json, offline_inputs)
+    }
+
+    fn hash(&self, extra_json: &str, offline_inputs: Option<&str>) -> ArtifactKey {
         let mut encoder = Encoder(blake3::Hasher::new_derive_key(KEY_CONTEXT));
         encoder.str(1, self.provider);
         encoder.opt_str(2, self.base_url);
@@ -117,7 +137,7 @@ impl KeyInput<'_> {
                 }
             }
         }
-        encoder.str(45, &canonical_json_map(&p.extra));
+        encoder.str(45, extra_json);
         encoder.opt_str(46, p.response_format.as_deref());
         match self.output {
             OutputKind::Text => encoder.tag(5, 0),
@@ -136,13 +156,13 @@ impl KeyInput<'_> {
         }
         encoder.opt_str(6, self.system);
         encoder.str(7, self.user);
-        match self.offline {
+        match self.offline.zip(offline_inputs) {
             None => encoder.tag(8, 0),
-            Some((task, bank, inputs)) => {
+            Some(((task, bank, _), inputs)) => {
                 encoder.tag(8, 1);
                 encoder.bytes(task.as_bytes());
                 encoder.bytes(bank.as_bytes());
-                encoder.bytes(canonical_json_map(inputs).as_bytes());
+                encoder.bytes(inputs.as_bytes());
             }
         }
         encoder.tag(9, 1);

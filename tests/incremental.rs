@@ -298,26 +298,9 @@ fn issue_5_verify_finds_and_quarantines_a_corrupted_entry() {
     project.build_json(&[]);
     let rows = crate::support::read_jsonl(&project.file("out/tickets.jsonl"));
     let id = rows[0]["ticket_id"].as_str().unwrap().to_string();
-    let explain = project.run(&["explain", &id, "tags"]);
-    let key = explain
-        .stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("key:"))
-        .unwrap()
-        .trim()
-        .to_string();
-    // "ticket 123… (index 0, language …)": the artifact is filed under its ticket's index.
-    let index: u64 = explain
-        .stdout
-        .split("(index ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (index, key) = crate::support::explained_key(&project, &id, "tags");
     {
         let store = ticketbuild::cache::SledStore::open(&project.file("cache")).unwrap();
-        let key = ticketbuild::key::ArtifactKey::from_hex(&key).unwrap();
         store.put_raw(index, &key, b"\x00garbage").unwrap();
         ticketbuild::cache::ArtifactStore::flush(&store).unwrap();
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::support::{Project, Run, repo_root, total};
+use crate::support::{Project, Run, explained_key, repo_root, total};
 
 const TICKET: &str = "9060608207711";
 
@@ -129,4 +129,67 @@ fn issue_17_deleted_files_are_reassembled_from_the_manifest_byte_for_byte() {
     std::fs::remove_dir_all(p.file("out")).unwrap();
     let forced = p.build_json(&["--force", "tags"]);
     assert!(forced.get("reassembled").is_none(), "{forced}");
+}
+
+#[test]
+fn issue_17_cache_verify_catches_a_tampered_template_or_value() {
+    use ticketbuild::cache::{ArtifactStore, Lookup, SledStore};
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", "rows = 20");
+    let cold = p.build_json(&[]);
+    let artifacts = total(&cold, "generated");
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains(&format!(
+            "{artifacts} of them re-derive their key from the request they record"
+        )),
+        "every fresh artifact's request hashes to its key: {}",
+        verify.stdout
+    );
+
+    // Two answers whose recorded requests are changed and stored again, checksums and all: one
+    // in the template's text (the system message), one in a value that filled it (the body the
+    // paraphrase prompt quotes, an upstream answer). Both still decode under their keys.
+    let rows = crate::support::read_jsonl(&p.file("out/tickets.jsonl"));
+    let first = rows[0]["ticket_id"].as_str().unwrap().to_string();
+    let second = rows[1]["ticket_id"].as_str().unwrap().to_string();
+    let (template_index, template_key) = explained_key(&p, &first, "first_response");
+    let (value_index, value_key) = explained_key(&p, &second, "paraphrase");
+    {
+        let store = SledStore::open(&p.file("cache")).unwrap();
+        let Lookup::Hit(mut artifact) = store.get(template_index, &template_key).unwrap() else {
+            panic!("the first response is stored")
+        };
+        let system = artifact.request.system.clone().expect("a system message");
+        artifact.request.system = Some(system.replacen(' ', "  ", 1));
+        store.put(template_index, &artifact).unwrap();
+        let Lookup::Hit(mut artifact) = store.get(value_index, &value_key).unwrap() else {
+            panic!("the paraphrase is stored")
+        };
+        assert!(
+            artifact.request.user.contains("Body:\n"),
+            "{}",
+            artifact.request.user
+        );
+        artifact.request.user = artifact.request.user.replace("Body:\n", "Body:\nP.S. ");
+        store.put(value_index, &artifact).unwrap();
+        store.flush().unwrap();
+    }
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    for key in [template_key, value_key] {
+        let line = verify
+            .stdout
+            .lines()
+            .find(|l| l.contains(&key.to_string()[..16]))
+            .unwrap_or_else(|| panic!("{key} named: {}", verify.stdout));
+        assert!(line.contains("recorded request hashes to"), "{line}");
+    }
+    assert!(verify.stdout.contains(": 2 bad"), "{}", verify.stdout);
+    // Moved aside: the next build makes exactly those two answers again.
+    assert_eq!(p.run(&["cache", "verify"]).code, 0);
+    std::fs::remove_dir_all(p.file("out")).unwrap();
+    let rebuilt = p.build_json(&[]);
+    assert_eq!(total(&rebuilt, "generated"), 2, "{rebuilt}");
 }

@@ -8,10 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use super::{ArtifactStore, CacheError, Lookup, MissReason};
+use crate::config::Params;
 use crate::cost::{PriceEntry, Usage};
-use crate::key::ArtifactKey;
-use crate::value::NodeOutput;
+use crate::key::{ArtifactKey, KeyInput};
+use crate::value::{NodeOutput, OutputKind};
 
 /// One stored response and what is known about how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +41,36 @@ pub struct Artifact {
     pub upstream: Vec<(String, ArtifactKey)>,
     /// The request as it was sent, for `explain` and for diffs against what would be sent now.
     pub request: RecordedRequest,
+    /// What the key covers that the recorded request does not show (see [`KeyFields`]). Encoded
+    /// after the artifact (see [`encode`]), so it is absent from artifacts written before it was.
+    #[serde(skip)]
+    pub key_fields: Option<KeyFields>,
 }
+
+/// The key's inputs a [`RecordedRequest`] does not hold as they were hashed: the parameters typed
+/// (the request shows them as JSON, which may round a float), the output kind (shown as a phrase),
+/// the offline phrase bank's fingerprint and the draw. With them, the recorded request re-derives
+/// its artifact's key, which is what `cache verify` checks: a request (a template's text, a value
+/// that filled it) changed after the answer was stored no longer hashes to the key it is under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyFields {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Vec<String>>,
+    pub response_format: Option<String>,
+    /// The parameters' `extra` map as canonical JSON, the text the key hashes.
+    pub extra_json: String,
+    pub output: OutputKind,
+    pub offline_bank: Option<String>,
+    pub draw: u32,
+}
+
+/// The byte that starts the key fields after an artifact's encoding. Bytes after an artifact
+/// were never written before it, and a reader that does not know them stops before them (bincode
+/// decodes a prefix), so no cache schema changes.
+const KEY_FIELDS_V1: u8 = 1;
 
 /// A request as recorded with its artifact. Holds no secret: requests never carry one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +108,41 @@ pub struct ArtifactSummary {
 }
 
 impl Artifact {
+    /// The key the recorded request hashes to, when the artifact records every key input (see
+    /// [`KeyFields`]); `None` for artifacts written before it did.
+    pub(crate) fn derived_key(&self) -> Option<ArtifactKey> {
+        /// Stands for the maps [`KeyInput::key_of_recorded`] is given as text instead.
+        static NO_MAP: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let fields = self.key_fields.as_ref()?;
+        let request = &self.request;
+        let params = Params {
+            temperature: fields.temperature,
+            top_p: fields.top_p,
+            max_tokens: fields.max_tokens,
+            seed: fields.seed,
+            stop: fields.stop.clone(),
+            response_format: fields.response_format.clone(),
+            extra: BTreeMap::new(),
+        };
+        let offline = request.offline.as_ref().zip(fields.offline_bank.as_ref());
+        let input = KeyInput {
+            provider: &request.provider,
+            base_url: request.base_url.as_deref(),
+            model: &request.model,
+            params: &params,
+            output: &fields.output,
+            system: request.system.as_deref(),
+            user: &request.user,
+            offline: offline.map(|((task, _), bank)| (task.as_str(), bank.as_str(), &NO_MAP)),
+            sample_seed: request.sample_seed,
+            draw: fields.draw,
+        };
+        Some(input.key_of_recorded(
+            &fields.extra_json,
+            offline.map(|((_, inputs), _)| inputs.as_str()),
+        ))
+    }
+
     /// The artifact without its recorded request.
     pub(crate) fn into_summary(self) -> ArtifactSummary {
         ArtifactSummary {
@@ -97,11 +164,29 @@ impl Artifact {
 /// A stored record that names the key it was stored under (checked on every read).
 pub(super) trait Keyed: serde::de::DeserializeOwned {
     fn stored_key(&self) -> &ArtifactKey;
+
+    /// Reads what follows the record's own encoding (nothing, for a record that stops before it).
+    fn read_rest(&mut self, _rest: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Keyed for Artifact {
     fn stored_key(&self) -> &ArtifactKey {
         &self.key
+    }
+
+    fn read_rest(&mut self, rest: &[u8]) -> Result<(), String> {
+        self.key_fields = match rest.split_first() {
+            Some((&KEY_FIELDS_V1, fields)) => Some(
+                bincode::serde::decode_from_slice(fields, bincode::config::standard())
+                    .map_err(|e| format!("its key fields do not decode ({e})"))?
+                    .0,
+            ),
+            // Nothing (written before key fields were), or a later version's: none to read.
+            _ => None,
+        };
+        Ok(())
     }
 }
 
@@ -112,15 +197,28 @@ impl Keyed for ArtifactSummary {
 }
 
 pub(super) fn encode(artifact: &Artifact) -> Vec<u8> {
+    let config = bincode::config::standard();
     // Invariant: an Artifact holds only strings, numbers and vectors, which bincode always encodes.
-    bincode::serde::encode_to_vec(artifact, bincode::config::standard())
-        .expect("an artifact is always encodable")
+    let mut bytes =
+        bincode::serde::encode_to_vec(artifact, config).expect("an artifact is always encodable");
+    if let Some(fields) = &artifact.key_fields {
+        bytes.push(KEY_FIELDS_V1);
+        // Invariant: as above, and a Vec takes every byte written to it.
+        bincode::serde::encode_into_std_write(fields, &mut bytes, config)
+            .expect("key fields are always encodable");
+    }
+    bytes
 }
 
 pub(super) fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {
     // A summary reads a prefix of the bytes; bincode leaves the rest (the request) untouched.
     match bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard()) {
-        Ok((record, _)) if record.stored_key() == key => Lookup::Hit(Box::new(record)),
+        Ok((mut record, used)) if record.stored_key() == key => {
+            match record.read_rest(&bytes[used..]) {
+                Ok(()) => Lookup::Hit(Box::new(record)),
+                Err(problem) => Lookup::Miss(MissReason::Corrupt(problem)),
+            }
+        }
         Ok((record, _)) => Lookup::Miss(MissReason::Corrupt(format!(
             "entry records key {}",
             record.stored_key().short()
@@ -205,6 +303,7 @@ pub(crate) fn test_artifact(byte: u8) -> Artifact {
         latency_ms: 2,
         upstream: vec![("topic".into(), ArtifactKey([9; 32]))],
         request: RecordedRequest::default(),
+        key_fields: None,
     }
 }
 

@@ -155,22 +155,36 @@ pub(crate) fn collect(
 /// What `cache verify` found: entries checked, and the bad ones (now in quarantine).
 pub(crate) struct VerifyReport {
     pub(crate) checked: u64,
+    /// Entries whose recorded request was hashed again and gave their key.
+    pub(crate) rehashed: u64,
     pub(crate) bad: Vec<(ArtifactKey, MissReason)>,
     /// Compression dictionaries whose bytes changed, described.
     pub(crate) dictionaries: Vec<String>,
 }
 
-/// Checks that every entry decodes and is stored under its own key; moves the bad ones to
-/// quarantine.
+/// Checks that every entry decodes, is stored under its own key and, when it records every key
+/// input, that its request hashes to that key; moves the bad ones to quarantine.
 pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
     let dictionaries = cache.damaged_dictionaries()?;
     let mut checked = 0u64;
+    let mut rehashed = 0u64;
     let mut bad = Vec::new();
     for entry in cache.entries() {
         let entry = entry?;
         checked += 1;
-        if let Lookup::Miss(reason) = decode::<Artifact>(&entry.key, &entry.value) {
-            bad.push((entry, reason));
+        match decode::<Artifact>(&entry.key, &entry.value) {
+            Lookup::Miss(reason) => bad.push((entry, reason)),
+            Lookup::Hit(artifact) => match artifact.derived_key() {
+                Some(derived) if derived != entry.key => {
+                    let reason = MissReason::Corrupt(format!(
+                        "its recorded request hashes to {}, not to its key",
+                        derived.short()
+                    ));
+                    bad.push((entry, reason));
+                }
+                Some(_) => rehashed += 1,
+                None => {}
+            },
         }
     }
     for (entry, _) in &bad {
@@ -179,6 +193,7 @@ pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
     cache.flush()?;
     Ok(VerifyReport {
         checked,
+        rehashed,
         bad: bad
             .into_iter()
             .map(|(entry, reason)| (entry.key, reason))

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use crate::key::ArtifactKey;
 
-pub use artifact::{Artifact, ArtifactSummary, RecordedRequest, TicketArtifacts};
+pub use artifact::{Artifact, ArtifactSummary, KeyFields, RecordedRequest, TicketArtifacts};
 pub(crate) use commit::GroupCommit;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;

@@ -104,6 +104,12 @@ pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
             report.checked,
             report.bad.len()
         );
+        // Artifacts written before they recorded every key input decode and match their key,
+        // but their requests cannot be hashed again: say how many were.
+        say!(
+            "{} of them re-derive their key from the request they record",
+            report.rehashed
+        );
         Ok(())
     };
     // The entries are checked and moved: a reader of the lines that has gone away changes

@@ -151,6 +151,7 @@ impl Engine {
             latency_ms: started.elapsed().as_millis() as u64,
             upstream,
             request: request.record(),
+            key_fields: Some(request.key_fields()),
         };
         let summary = artifact.clone().into_summary();
         if let Some(held) = held {

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::cache::RecordedRequest;
+use crate::cache::{KeyFields, RecordedRequest};
 use crate::config::{ModelConfig, Params};
 use crate::cost::Usage;
 use crate::key::{ArtifactKey, KeyInput, canonical_json_map};
@@ -107,6 +107,23 @@ impl Request {
                 .as_ref()
                 .map(|o| (o.task.clone(), canonical_json_map(&o.inputs))),
             sample_seed: self.sample_seed,
+        }
+    }
+
+    /// What the key covers that [`Request::record`] does not show as it was hashed.
+    pub(crate) fn key_fields(&self) -> KeyFields {
+        let params = &self.params;
+        KeyFields {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            max_tokens: params.max_tokens,
+            seed: params.seed,
+            stop: params.stop.clone(),
+            response_format: params.response_format.clone(),
+            extra_json: canonical_json_map(&params.extra),
+            output: self.output.clone(),
+            offline_bank: self.offline.as_ref().map(|o| o.bank.clone()),
+            draw: self.draw,
         }
     }
 
@@ -397,5 +414,66 @@ mod tests {
         let error = Secrets::load(dir.path()).unwrap_err().to_string();
         assert!(error.contains("line 2 is not `NAME=value`"), "{error}");
         assert!(!error.contains("sk-secret"), "{error}");
+    }
+
+    #[test]
+    fn a_recorded_request_and_its_key_fields_re_derive_the_key() {
+        let request = Request {
+            provider: "openai".into(),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            model: "gpt-4o-mini".into(),
+            params: Params {
+                // Floats that JSON text would not give back bit for bit are kept typed.
+                temperature: Some(0.1 + 0.2),
+                top_p: Some(0.9),
+                max_tokens: Some(300),
+                seed: Some(7),
+                stop: Some(vec!["\n\n".into()]),
+                response_format: Some("json_object".into()),
+                extra: BTreeMap::from([
+                    (
+                        "z".to_string(),
+                        serde_json::json!({"b": 1.5e-7, "a": [1, 2]}),
+                    ),
+                    ("presence_penalty".to_string(), serde_json::json!(0.1)),
+                ]),
+            },
+            output: OutputKind::Json {
+                fields: vec!["subject".into(), "body".into()],
+            },
+            system: Some("You write tickets.".into()),
+            user: "Write one about {\"billing\"}.".into(),
+            offline: Some(OfflineInputs {
+                task: "topic".into(),
+                bank: "bank-1".into(),
+                inputs: BTreeMap::from([("queue".to_string(), serde_json::json!("Billing"))]),
+            }),
+            sample_seed: 99,
+            draw: 0,
+        };
+        for request in [request.clone(), request.redraw(3)] {
+            let mut artifact = crate::cache::Artifact {
+                key: request.key(),
+                node: "subject".into(),
+                output: crate::value::NodeOutput::Text("x".into()),
+                usage: Usage::default(),
+                cost_usd: None,
+                computed_cost_usd: None,
+                price: None,
+                served_model: "m".into(),
+                created_unix_ms: 0,
+                latency_ms: 0,
+                upstream: Vec::new(),
+                request: request.record(),
+                key_fields: Some(request.key_fields()),
+            };
+            assert_eq!(artifact.derived_key(), Some(request.key()));
+            artifact.request.user.push(' ');
+            assert_ne!(
+                artifact.derived_key(),
+                Some(request.key()),
+                "a changed value"
+            );
+        }
     }
 }

@@ -189,6 +189,28 @@ pub fn total(summary: &serde_json::Value, field: &str) -> u64 {
         .sum()
 }
 
+/// The index and key of `node`'s artifact for the ticket `id`, as `explain` shows them ("ticket
+/// 123… (index 0, language …)": an artifact is filed under its ticket's index).
+pub fn explained_key(p: &Project, id: &str, node: &str) -> (u64, ticketbuild::key::ArtifactKey) {
+    let explain = p.run(&["explain", id, node]);
+    let key = explain
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{node}:")))
+        .find_map(|l| l.trim().strip_prefix("key:"))
+        .unwrap_or_else(|| panic!("{node}'s key: {}", explain.stdout))
+        .trim();
+    let index = explain
+        .stdout
+        .split("(index ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (index, ticketbuild::key::ArtifactKey::from_hex(key).unwrap())
+}
+
 /// The rows of a JSONL file.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     std::fs::read_to_string(path)
