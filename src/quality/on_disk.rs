@@ -4,11 +4,12 @@
 //! 350 bytes a ticket with the tables' room, 350 MB at a million tickets, which in the heap would
 //! be most of a large build's memory. Here it lives in files, read and written with positioned
 //! I/O (`pread`/`pwrite`); the page cache keeps what it can, and the build's resident memory holds
-//! only fixed buffers and a Bloom filter (10 bits a key).
+//! only buffers of a fixed size: the pending batch and a Bloom filter (10 bits a key, up to a
+//! bound: past it, more keys share its bits and more lookups read the file, but memory stays flat).
 //!
 //! Lookups stay cheap because most keys were never seen: the Bloom filter answers those without
 //! touching the file. Inserts collect in memory and are written in batches, sorted by where they
-//! go, a few pages at a time, so a batch of half a million keys costs one pass over the table,
+//! go, a few pages at a time, so a batch of a quarter of a million keys costs one pass over the table,
 //! not a million system calls. The files are created unlinked (`tempfile::tempfile_in`), so a
 //! build that stops, however it stops, leaves nothing behind.
 
@@ -23,13 +24,17 @@ const ENTRY: usize = 16;
 /// Entries of one page, the unit a batch reads and writes.
 const PAGE_ENTRIES: usize = 256;
 const PAGE: usize = PAGE_ENTRIES * ENTRY;
-/// Inserts kept in memory before they are written (about 8 MB with the map's room).
-/// Each batch is one pass over the table's file, so fewer, larger batches cost less time.
-const PENDING: usize = 1 << 18;
+/// Inserts kept in memory before they are written: 7/8 of 2^18, what a map of 2^18 buckets
+/// (4.5 MB) holds without growing (one more key would double it). Each batch is one pass over
+/// the table's file, so fewer, larger batches cost less time.
+const PENDING: usize = (1 << 18) / 8 * 7;
 /// Keys the table's file has room for at first, at most (4 MB).
 const INITIAL_KEYS: usize = 1 << 17;
 /// Bloom filter bits per key, and probes per key: about 1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
+/// The most a table's Bloom filter takes, in 64-bit words (4 MB): a million tickets' band keys
+/// (8 million) at 4 bits a key, about 15% false positives, each a read from the page cache.
+const BLOOM_MAX_WORDS: usize = 1 << 19;
 const BLOOM_PROBES: u64 = 3;
 
 fn temporary(dir: Option<&Path>) -> io::Result<File> {
@@ -65,12 +70,15 @@ impl FirstSlots {
         let entries = (keys.clamp(PAGE_ENTRIES, INITIAL_KEYS) * 2).next_power_of_two();
         let file = temporary(dir)?;
         file.set_len((entries * ENTRY) as u64)?;
-        let bloom_words = (keys.max(64) * BLOOM_BITS_PER_KEY / 64).next_power_of_two();
+        let bloom_words = (keys.max(64) * BLOOM_BITS_PER_KEY / 64)
+            .next_power_of_two()
+            .min(BLOOM_MAX_WORDS);
         Ok(FirstSlots {
             file,
             entries,
             stored: 0,
-            pending: HashMap::new(),
+            // Its full size at once: a map that grows holds its old and new buckets together.
+            pending: HashMap::with_capacity(keys.min(PENDING)),
             batch: PENDING,
             bloom: vec![0; bloom_words],
             dir: dir.map(Path::to_path_buf),
