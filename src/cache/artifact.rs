@@ -52,6 +52,8 @@ pub struct Artifact {
 /// the offline phrase bank's fingerprint and the draw. With them, the recorded request re-derives
 /// its artifact's key, which is what `cache verify` checks: a request (a template's text, a value
 /// that filled it) changed after the answer was stored no longer hashes to the key it is under.
+/// The parameters are copied field by field rather than stored as `config::Params`: the stored
+/// layout must not change when the config's type does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyFields {
     pub temperature: Option<f64>,

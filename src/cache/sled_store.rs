@@ -120,7 +120,7 @@ impl SledStore {
             .flush_every_ms(Some(500))
             // sled caches up to 1 GiB by default; a build streams through its artifacts once,
             // so a small cache keeps memory flat without slowing it down.
-            .cache_capacity(8 * 1024 * 1024)
+            .cache_capacity(4 * 1024 * 1024)
             .open()
             .map_err(|e| open_error(path, e))?;
         let io = |e: sled::Error| CacheError::Io {

@@ -78,8 +78,10 @@ impl DedupIndex {
         let columns = (0..columns)
             .map(|_| {
                 Ok(ColumnIndex {
-                    exact: FirstSlots::new(dir, tickets)?,
-                    bands: FirstSlots::new(dir, tickets * bands)?,
+                    // A ticket adds one exact key and `bands` band keys: the exact table's
+                    // batches are as many times smaller, for as many passes as the bands'.
+                    exact: FirstSlots::new(dir, tickets, 1.0 / bands as f64)?,
+                    bands: FirstSlots::new(dir, tickets * bands, 1.0)?,
                     signatures: Records::new(dir)?,
                 })
             })

@@ -54,7 +54,7 @@ pub(super) struct FirstSlots {
     stored: usize,
     /// Keys inserted since the last batch was written.
     pending: HashMap<u64, u32>,
-    /// How many keys a batch holds ([`PENDING`]; fewer in tests).
+    /// How many keys a batch holds (at most [`PENDING`]; fewer in tests).
     batch: usize,
     /// Every key inserted (file and pending), as bits.
     bloom: Vec<u64>,
@@ -63,10 +63,13 @@ pub(super) struct FirstSlots {
 
 impl FirstSlots {
     /// A table for about `keys` keys, in a file in `dir` (the system's temporary folder when
-    /// `None`). The file starts small and doubles as keys come (a batch passes over all of it,
+    /// `None`), written in batches of `share` x [`PENDING`] keys (a table that takes fewer keys
+    /// than another of the same index passes over a smaller file, so smaller batches cost it
+    /// little). The file starts small and doubles as keys come (a batch passes over all of it,
     /// and repeated texts share keys, so it is often far smaller than `keys` suggests); the
     /// Bloom filter is sized for `keys`.
-    pub(super) fn new(dir: Option<&Path>, keys: usize) -> io::Result<FirstSlots> {
+    pub(super) fn new(dir: Option<&Path>, keys: usize, share: f64) -> io::Result<FirstSlots> {
+        let batch = ((PENDING as f64 * share.clamp(0.0, 1.0)) as usize).max(PAGE_ENTRIES);
         let entries = (keys.clamp(PAGE_ENTRIES, INITIAL_KEYS) * 2).next_power_of_two();
         let file = temporary(dir)?;
         file.set_len((entries * ENTRY) as u64)?;
@@ -78,8 +81,8 @@ impl FirstSlots {
             entries,
             stored: 0,
             // Its full size at once: a map that grows holds its old and new buckets together.
-            pending: HashMap::with_capacity(keys.min(PENDING)),
-            batch: PENDING,
+            pending: HashMap::with_capacity(keys.min(batch)),
+            batch,
             bloom: vec![0; bloom_words],
             dir: dir.map(Path::to_path_buf),
         })
@@ -325,7 +328,7 @@ mod tests {
     /// (it doubles) and more than one batch.
     #[test]
     fn the_first_slot_stays_through_batches_and_doubling() {
-        let mut table = FirstSlots::new(None, 1000).unwrap();
+        let mut table = FirstSlots::new(None, 1000, 1.0).unwrap();
         table.batch = 700;
         // Two slots a key; slots 0 and 1 have key 0.
         let key = |i: u32| u64::from(i / 2).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -343,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_probe_wraps_around_the_tables_end() {
-        let mut table = FirstSlots::new(None, 10).unwrap();
+        let mut table = FirstSlots::new(None, 10, 1.0).unwrap();
         let last = (table.entries - 1) as u64;
         for slot in 0..5u32 {
             table
