@@ -15,6 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Params;
+use crate::hashing::{DeriveKey, Gathered};
 use crate::value::OutputKind;
 
 /// Version of the key schema. Recorded in every build manifest (and hashed into a build's inputs);
@@ -24,6 +25,7 @@ pub(crate) const KEY_VERSION: u32 = 1;
 /// BLAKE3 derive-key context; carries the schema version (a separate literal: change both
 /// together) so versions never share a key.
 const KEY_CONTEXT: &str = "ticketbuild 2026-11-25 artifact key schema 1";
+static KEY_HASHER: DeriveKey = DeriveKey::new(|| blake3::Hasher::new_derive_key(KEY_CONTEXT));
 
 /// A 32-byte BLAKE3 hash naming one artifact.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -118,7 +120,7 @@ impl KeyInput<'_> {
     }
 
     fn hash(&self, extra_json: &str, offline_inputs: Option<&str>) -> ArtifactKey {
-        let mut encoder = Encoder(blake3::Hasher::new_derive_key(KEY_CONTEXT));
+        let mut encoder = Encoder(KEY_HASHER.gathered());
         encoder.str(1, self.provider);
         encoder.opt_str(2, self.base_url);
         encoder.str(3, self.model);
@@ -175,8 +177,9 @@ impl KeyInput<'_> {
     }
 }
 
-/// Tagged, length-prefixed fields: no two different inputs share an encoding.
-struct Encoder(blake3::Hasher);
+/// Tagged, length-prefixed fields: no two different inputs share an encoding. Gathered: most
+/// fields are a few bytes (the rendered prompts, larger, go to BLAKE3 directly).
+struct Encoder(Gathered<1024>);
 
 impl Encoder {
     fn tag(&mut self, field: u8, variant: u8) {

@@ -24,6 +24,7 @@ pub mod cost;
 mod diag;
 pub mod engine;
 pub mod graph;
+mod hashing;
 pub mod input;
 pub mod key;
 pub mod language;

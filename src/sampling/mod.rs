@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use crate::hashing::DeriveKey;
 use crate::language::Language;
 use quota::{ExactCounts, ExactCursor};
 pub use values::{SampledValue, ValueKind, ValueSpec, Zone, format_moment};
@@ -25,6 +26,8 @@ pub use values::{SampledValue, ValueKind, ValueSpec, Zone, format_moment};
 /// Domain separation for the per-ticket random stream. Bump the version to change the sampler.
 const SAMPLE_CONTEXT: &str = "ticketbuild 2026-11-25 ticket sample v1";
 const ID_CONTEXT: &str = "ticketbuild 2026-11-25 ticket id permutation v1";
+/// Made once: every ticket derives its generator from it.
+static SAMPLE_HASHER: DeriveKey = DeriveKey::new(|| blake3::Hasher::new_derive_key(SAMPLE_CONTEXT));
 
 /// Smallest ticket id: the first 12-digit number.
 pub(crate) const ID_MIN: u64 = 100_000_000_000;
@@ -336,7 +339,7 @@ fn drawing_order(tables: &[TableDraw]) -> Vec<usize> {
 }
 
 fn ticket_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut hasher = blake3::Hasher::new_derive_key(SAMPLE_CONTEXT);
+    let mut hasher = SAMPLE_HASHER.hasher();
     hasher.update(&seed.to_le_bytes());
     hasher.update(&index.to_le_bytes());
     ChaCha8Rng::from_seed(*hasher.finalize().as_bytes())

@@ -15,10 +15,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::mix;
+use crate::hashing::DeriveKey;
 use crate::language::Language;
 
 const VALUE_CONTEXT: &str = "ticketbuild 2026-12-02 sampler value v1";
 const PERSON_CONTEXT: &str = "ticketbuild 2026-12-02 person permutation v1";
+/// Made once: each ticket's sampled values derive their generators from them.
+static VALUE_HASHER: DeriveKey = DeriveKey::new(|| blake3::Hasher::new_derive_key(VALUE_CONTEXT));
+static PERSON_HASHER: DeriveKey = DeriveKey::new(|| blake3::Hasher::new_derive_key(PERSON_CONTEXT));
 
 /// A sampler as configured.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +120,7 @@ pub fn format_moment(at: i64, zone: Zone) -> String {
 }
 
 fn value_rng(seed: u64, index: u64, name: &str) -> ChaCha8Rng {
-    let mut hasher = blake3::Hasher::new_derive_key(VALUE_CONTEXT);
+    let mut hasher = VALUE_HASHER.hasher();
     hasher.update(&seed.to_le_bytes());
     hasher.update(&index.to_le_bytes());
     hasher.update(name.as_bytes());
@@ -180,7 +184,7 @@ fn person(seed: u64, index: u64, language: Language, sampler: &str) -> String {
     let names = names(language);
     let pairs = (names.first.len() * names.last.len()) as u64;
     let block = index / pairs;
-    let mut hasher = blake3::Hasher::new_derive_key(PERSON_CONTEXT);
+    let mut hasher = PERSON_HASHER.hasher();
     hasher.update(&seed.to_le_bytes());
     hasher.update(&block.to_le_bytes());
     hasher.update(sampler.as_bytes());
