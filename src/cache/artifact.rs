@@ -145,6 +145,24 @@ impl Artifact {
         ))
     }
 
+    /// The artifact without its recorded request, copied (the artifact stays whole, to be
+    /// stored): the request, most of an artifact's bytes, is not copied.
+    pub(crate) fn summary(&self) -> ArtifactSummary {
+        ArtifactSummary {
+            key: self.key,
+            node: self.node.clone(),
+            output: self.output.clone(),
+            usage: self.usage,
+            cost_usd: self.cost_usd,
+            computed_cost_usd: self.computed_cost_usd,
+            price: self.price.clone(),
+            served_model: self.served_model.clone(),
+            created_unix_ms: self.created_unix_ms,
+            latency_ms: self.latency_ms,
+            upstream: self.upstream.clone(),
+        }
+    }
+
     /// The artifact without its recorded request.
     pub(crate) fn into_summary(self) -> ArtifactSummary {
         ArtifactSummary {

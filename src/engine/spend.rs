@@ -153,7 +153,7 @@ impl Engine {
             request: request.record(),
             key_fields: Some(request.key_fields()),
         };
-        let summary = artifact.clone().into_summary();
+        let summary = artifact.summary();
         if let Some(held) = held {
             held.push(artifact);
             return Ok(summary);

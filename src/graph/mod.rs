@@ -58,6 +58,15 @@ fn template_name(node: &str, part: &str) -> String {
     format!("{node}/{part}")
 }
 
+/// `text` without its leading and trailing whitespace, in the same buffer (a rendered prompt is a
+/// few kilobytes; this is what `trim().to_string()` gives, without the copy).
+fn trimmed(mut text: String) -> String {
+    text.truncate(text.trim_end().len());
+    let start = text.len() - text.trim_start().len();
+    text.drain(..start);
+    text
+}
+
 impl Graph {
     pub fn load(config: &Config) -> Result<Graph, Diagnostics> {
         let mut env = Environment::new();
@@ -152,12 +161,12 @@ impl Graph {
             let template = self
                 .env
                 .get_template(&template_name(&node.name, "system"))?;
-            Some(template.render(context)?.trim().to_string())
+            Some(trimmed(template.render(context)?))
         } else {
             None
         };
         let template = self.env.get_template(&template_name(&node.name, "user"))?;
-        let user = template.render(context)?.trim().to_string();
+        let user = trimmed(template.render(context)?);
         Ok((system, user))
     }
 

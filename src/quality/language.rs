@@ -64,7 +64,9 @@ pub(crate) enum LanguageVerdict {
 
 /// Judges whether `text` is in `expected`; texts under `min_chars` characters are not judged.
 pub(crate) fn judge(text: &str, expected: Language, min_chars: usize) -> LanguageVerdict {
-    if text.chars().count() < min_chars.max(1) {
+    // Counted only as far as the bound: texts run to kilobytes.
+    let min_chars = min_chars.max(1);
+    if text.chars().take(min_chars).count() < min_chars {
         return LanguageVerdict::Abstains;
     }
     let guess = whichlang::detect_language(prefix(text, WHICHLANG_PREFIX_CHARS));

@@ -336,7 +336,15 @@ mod tests {
 
     #[test]
     fn words_are_counted_as_split_whitespace_counts_them() {
-        for text in ["", " a  b\tc\n", "élan\u{a0}vital ", "x\u{0b}y", "one"] {
+        for text in [
+            "",
+            " a  b\tc\n",
+            "élan\u{a0}vital ",
+            "x\u{0b}y",
+            "one",
+            "\u{3000}東京\u{3000}大阪\u{2029}ça\u{85}va 👍🏽 ok\u{202f}\r\n",
+            "ü\u{2009}ö\u{200b}ä",
+        ] {
             assert_eq!(
                 count_words(text),
                 text.split_whitespace().count(),
