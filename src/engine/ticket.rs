@@ -557,14 +557,15 @@ impl Engine {
     ) -> Result<Request, minijinja::Error> {
         let (system, user) = self.graph.render(node, template)?;
         let model = &node.model;
-        let offline = model.provider.is_offline().then(|| OfflineInputs {
-            task: node.config.task.clone(),
-            bank: crate::offline::bank_fingerprint().to_string(),
-            inputs: node
-                .offline_inputs
-                .iter()
-                .filter_map(|name| context.json(name).map(|v| (name.clone(), v.clone())))
-                .collect(),
+        let offline = model.provider.is_offline().then(|| {
+            OfflineInputs::new(
+                node.config.task.clone(),
+                crate::offline::bank_fingerprint().to_string(),
+                node.offline_inputs
+                    .iter()
+                    .filter_map(|name| context.json(name).map(|v| (name.clone(), v.clone())))
+                    .collect(),
+            )
         });
         Ok(Request {
             provider: model.provider.name().to_string(),

@@ -200,14 +200,15 @@ impl<'b> Ticket<'b> {
     }
 
     fn render(&self, pattern: &Localized, lang: Lang, queue: Option<&str>) -> String {
-        let date = self.world.date.format(lang, &self.bank.phrases);
+        // Formatted only for a pattern that names the date (most do not).
+        let date = std::cell::OnceCell::new();
         let value = |name: &str| -> Option<&str> {
             Some(match name {
                 "title" => self.topic.title.text(lang),
                 "product" => &self.world.product,
                 "error" => &self.world.error,
                 "order" => &self.world.order,
-                "date" => &date,
+                "date" => date.get_or_init(|| self.world.date.format(lang, &self.bank.phrases)),
                 "name" => &self.world.customer,
                 "agent" => &self.world.agent,
                 "queue" => queue?,

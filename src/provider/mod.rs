@@ -48,12 +48,43 @@ pub(crate) struct Request {
     pub(crate) draw: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct OfflineInputs {
     pub(crate) task: String,
     /// The phrase bank's fingerprint: a bank edit changes what the offline model writes.
     pub(crate) bank: String,
     pub(crate) inputs: BTreeMap<String, serde_json::Value>,
+    /// `inputs` as canonical JSON, written once: the key hashes it and the recorded request
+    /// keeps it (they are read, never changed, once the request is made).
+    canonical: std::sync::OnceLock<String>,
+}
+
+impl OfflineInputs {
+    pub(crate) fn new(
+        task: String,
+        bank: String,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> OfflineInputs {
+        OfflineInputs {
+            task,
+            bank,
+            inputs,
+            canonical: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The inputs as canonical JSON (what the key hashes).
+    pub(crate) fn canonical(&self) -> &str {
+        self.canonical
+            .get_or_init(|| canonical_json_map(&self.inputs))
+    }
+}
+
+/// Equal when the task, the bank and the inputs are (the canonical text follows from them).
+impl PartialEq for OfflineInputs {
+    fn eq(&self, other: &OfflineInputs) -> bool {
+        self.task == other.task && self.bank == other.bank && self.inputs == other.inputs
+    }
 }
 
 impl Request {
@@ -73,7 +104,10 @@ impl Request {
             sample_seed: self.sample_seed,
             draw: self.draw,
         }
-        .key()
+        .key_of_recorded(
+            &canonical_json_map(&self.params.extra),
+            self.offline.as_ref().map(OfflineInputs::canonical),
+        )
     }
 
     /// This request as draw `draw`: a new sample of the same request. A model that takes a seed
@@ -105,7 +139,7 @@ impl Request {
             offline: self
                 .offline
                 .as_ref()
-                .map(|o| (o.task.clone(), canonical_json_map(&o.inputs))),
+                .map(|o| (o.task.clone(), o.canonical().to_string())),
             sample_seed: self.sample_seed,
         }
     }
@@ -443,11 +477,11 @@ mod tests {
             },
             system: Some("You write tickets.".into()),
             user: "Write one about {\"billing\"}.".into(),
-            offline: Some(OfflineInputs {
-                task: "topic".into(),
-                bank: "bank-1".into(),
-                inputs: BTreeMap::from([("queue".to_string(), serde_json::json!("Billing"))]),
-            }),
+            offline: Some(OfflineInputs::new(
+                "topic".into(),
+                "bank-1".into(),
+                BTreeMap::from([("queue".to_string(), serde_json::json!("Billing"))]),
+            )),
             sample_seed: 99,
             draw: 0,
         };
