@@ -357,3 +357,40 @@ fn issue_8_csv_formula_escape_is_opt_in_and_only_touches_csv() {
             .any(|r| r["business_type"] == "=HYPERLINK(\"http://x\")")
     );
 }
+
+/// Rows reach the Parquet writer a quarter of a row group at a time (what keeps a row group's
+/// cells, arrays and encoding from all being in memory at once); the file still has row groups of
+/// 4,096 rows, in the rows' order.
+#[test]
+fn parquet_row_groups_hold_4096_rows_in_order() {
+    let project = Project::example().write_rows(4_500);
+    let summary = project.build_json(&[]);
+    let written = summary["written"].as_u64().unwrap() as usize;
+    assert!(written > 4_096, "{summary}");
+    let file = std::fs::File::open(project.file("out/tickets.parquet")).unwrap();
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let groups: Vec<i64> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    assert_eq!(groups, [4_096, written as i64 - 4_096]);
+    let mut ids = Vec::new();
+    for batch in builder.build().unwrap() {
+        let batch = batch.unwrap();
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap()
+            .clone();
+        ids.extend(column.iter().map(|id| id.unwrap().to_string()));
+    }
+    let in_jsonl: Vec<String> = read_jsonl(&project.file("out/tickets.jsonl"))
+        .iter()
+        .map(|row| row["ticket_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, in_jsonl);
+}
