@@ -9,11 +9,10 @@
 //!
 //! Lookups stay cheap because most keys were never seen: the Bloom filter answers those without
 //! touching the file. Inserts collect in memory and are written in batches, sorted by where they
-//! go, a few pages at a time, so a batch of a quarter of a million keys costs one pass over the table,
+//! go, a few pages at a time, so a batch of two hundred thousand keys costs one pass over the table,
 //! not a million system calls. The files are created unlinked (`tempfile::tempfile_in`), so a
 //! build that stops, however it stops, leaves nothing behind.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -24,10 +23,14 @@ const ENTRY: usize = 16;
 /// Entries of one page, the unit a batch reads and writes.
 const PAGE_ENTRIES: usize = 256;
 const PAGE: usize = PAGE_ENTRIES * ENTRY;
-/// Inserts kept in memory before they are written: 7/8 of 2^18, what a map of 2^18 buckets
-/// (4.5 MB) holds without growing (one more key would double it). Each batch is one pass over
-/// the table's file, so fewer, larger batches cost less time.
-const PENDING: usize = (1 << 18) / 8 * 7;
+/// Inserts kept in memory before they are written: 3/4 of 2^18, what the pending table of 2^18
+/// entries (4 MB) holds with short probes. Each batch is one pass over the table's file, so fewer,
+/// larger batches cost less time.
+const PENDING: usize = (1 << 18) / 4 * 3;
+/// Keys moved at a time when the table doubles: they come from consecutive entries, so each
+/// group is written into two runs of pages of the new file, and a small group costs no more
+/// passes than a large one (the vector it is collected in was another 4-6 MB at doubling).
+const MOVE_GROUP: usize = 1 << 15;
 /// Keys the table's file has room for at first, at most (4 MB).
 const INITIAL_KEYS: usize = 1 << 17;
 /// Bloom filter bits per key, and probes per key: about 1% false positives.
@@ -53,7 +56,7 @@ pub(super) struct FirstSlots {
     /// Keys in the file.
     stored: usize,
     /// Keys inserted since the last batch was written.
-    pending: HashMap<u64, u32>,
+    pending: Pending,
     /// How many keys a batch holds (at most [`PENDING`]; fewer in tests).
     batch: usize,
     /// Every key inserted (file and pending), as bits.
@@ -80,8 +83,8 @@ impl FirstSlots {
             file,
             entries,
             stored: 0,
-            // Its full size at once: a map that grows holds its old and new buckets together.
-            pending: HashMap::with_capacity(keys.min(batch)),
+            // Its full size at once: a table that grows holds its old and new entries together.
+            pending: Pending::for_keys(keys.min(batch)),
             batch,
             bloom: vec![0; bloom_words],
             dir: dir.map(Path::to_path_buf),
@@ -105,8 +108,8 @@ impl FirstSlots {
         {
             return Ok(None);
         }
-        if let Some(slot) = self.pending.get(&key) {
-            return Ok(Some(*slot));
+        if let Some(slot) = self.pending.get(key) {
+            return Ok(Some(slot));
         }
         let mask = self.entries - 1;
         let mut at = key as usize & mask;
@@ -138,7 +141,7 @@ impl FirstSlots {
             self.bloom[word] |= bit;
         }
         self.pending.insert(key, slot);
-        if self.pending.len() >= self.batch {
+        if self.pending.len() >= self.batch || self.pending.is_full() {
             self.write_pending()?;
         }
         Ok(())
@@ -150,9 +153,11 @@ impl FirstSlots {
         while (self.stored + self.pending.len()) * 2 > self.entries {
             self.double()?;
         }
-        let pending: Vec<(u64, u32)> = self.pending.drain().collect();
-        self.stored += pending.len();
-        place_all(&self.file, self.entries, pending)
+        self.stored += self.pending.len();
+        let mask = self.entries - 1;
+        place_sorted(&self.file, self.entries, self.pending.sorted_by(mask))?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Moves every entry into a file twice the size.
@@ -160,7 +165,7 @@ impl FirstSlots {
         let entries = self.entries * 2;
         let file = temporary(self.dir.as_deref())?;
         file.set_len((entries * ENTRY) as u64)?;
-        let mut moved = Vec::new();
+        let mut moved = Vec::with_capacity(MOVE_GROUP + PAGE_ENTRIES);
         let mut page = vec![0u8; PAGE];
         for first in (0..self.entries).step_by(PAGE_ENTRIES) {
             self.file.read_exact_at(&mut page, (first * ENTRY) as u64)?;
@@ -170,11 +175,12 @@ impl FirstSlots {
                     moved.push((read_u64(&entry[..8]), slot - 1));
                 }
             }
-            if moved.len() >= PENDING {
-                place_all(&file, entries, std::mem::take(&mut moved))?;
+            if moved.len() >= MOVE_GROUP {
+                place_all(&file, entries, &mut moved)?;
+                moved.clear();
             }
         }
-        place_all(&file, entries, moved)?;
+        place_all(&file, entries, &mut moved)?;
         self.file = file;
         self.entries = entries;
         Ok(())
@@ -186,11 +192,22 @@ impl FirstSlots {
     }
 }
 
-/// Writes new keys (none of them in the file yet) into a table of `entries` entries: sorted by
-/// where they go, through a window of pages that only moves forward.
-fn place_all(file: &File, entries: usize, mut keys: Vec<(u64, u32)>) -> io::Result<()> {
+/// Writes new keys (none of them in the file yet) into a table of `entries` entries, sorted by
+/// where they go first.
+fn place_all(file: &File, entries: usize, keys: &mut [(u64, u32)]) -> io::Result<()> {
     let mask = entries - 1;
     keys.sort_unstable_by_key(|(key, _)| *key as usize & mask);
+    place_sorted(file, entries, keys.iter().copied())
+}
+
+/// Writes new keys (none of them in the file yet), sorted by where they go, into a table of
+/// `entries` entries, through a window of pages that only moves forward.
+fn place_sorted(
+    file: &File,
+    entries: usize,
+    keys: impl Iterator<Item = (u64, u32)>,
+) -> io::Result<()> {
+    let mask = entries - 1;
     let mut window = Window::default();
     for (key, slot) in keys {
         let mut at = key as usize & mask;
@@ -207,6 +224,94 @@ fn place_all(file: &File, entries: usize, mut keys: Vec<(u64, u32)>) -> io::Resu
         }
     }
     window.retire_before(file, usize::MAX)
+}
+
+/// The keys inserted since the last batch was written: an open-addressing table (linear probing)
+/// in one vector, at most 3/4 full. A batch is sorted where it is when it is written: a map would
+/// be drained into a second vector nearly its own size first, at every batch.
+struct Pending {
+    /// (key, slot + 1); slot + 1 = 0 marks an empty entry (key 0 is a key like any other).
+    entries: Vec<(u64, u32)>,
+    len: usize,
+}
+
+impl Pending {
+    /// A table that holds `keys` keys without growing (it never grows: see [`Pending::is_full`]).
+    fn for_keys(keys: usize) -> Pending {
+        let size = (keys.max(1) * 4).div_ceil(3).next_power_of_two();
+        Pending {
+            entries: vec![(0, 0); size],
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds as many keys as it keeps probes short for.
+    fn is_full(&self) -> bool {
+        self.len >= self.entries.len() / 4 * 3
+    }
+
+    /// The index a key's probe starts at: the key's high bits (its low bits choose its place in
+    /// the file).
+    fn home(&self, key: u64) -> usize {
+        let bits = self.entries.len().trailing_zeros();
+        if bits == 0 {
+            0
+        } else {
+            (key >> (64 - bits)) as usize
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<u32> {
+        let mask = self.entries.len() - 1;
+        let mut at = self.home(key);
+        loop {
+            let (stored, slot) = self.entries[at];
+            if slot == 0 {
+                return None;
+            }
+            if stored == key {
+                return Some(slot - 1);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Adds `key`, which it does not hold, with `slot`. The caller writes the batch once the
+    /// table is full, so there is always an empty entry to stop a probe.
+    fn insert(&mut self, key: u64, slot: u32) {
+        let mask = self.entries.len() - 1;
+        let mut at = self.home(key);
+        while self.entries[at].1 != 0 {
+            at = (at + 1) & mask;
+        }
+        // + 1 marks the entry used; slots are counted in u32 (see `DedupIndex::insert`).
+        self.entries[at] = (key, slot.saturating_add(1));
+        self.len += 1;
+    }
+
+    /// The keys and slots, sorted in place by `key & mask` (where they go in the file). The
+    /// table is no longer one to look keys up in until [`Pending::clear`].
+    fn sorted_by(&mut self, mask: usize) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.entries.sort_unstable_by_key(|&(key, slot)| {
+            if slot == 0 {
+                usize::MAX
+            } else {
+                key as usize & mask
+            }
+        });
+        self.entries[..self.len]
+            .iter()
+            .map(|&(key, slot)| (key, slot - 1))
+    }
+
+    fn clear(&mut self) {
+        self.entries.fill((0, 0));
+        self.len = 0;
+    }
 }
 
 /// Consecutive pages of a table read into memory, written back when retired.
@@ -332,7 +437,8 @@ mod tests {
         table.batch = 700;
         // Two slots a key; slots 0 and 1 have key 0.
         let key = |i: u32| u64::from(i / 2).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let count = 20_000;
+        // Enough keys that the last doubling moves them in more than one group.
+        let count = 2 * MOVE_GROUP as u32 + 5_000;
         for slot in 0..count {
             table.insert_first(key(slot), slot).unwrap();
         }
@@ -342,6 +448,42 @@ mod tests {
             assert_eq!(table.get(key(slot)).unwrap(), Some(slot & !1), "{slot}");
         }
         assert_eq!(table.get(0x1234_5678).unwrap(), None);
+    }
+
+    /// Keys whose probes collide and wrap around the pending table's end are found, and come out
+    /// sorted by where they go in the file, each once; a cleared table is empty.
+    #[test]
+    fn pending_keys_are_found_and_sorted_where_they_are() {
+        let mut pending = Pending::for_keys(96);
+        assert_eq!(pending.entries.len(), 128);
+        // The same high bits (one home, the table's last entry) for the first half, so they
+        // wrap; key 0 among them.
+        let keys: Vec<u64> = (0..48u64)
+            .map(|i| u64::MAX << 7 | i)
+            .chain((0..48u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        for (slot, key) in keys.iter().enumerate() {
+            assert_eq!(pending.get(*key), None);
+            pending.insert(*key, slot as u32);
+        }
+        assert!(pending.is_full());
+        for (slot, key) in keys.iter().enumerate() {
+            assert_eq!(pending.get(*key), Some(slot as u32));
+        }
+        let mask = 0xff;
+        let sorted: Vec<(u64, u32)> = pending.sorted_by(mask).collect();
+        assert_eq!(sorted.len(), keys.len());
+        assert!(
+            sorted
+                .windows(2)
+                .all(|w| w[0].0 as usize & mask <= w[1].0 as usize & mask)
+        );
+        let mut found: Vec<u32> = sorted.iter().map(|(_, slot)| *slot).collect();
+        found.sort_unstable();
+        assert_eq!(found, (0..keys.len() as u32).collect::<Vec<_>>());
+        pending.clear();
+        assert_eq!(pending.len(), 0);
+        assert_eq!(pending.get(keys[0]), None);
     }
 
     #[test]
