@@ -161,6 +161,7 @@ fn offline_ticket_all_nodes(bencher: divan::Bencher) {
                 task,
                 inputs,
                 sample_seed: seed,
+                draw: 0,
             })
             .unwrap()
         };

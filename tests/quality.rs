@@ -465,3 +465,21 @@ proptest::proptest! {
         }
     }
 }
+
+/// The offline model redraws like any model: a paraphrase its length check rejects is drawn
+/// again, and the translation still recognizes (and translates) the paraphrase that passed,
+/// whichever draw wrote it. (It looked under its own seed only: those tickets failed.)
+#[test]
+fn an_offline_paraphrase_drawn_again_is_still_translated() {
+    let p = Project::example();
+    p.edit(
+        "dataset.toml",
+        "language = \"EN\"\nmin_words = 30\nmax_words = 400",
+        "language = \"EN\"\nmin_words = 30\nmax_words = 95",
+    );
+    let summary = p.build_json(&[]);
+    assert!(stat(&summary, "paraphrase", "rejected") > 0, "{summary}");
+    assert_eq!(stat(&summary, "translation", "failed"), 0, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["written"], 200, "{summary}");
+}

@@ -124,6 +124,26 @@ impl<'b> Ticket<'b> {
         }
     }
 
+    /// Other phrases for the paraphrase's facts, for draw `draw` of a translation: every part
+    /// drawn anew from a stream of its own, none the paraphrase's (where a part has another).
+    pub(crate) fn rephrase_choice(&self, draw: u32) -> Choice {
+        let phrases = &self.bank.phrases;
+        let body = &phrases.body;
+        let said = self.paraphrase_choice();
+        let mut stream = self.stream(&format!("translation {draw}"));
+        let mut other = |len: usize, avoid: usize| stream.below_except(len, avoid);
+        Choice {
+            subject: other(phrases.subject.get(self.kind).len(), said.subject),
+            body: BodyChoice {
+                greeting: other(body.greeting.len(), said.body.greeting),
+                opening: other(body.opening.get(self.kind).len(), said.body.opening),
+                impact: other(body.impact.get(self.priority).len(), said.body.impact),
+                request: other(body.request.get(self.kind).len(), said.body.request),
+                closing: other(body.closing.len(), said.body.closing),
+            },
+        }
+    }
+
     pub(crate) fn subject(&self, choice: &Choice, lang: Lang) -> String {
         let pattern = &self.bank.phrases.subject.get(self.kind)[choice.subject];
         self.render(pattern, lang, None)

@@ -164,7 +164,11 @@ pub struct OfflineRequest<'a> {
     /// arrays of strings for list nodes; objects of strings for json nodes; Null for a node skipped by its
     /// `when` condition.
     pub inputs: &'a BTreeMap<String, Value>,
+    /// The ticket's sample seed.
     pub sample_seed: u64,
+    /// Which answer to the request this is: 0 the first; a later one (asked for when checks
+    /// rejected the earlier) is written with the seed mixed with the draw.
+    pub draw: u32,
 }
 
 /// The output, in the kind the task's [`TaskSpec::output`] declares.
@@ -219,7 +223,7 @@ pub fn generate(req: &OfflineRequest<'_>) -> Result<OfflineOutput, OfflineError>
         task,
         values: req.inputs,
     };
-    let seed = req.sample_seed;
+    let seed = draw_seed(req.sample_seed, req.draw);
     let bank = bank();
     if task == "topic" {
         return topic(bank, &inputs, seed);
@@ -252,7 +256,7 @@ pub fn generate(req: &OfflineRequest<'_>) -> Result<OfflineOutput, OfflineError>
             Ok(OfflineOutput::List(ticket().tags(queue.as_deref())))
         }
         "paraphrase" => Ok(json_subject_and_body(paraphrase(&ticket(), Lang::En))),
-        "translation" => translation(bank, topic, &inputs, seed, customer.as_deref()),
+        "translation" => translation(bank, topic, &inputs, req, customer.as_deref()),
         "first_response" => {
             let lang = inputs.language()?;
             let queue = inputs.optional("queue")?;
@@ -283,6 +287,21 @@ fn topic(bank: &Bank, inputs: &Inputs<'_>, seed: u64) -> Result<OfflineOutput, O
     Ok(OfflineOutput::Text(topic.title.text(Lang::En).to_owned()))
 }
 
+/// The seed the offline model writes draw `draw` of a ticket's answer with: the ticket's own for
+/// the first draw, a mix of it and the draw for the others.
+fn draw_seed(sample_seed: u64, draw: u32) -> u64 {
+    if draw == 0 {
+        return sample_seed;
+    }
+    let mut z = sample_seed ^ u64::from(draw).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How many draws of the paraphrase a translation looks through to recognize it.
+const PARAPHRASE_DRAWS: u32 = 64;
+
 /// The paraphrase's subject and body in `lang` (English for the `paraphrase` task itself).
 fn paraphrase(ticket: &Ticket<'_>, lang: Lang) -> (String, String) {
     let choice = ticket.paraphrase_choice();
@@ -302,30 +321,50 @@ fn json_subject_and_body((subject, body): (String, String)) -> OfflineOutput {
 ///
 /// The paraphrase node may not have seen the same `type`/`priority` as this node (a template
 /// that references them and one that does not), so both the given values and the drawn ones are
-/// tried; the world does not depend on them, and at most four renderings are compared.
+/// tried; the world does not depend on them, and at most four renderings are compared. Nor is
+/// the paraphrase's draw an input (checks may have rejected its first answers), so the seeds of
+/// its draws are tried, this request's own draw first (where the first draws of both meet).
+///
+/// The first draw, or a draw that is the paraphrase's own, says the paraphrase in `lang`; a later
+/// draw (asked for when checks rejected an earlier translation) says the same facts in other
+/// phrases, so that it is not the rejected text again.
 fn translation(
     bank: &Bank,
     topic: &Topic,
     inputs: &Inputs<'_>,
-    seed: u64,
+    req: &OfflineRequest<'_>,
     customer: Option<&str>,
 ) -> Result<OfflineOutput, OfflineError> {
     let lang = inputs.language()?;
     let (subject, body) = inputs.paraphrase()?;
     let kind = inputs.optional("type")?;
     let priority = inputs.optional("priority")?;
+    let draws = std::iter::once(req.draw).chain((0..PARAPHRASE_DRAWS).filter(|&d| d != req.draw));
     let mut tried = Vec::new();
-    for kind in alternatives(kind.as_deref()) {
-        for priority in alternatives(priority.as_deref()) {
-            let ticket = Ticket::new(bank, topic, seed, kind, priority).with_people(customer, None);
-            let key = (ticket.kind(), ticket.priority());
-            if tried.contains(&key) {
-                continue;
-            }
-            tried.push(key);
-            let (english_subject, english_body) = paraphrase(&ticket, Lang::En);
-            if english_subject == subject && english_body == body {
-                return Ok(json_subject_and_body(paraphrase(&ticket, lang)));
+    for paraphrase_draw in draws {
+        let seed = draw_seed(req.sample_seed, paraphrase_draw);
+        tried.clear();
+        for kind in alternatives(kind.as_deref()) {
+            for priority in alternatives(priority.as_deref()) {
+                let ticket =
+                    Ticket::new(bank, topic, seed, kind, priority).with_people(customer, None);
+                let key = (ticket.kind(), ticket.priority());
+                if tried.contains(&key) {
+                    continue;
+                }
+                tried.push(key);
+                let (english_subject, english_body) = paraphrase(&ticket, Lang::En);
+                if english_subject == subject && english_body == body {
+                    let choice = if req.draw == 0 || req.draw == paraphrase_draw {
+                        ticket.paraphrase_choice()
+                    } else {
+                        ticket.rephrase_choice(req.draw)
+                    };
+                    return Ok(json_subject_and_body((
+                        ticket.subject(&choice, lang),
+                        ticket.body(&choice, lang),
+                    )));
+                }
             }
         }
     }

@@ -35,11 +35,22 @@ fn inputs(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
 }
 
 fn run(task: &str, pairs: &[(&str, Value)], seed: u64) -> Result<OfflineOutput, OfflineError> {
+    run_draw(task, pairs, seed, 0)
+}
+
+/// Draw `draw` of a task (a later one is asked for when checks reject the earlier).
+fn run_draw(
+    task: &str,
+    pairs: &[(&str, Value)],
+    seed: u64,
+    draw: u32,
+) -> Result<OfflineOutput, OfflineError> {
     let inputs = inputs(pairs);
     generate(&OfflineRequest {
         task,
         inputs: &inputs,
         sample_seed: seed,
+        draw,
     })
 }
 
@@ -108,13 +119,22 @@ impl Sample {
     }
 
     fn run(&self, task: &str, extra: &[(&str, Value)]) -> Result<OfflineOutput, OfflineError> {
+        self.run_draw(task, extra, 0)
+    }
+
+    fn run_draw(
+        &self,
+        task: &str,
+        extra: &[(&str, Value)],
+        draw: u32,
+    ) -> Result<OfflineOutput, OfflineError> {
         let mut pairs = vec![
             ("topic", json!(self.topic)),
             ("type", self.kind.clone()),
             ("priority", self.priority.clone()),
         ];
         pairs.extend(extra.iter().cloned());
-        run(task, &pairs, self.seed)
+        run_draw(task, &pairs, self.seed, draw)
     }
 
     fn subject(&self) -> String {
@@ -368,6 +388,61 @@ fn translation_is_a_parallel_text_with_the_same_facts() {
             }
         }
     }
+}
+
+/// Checks may reject a paraphrase or a translation and ask for another draw. A translation finds
+/// the paraphrase whichever of its draws wrote it; its first draw (or the paraphrase's own) says
+/// the paraphrase in the language, a later one the same facts in other phrases, still in the
+/// language (a redrawn translation used to fail: it looked for the paraphrase under its own seed).
+#[test]
+fn redrawn_paraphrases_and_translations_are_translated() {
+    use whatlang::Lang as Detected;
+    let bank = bank();
+    let mut misdetected = Vec::new();
+    for seed in 0..100 {
+        let sample = Sample::new(seed);
+        let topic = bank.topic_by_title(&sample.topic).expect("topic");
+        let translate = |paraphrase: &BTreeMap<String, String>, lang: &str, draw: u32| {
+            let extra = [
+                ("language", json!(lang)),
+                ("paraphrase", to_value(paraphrase)),
+            ];
+            object(
+                sample
+                    .run_draw("translation", &extra, draw)
+                    .unwrap_or_else(|e| panic!("seed {seed} {lang} draw {draw}: {e}")),
+            )
+        };
+        let first = sample.paraphrase();
+        let second = object(sample.run_draw("paraphrase", &[], 1).expect("paraphrase"));
+        assert_ne!(first, second, "a redrawn paraphrase differs");
+        // The second paraphrase's translation: its first draw and its own draw agree.
+        assert_eq!(translate(&second, "DE", 0), translate(&second, "DE", 1));
+        let name = first["body"].lines().last().expect("name").to_owned();
+        for (code, lang, detected) in [
+            ("DE", Lang::De, Detected::Deu),
+            ("FR", Lang::Fr, Detected::Fra),
+            ("ES", Lang::Es, Detected::Spa),
+            ("PT", Lang::Pt, Detected::Por),
+        ] {
+            let said = translate(&first, code, 0);
+            let again = translate(&first, code, 1);
+            assert_ne!(
+                again, said,
+                "seed {seed} {code}: a redraw says it otherwise"
+            );
+            assert!(
+                again["subject"].contains(topic.title.text(lang)),
+                "{again:?}"
+            );
+            assert!(again["body"].ends_with(&format!("\n{name}")), "{again:?}");
+            assert_eq!(translate(&first, code, 1), again, "deterministic");
+            if whatlang::detect_lang(&again["body"]) != Some(detected) {
+                misdetected.push(format!("seed {seed} {code}: {}", again["body"]));
+            }
+        }
+    }
+    assert!(misdetected.is_empty(), "{}", misdetected.join("\n---\n"));
 }
 
 #[test]

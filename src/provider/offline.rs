@@ -2,8 +2,8 @@
 //!
 //! This adapter owns turning a [`Request`] into a call of [`crate::offline::generate`] and its answer
 //! into a validated [`Response`] with estimated token counts and zero cost. The text itself comes from
-//! `crate::offline`. The invariant: the answer depends only on the request's task, structured inputs
-//! and sample seed, all of which are in the artifact key.
+//! `crate::offline`. The invariant: the answer depends only on the request's task, structured inputs,
+//! sample seed and draw, all of which are in the artifact key.
 
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ impl OfflineProvider {
         let output = offline::generate(&OfflineRequest {
             task: &inputs.task,
             inputs: &inputs.inputs,
-            sample_seed: draw_seed(request.sample_seed, request.draw),
+            sample_seed: request.sample_seed,
+            draw: request.draw,
         })
         .map_err(|e| ProviderError::Offline(e.to_string()))?;
         let output = match output {
@@ -60,18 +61,6 @@ impl OfflineProvider {
             reported_cost_usd: Some(0.0),
         })
     }
-}
-
-/// The seed the offline model writes draw `draw` of a ticket's answer with: the ticket's own for
-/// the first draw, a mix of it and the draw for the others.
-fn draw_seed(sample_seed: u64, draw: u32) -> u64 {
-    if draw == 0 {
-        return sample_seed;
-    }
-    let mut z = sample_seed ^ u64::from(draw).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl Provider for OfflineProvider {
