@@ -107,30 +107,21 @@ impl<'b> Ticket<'b> {
     /// The paraphrase's choice: every part differs from the draft's, which guarantees a different
     /// subject and body as long as each list has two distinct variants (a bank test checks that).
     pub(crate) fn paraphrase_choice(&self) -> Choice {
-        let phrases = &self.bank.phrases;
-        let body = &phrases.body;
-        let draft = self.draft_choice();
-        let mut stream = self.stream("paraphrase");
-        let mut other = |len: usize, avoid: usize| stream.below_except(len, avoid);
-        Choice {
-            subject: other(phrases.subject.get(self.kind).len(), draft.subject),
-            body: BodyChoice {
-                greeting: other(body.greeting.len(), draft.body.greeting),
-                opening: other(body.opening.get(self.kind).len(), draft.body.opening),
-                impact: other(body.impact.get(self.priority).len(), draft.body.impact),
-                request: other(body.request.get(self.kind).len(), draft.body.request),
-                closing: other(body.closing.len(), draft.body.closing),
-            },
-        }
+        self.choice_other_than(&self.draft_choice(), "paraphrase")
     }
 
     /// Other phrases for the paraphrase's facts, for draw `draw` of a translation: every part
-    /// drawn anew from a stream of its own, none the paraphrase's (where a part has another).
+    /// drawn anew from a stream of its own, none the paraphrase's.
     pub(crate) fn rephrase_choice(&self, draw: u32) -> Choice {
+        self.choice_other_than(&self.paraphrase_choice(), &format!("translation {draw}"))
+    }
+
+    /// A choice whose every part differs from `said`'s (where its list has another), drawn from
+    /// the stream named `purpose`.
+    fn choice_other_than(&self, said: &Choice, purpose: &str) -> Choice {
         let phrases = &self.bank.phrases;
         let body = &phrases.body;
-        let said = self.paraphrase_choice();
-        let mut stream = self.stream(&format!("translation {draw}"));
+        let mut stream = self.stream(purpose);
         let mut other = |len: usize, avoid: usize| stream.below_except(len, avoid);
         Choice {
             subject: other(phrases.subject.get(self.kind).len(), said.subject),
