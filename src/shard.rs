@@ -180,6 +180,10 @@ pub(crate) fn write_shard_files(
         let Some(ticket) = entry.ticket.filter(|t| shard.owns(*t)) else {
             continue;
         };
+        if entry.damage.is_some() {
+            // Not an artifact to ship: `cache verify` reports it.
+            continue;
+        }
         let bytes = object::encode_payload(&entry.key, &entry.value);
         out.write_all(&ticket.to_le_bytes())
             .and_then(|()| out.write_all(&(bytes.len() as u64).to_le_bytes()))

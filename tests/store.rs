@@ -1,7 +1,8 @@
-//! The store at scale (issue 17): a cache written by the previous layout (tests/fixtures/cache-v2,
-//! built by ticketbuild 0.1 with one sled entry per artifact) is read and migrated without paying
-//! again, and `explain` shows every request byte for byte as before; `cache verify` catches a
-//! tampered template or value.
+//! The store at scale (issue 17): caches written by earlier layouts (tests/fixtures/cache-v2, built
+//! by ticketbuild 0.1 with one sled entry per artifact; tests/fixtures/cache-v3, ticket records
+//! with whole requests, from before requests were laid out) are read without paying again, and
+//! `explain` shows every request byte for byte as before, also for a request laid out as its
+//! template's text and values; `cache verify` catches a tampered template or value.
 
 use std::path::Path;
 
@@ -24,16 +25,90 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The fixture's project and its cache, in a temporary folder.
 fn old_cache() -> Project {
+    fixture("cache-v2")
+}
+
+fn fixture(name: &str) -> Project {
     let p = Project::empty();
-    copy_dir(&repo_root().join("tests/fixtures/cache-v2"), p.path());
+    copy_dir(&repo_root().join("tests/fixtures").join(name), p.path());
     p
 }
 
 fn pinned_explain() -> String {
+    pinned("cache-v2")
+}
+
+fn pinned(fixture: &str) -> String {
     std::fs::read_to_string(
-        repo_root().join(format!("tests/fixtures/cache-v2/explain-{TICKET}.txt")),
+        repo_root().join(format!("tests/fixtures/{fixture}/explain-{TICKET}.txt")),
     )
     .unwrap()
+}
+
+/// `explain`'s text without the lines that say when each answer was made.
+fn timeless(explain: &str) -> String {
+    explain
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("generated:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn issue_17_a_cache_of_whole_requests_is_read_without_paying_again_and_explains_the_same() {
+    let p = fixture("cache-v3");
+    let explain = p.run(&["explain", TICKET]);
+    assert_eq!(explain.code, 0, "{}", explain.stderr);
+    assert_eq!(explain.stdout, pinned("cache-v3"), "explain, byte for byte");
+    let build = p.build_json(&[]);
+    assert_eq!(total(&build, "generated"), 0, "nothing paid again: {build}");
+    assert_eq!(build["written"], 3);
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify
+            .stdout
+            .contains("20 of them re-derive their key from the request they record"),
+        "{}",
+        verify.stdout
+    );
+    // Answers made again now are laid out beside the whole ones in the same records.
+    let forced = p.build_json(&["--force", "first_response"]);
+    assert_eq!(total(&forced, "generated"), 3, "{forced}");
+    let explain = p.run(&["explain", TICKET]);
+    assert_eq!(timeless(&explain.stdout), timeless(&pinned("cache-v3")));
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains("20 of them re-derive"),
+        "{}",
+        verify.stdout
+    );
+}
+
+#[test]
+fn issue_17_a_laid_out_request_explains_byte_for_byte_as_the_whole_one_did() {
+    // The fixture's project without its cache: every answer made now, and laid out.
+    let p = fixture("cache-v3");
+    std::fs::remove_dir_all(p.file("cache")).unwrap();
+    let cold = p.build_json(&[]);
+    assert_eq!(total(&cold, "generated"), 20, "{cold}");
+    let explain = p.run(&["explain", TICKET]);
+    assert_eq!(explain.code, 0, "{}", explain.stderr);
+    // The same requests as the whole ones recorded, byte for byte; only the times differ.
+    assert_eq!(timeless(&explain.stdout), timeless(&pinned("cache-v3")));
+    assert_ne!(
+        explain.stdout,
+        pinned("cache-v3"),
+        "made now, not read from the fixture"
+    );
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains("20 of them re-derive"),
+        "{}",
+        verify.stdout
+    );
 }
 
 #[test]
@@ -192,4 +267,62 @@ fn issue_17_cache_verify_catches_a_tampered_template_or_value() {
     std::fs::remove_dir_all(p.file("out")).unwrap();
     let rebuilt = p.build_json(&[]);
     assert_eq!(total(&rebuilt, "generated"), 2, "{rebuilt}");
+}
+
+#[test]
+fn issue_17_cache_verify_catches_a_tampered_template_text_shared_by_many_requests() {
+    let p = Project::example();
+    p.edit("dataset.toml", "rows = 200", "rows = 20");
+    p.build_json(&[]);
+    let rows = p.read("out/tickets.jsonl");
+    // The topic prompt's user message, stored once for every ticket: one word of it changed (the
+    // same length, so that it still decodes).
+    {
+        let db = sled::open(p.file("cache")).unwrap();
+        let shapes = db.open_tree("request_shapes").unwrap();
+        let needle = b"Name one concrete issue";
+        let (id, value) = shapes
+            .iter()
+            .map(Result::unwrap)
+            .find(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
+            .expect("the topic prompt's text is stored as a shape");
+        let at = value
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let mut tampered = value.to_vec();
+        tampered[at..at + needle.len()].copy_from_slice(b"Name one concreTe issue");
+        shapes.insert(id, tampered).unwrap();
+        db.flush().unwrap();
+    }
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains("(a template's text) is damaged"),
+        "{}",
+        verify.stdout
+    );
+    let bad: Vec<&str> = verify
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("bad entry"))
+        .collect();
+    assert!(bad.len() >= 20, "every topic's request: {}", verify.stdout);
+    assert!(
+        bad.iter().all(|l| l.contains("template text (shape")),
+        "{}",
+        verify.stdout
+    );
+    // Moved aside; the next build makes the topics again (the same answers: nothing downstream
+    // changes) and stores the shape again.
+    assert_eq!(p.run(&["cache", "verify"]).code, 0);
+    let rebuilt = p.build_json(&["--force", "topic"]);
+    assert_eq!(
+        crate::support::stat(&rebuilt, "subject", "generated"),
+        0,
+        "{rebuilt}"
+    );
+    assert_eq!(p.read("out/tickets.jsonl"), rows);
+    let verify = p.run(&["cache", "verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }

@@ -88,6 +88,20 @@ pub struct RecordedRequest {
     /// Offline only: the task and its structured inputs as canonical JSON.
     pub offline: Option<(String, String)>,
     pub sample_seed: u64,
+    /// Where values filled the messages, when the request was just rendered: a ticket record
+    /// stores the messages as their template's text once and these values (see `layout`). Not
+    /// part of the encoding; a request read back has none.
+    #[serde(skip)]
+    pub layout: Option<RequestLayout>,
+}
+
+/// Where values filled a recorded request's messages: byte ranges into each, in order and not
+/// overlapping (as `graph::Fills`). Only a request just rendered has one; a request read back from
+/// a store has none, and is stored whole if put again. See `layout`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestLayout {
+    pub system: Vec<(u32, u32)>,
+    pub user: Vec<(u32, u32)>,
 }
 
 /// What a build reads of a stored artifact: all of it but the recorded request, which only
@@ -221,13 +235,18 @@ pub(super) fn encode(artifact: &Artifact) -> Vec<u8> {
     // Invariant: an Artifact holds only strings, numbers and vectors, which bincode always encodes.
     let mut bytes =
         bincode::serde::encode_to_vec(artifact, config).expect("an artifact is always encodable");
-    if let Some(fields) = &artifact.key_fields {
+    append_key_fields(&mut bytes, artifact.key_fields.as_ref());
+    bytes
+}
+
+/// Writes `fields` (if any) after an artifact's encoding.
+pub(super) fn append_key_fields(bytes: &mut Vec<u8>, fields: Option<&KeyFields>) {
+    if let Some(fields) = fields {
         bytes.push(KEY_FIELDS_V1);
-        // Invariant: as above, and a Vec takes every byte written to it.
-        bincode::serde::encode_into_std_write(fields, &mut bytes, config)
+        // Invariant: strings, numbers and vectors, and a Vec takes every byte written to it.
+        bincode::serde::encode_into_std_write(fields, bytes, bincode::config::standard())
             .expect("key fields are always encodable");
     }
-    bytes
 }
 
 pub(super) fn decode<T: Keyed>(key: &ArtifactKey, bytes: &[u8]) -> Lookup<T> {

@@ -158,20 +158,24 @@ pub(crate) struct VerifyReport {
     /// Entries whose recorded request was hashed again and gave their key.
     pub(crate) rehashed: u64,
     pub(crate) bad: Vec<(ArtifactKey, MissReason)>,
-    /// Compression dictionaries whose bytes changed, described.
-    pub(crate) dictionaries: Vec<String>,
+    /// Compression dictionaries and request shapes whose bytes changed, described.
+    pub(crate) shared_parts: Vec<String>,
 }
 
 /// Checks that every entry decodes, is stored under its own key and, when it records every key
 /// input, that its request hashes to that key; moves the bad ones to quarantine.
 pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
-    let dictionaries = cache.damaged_dictionaries()?;
+    let shared_parts = cache.damaged_shared_parts()?;
     let mut checked = 0u64;
     let mut rehashed = 0u64;
     let mut bad = Vec::new();
     for entry in cache.entries() {
         let entry = entry?;
         checked += 1;
+        if let Some(damage) = entry.damage.clone() {
+            bad.push((entry, MissReason::Corrupt(damage)));
+            continue;
+        }
         match decode::<Artifact>(&entry.key, &entry.value) {
             Lookup::Miss(reason) => bad.push((entry, reason)),
             Lookup::Hit(artifact) => match artifact.derived_key() {
@@ -198,7 +202,7 @@ pub(crate) fn verify(cache: &dyn Cache) -> Result<VerifyReport, CacheError> {
             .into_iter()
             .map(|(entry, reason)| (entry.key, reason))
             .collect(),
-        dictionaries,
+        shared_parts,
     })
 }
 
@@ -246,14 +250,14 @@ mod tests {
             a.request.user = format!("The template's text, ticket {ticket}. ").repeat(8);
             store.put(ticket, &a).unwrap();
         }
-        assert!(verify(&store).unwrap().dictionaries.is_empty());
+        assert!(verify(&store).unwrap().shared_parts.is_empty());
         let tree = sled::Db::open_tree(&store.db_for_tests(), "dictionaries").unwrap();
         let (id, value) = tree.iter().next().unwrap().unwrap();
         let mut tampered = value.to_vec();
         tampered[40] ^= 0xff;
         tree.insert(id, tampered).unwrap();
         let report = verify(&store).unwrap();
-        assert_eq!(report.dictionaries.len(), 1, "{:?}", report.dictionaries);
+        assert_eq!(report.shared_parts.len(), 1, "{:?}", report.shared_parts);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) mod commit;
 mod folder;
 pub(crate) mod gc;
 mod key_files;
+pub(crate) mod layout;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod record;
@@ -37,7 +38,9 @@ use std::sync::Arc;
 
 use crate::key::ArtifactKey;
 
-pub use artifact::{Artifact, ArtifactSummary, KeyFields, RecordedRequest, TicketArtifacts};
+pub use artifact::{
+    Artifact, ArtifactSummary, KeyFields, RecordedRequest, RequestLayout, TicketArtifacts,
+};
 pub(crate) use commit::GroupCommit;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
@@ -206,7 +209,11 @@ pub(crate) struct StoredEntry {
     /// The ticket it is filed under (`None` in a cache from before tickets filed artifacts).
     pub(crate) ticket: Option<u64>,
     pub(crate) key: ArtifactKey,
+    /// The artifact in its encoding (see `artifact::encode`).
     pub(crate) value: Vec<u8>,
+    /// Why the entry cannot be read as an artifact, when the store knows (then `value` is the
+    /// bytes as stored, for the quarantine).
+    pub(crate) damage: Option<String>,
 }
 
 /// What gc, verify and stats need beyond lookups: every entry, and removing one.
@@ -217,8 +224,10 @@ pub(crate) trait Maintenance: Send + Sync {
     fn remove(&self, slot: &[u8]) -> Result<(), CacheError>;
     /// Moves a bad entry aside (kept for inspection, never served).
     fn quarantine(&self, slot: &[u8], bytes: &[u8]) -> Result<(), CacheError>;
-    /// Compression dictionaries whose bytes are not what was stored, each described.
-    fn damaged_dictionaries(&self) -> Result<Vec<String>, CacheError> {
+    /// What records share (compression dictionaries, request shapes) whose bytes are not what
+    /// was stored, each described; a store removes what it can make again (a request shape: the
+    /// artifacts laid out with it are then bad entries, and the next build writes it again).
+    fn damaged_shared_parts(&self) -> Result<Vec<String>, CacheError> {
         Ok(Vec::new())
     }
 }

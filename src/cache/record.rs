@@ -9,9 +9,11 @@
 //! dictionary, trained on the first records a cache holds, holds what every ticket repeats (the
 //! templates' text, the model and price records), once for the whole cache.
 //!
-//! A record: format byte (1), entry count (u16), dictionary id (u64, 0 for none), payload length
-//! (u32), then the frame. A payload: per artifact, its key (32 bytes), its length (u32), its
-//! bytes. The invariants: a record decodes completely or is reported damaged (never half-read), and
+//! A record: format byte (2), entry count (u16), dictionary id (u64, 0 for none), payload length
+//! (u32), then the frame. A payload: per artifact, its key (32 bytes), its form (one byte: 0, the
+//! artifact encoding; 1, laid out, see `layout`), its length (u32), its bytes. Records of format 1
+//! (written before laid-out requests) have no form byte: every entry is in the artifact
+//! encoding; they are read as they are, and written again in format 2. The invariants: a record decodes completely or is reported damaged (never half-read), and
 //! the dictionary a record names is the one it was compressed with (dictionaries are never
 //! replaced, only added under a new id; `cache verify` checks their hashes).
 
@@ -21,14 +23,25 @@ use std::sync::{Arc, RwLock};
 
 use crate::key::ArtifactKey;
 
-/// The first byte of every ticket record.
-const FORMAT: u8 = 1;
+/// The first byte of every ticket record this ticketbuild writes.
+const FORMAT: u8 = 2;
+/// Records without a form byte per entry (all in the artifact encoding).
+const FORMAT_WHOLE: u8 = 1;
 const HEADER: usize = 1 + 2 + 8 + 4;
 /// zstd's level: 3 is its default; 1 was measured about as small here and faster.
 const LEVEL: i32 = 1;
 
-/// One ticket's artifacts, decoded from a record: (key, the artifact's bytes).
-pub(crate) type Entries = Vec<(ArtifactKey, Vec<u8>)>;
+/// One artifact of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) key: ArtifactKey,
+    /// Laid out (see `layout`) rather than in the artifact encoding.
+    pub(crate) laid_out: bool,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// One ticket's artifacts, decoded from a record.
+pub(crate) type Entries = Vec<Entry>;
 
 /// Why a record cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -148,19 +161,20 @@ impl Dictionaries {
 }
 
 /// The payload of `entries`, uncompressed.
-pub(crate) fn payload(entries: &[(ArtifactKey, &[u8])]) -> Vec<u8> {
-    let size = entries.iter().map(|(_, b)| 36 + b.len()).sum();
+pub(crate) fn payload(entries: &[Entry]) -> Vec<u8> {
+    let size = entries.iter().map(|e| 37 + e.bytes.len()).sum();
     let mut out = Vec::with_capacity(size);
-    for (key, bytes) in entries {
-        out.extend_from_slice(&key.0);
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
+    for entry in entries {
+        out.extend_from_slice(&entry.key.0);
+        out.push(u8::from(entry.laid_out));
+        out.extend_from_slice(&(entry.bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&entry.bytes);
     }
     out
 }
 
 /// A record of `entries` compressed with the active dictionary.
-pub(crate) fn encode(entries: &[(ArtifactKey, &[u8])], dictionaries: &Dictionaries) -> Vec<u8> {
+pub(crate) fn encode(entries: &[Entry], dictionaries: &Dictionaries) -> Vec<u8> {
     let raw = payload(entries);
     let id = dictionaries.active();
     let dictionary = (id != 0).then(|| dictionaries.get(id)).flatten();
@@ -185,7 +199,7 @@ pub(crate) fn count(record: &[u8]) -> usize {
 /// The entries of a record.
 pub(crate) fn decode(record: &[u8], dictionaries: &Dictionaries) -> Result<Entries, RecordError> {
     let raw = decompress_payload(record, dictionaries)?;
-    split(&raw)
+    split(&raw, record[0] == FORMAT)
 }
 
 /// A record's payload, decompressed.
@@ -196,7 +210,7 @@ pub(crate) fn decompress_payload(
     if record.len() < HEADER {
         return Err(RecordError::Short);
     }
-    if record[0] != FORMAT {
+    if record[0] != FORMAT && record[0] != FORMAT_WHOLE {
         return Err(RecordError::Format(record[0]));
     }
     let id = u64::from_le_bytes(record[3..11].try_into().map_err(|_| RecordError::Short)?);
@@ -220,20 +234,38 @@ pub(crate) fn decompress_payload(
     Ok(raw)
 }
 
-/// The entries of a payload.
-fn split(mut raw: &[u8]) -> Result<Entries, RecordError> {
+/// The entries of a payload; `forms` when each has a form byte.
+fn split(mut raw: &[u8], forms: bool) -> Result<Entries, RecordError> {
+    let head = if forms { 37 } else { 36 };
     let mut entries = Vec::new();
     while !raw.is_empty() {
-        if raw.len() < 36 {
+        if raw.len() < head {
             return Err(RecordError::Short);
         }
         let key = ArtifactKey(raw[..32].try_into().map_err(|_| RecordError::Short)?);
-        let len = u32::from_le_bytes(raw[32..36].try_into().map_err(|_| RecordError::Short)?);
-        let end = 36 + len as usize;
+        let laid_out = match forms.then_some(raw[32]) {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(other) => {
+                return Err(RecordError::Damaged(format!(
+                    "an entry of unknown form {other}"
+                )));
+            }
+        };
+        let len = u32::from_le_bytes(
+            raw[head - 4..head]
+                .try_into()
+                .map_err(|_| RecordError::Short)?,
+        );
+        let end = head + len as usize;
         if raw.len() < end {
             return Err(RecordError::Short);
         }
-        entries.push((key, raw[36..end].to_vec()));
+        entries.push(Entry {
+            key,
+            laid_out,
+            bytes: raw[head..end].to_vec(),
+        });
         raw = &raw[end..];
     }
     Ok(entries)
@@ -308,38 +340,39 @@ pub(crate) fn train(samples: &[Vec<u8>], size: usize) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn entries() -> Vec<(ArtifactKey, Vec<u8>)> {
+    fn entries() -> Vec<Entry> {
         (0..5u8)
             .map(|i| {
                 let text = format!("You are a support agent. Ticket {i}. ").repeat(20);
-                (ArtifactKey([i; 32]), text.into_bytes())
+                Entry {
+                    key: ArtifactKey([i; 32]),
+                    laid_out: i % 2 == 0,
+                    bytes: text.into_bytes(),
+                }
             })
             .collect()
-    }
-
-    fn borrowed(entries: &[(ArtifactKey, Vec<u8>)]) -> Vec<(ArtifactKey, &[u8])> {
-        entries.iter().map(|(k, b)| (*k, b.as_slice())).collect()
     }
 
     #[test]
     fn records_round_trip_with_and_without_a_dictionary_and_damage_is_caught() {
         let dictionaries = Dictionaries::default();
         let entries = entries();
-        let plain = encode(&borrowed(&entries), &dictionaries);
+        let plain = encode(&entries, &dictionaries);
         assert_eq!(count(&plain), 5);
         assert_eq!(decode(&plain, &dictionaries).unwrap(), entries);
 
         let samples: Vec<Vec<u8>> = (0..200u32)
             .map(|i| {
                 let mut e = entries.clone();
-                e[0].1.extend_from_slice(format!("sample {i}").as_bytes());
-                payload(&borrowed(&e))
+                e[0].bytes
+                    .extend_from_slice(format!("sample {i}").as_bytes());
+                payload(&e)
             })
             .collect();
         let dictionary = train(&samples, 16 * 1024).expect("a dictionary");
         dictionaries.add(7, dictionary.clone());
         dictionaries.set_active(7);
-        let small = encode(&borrowed(&entries), &dictionaries);
+        let small = encode(&entries, &dictionaries);
         assert!(
             small.len() < plain.len(),
             "{} vs {}",
@@ -368,5 +401,30 @@ mod tests {
             decode(&small, &Dictionaries::default()),
             Err(RecordError::MissingDictionary(7))
         );
+    }
+
+    #[test]
+    fn a_record_of_format_1_is_read_as_entries_in_the_artifact_encoding() {
+        let entries = entries();
+        let mut raw = Vec::new();
+        for entry in &entries {
+            raw.extend_from_slice(&entry.key.0);
+            raw.extend_from_slice(&(entry.bytes.len() as u32).to_le_bytes());
+            raw.extend_from_slice(&entry.bytes);
+        }
+        let mut record = vec![FORMAT_WHOLE];
+        record.extend_from_slice(&5u16.to_le_bytes());
+        record.extend_from_slice(&0u64.to_le_bytes());
+        record.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        record.extend_from_slice(&compress(&raw, None));
+        let read = decode(&record, &Dictionaries::default()).unwrap();
+        let whole: Vec<Entry> = entries
+            .into_iter()
+            .map(|e| Entry {
+                laid_out: false,
+                ..e
+            })
+            .collect();
+        assert_eq!(read, whole);
     }
 }

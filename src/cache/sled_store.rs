@@ -36,6 +36,7 @@ pub struct SledStore {
     pub(super) legacy_entries: bool,
     pub(super) dictionaries: Dictionaries,
     pub(super) trainer: std::sync::Mutex<Trainer>,
+    pub(super) shapes: super::layout::Shapes,
 }
 
 /// How an artifact is named in `Maintenance` (and was filed in layout 2): ticket index, then key.
@@ -61,6 +62,8 @@ pub(super) const ARTIFACT_TREE: &str = "artifacts";
 const TICKET_TREE: &str = "tickets";
 /// Compression dictionaries of ticket records, by id: blake3 of the dictionary, then its bytes.
 pub(super) const DICTIONARY_TREE: &str = "dictionaries";
+/// The shapes of laid-out requests (see `layout`), by id: their parts, encoded.
+pub(super) const SHAPE_TREE: &str = "request_shapes";
 const MANIFEST_TREE: &str = "manifests";
 const MANIFEST_KEYS_TREE: &str = "manifest_keys";
 /// Keys a build paid for that no row uses (rejected draws), by (manifest id, chunk).
@@ -69,11 +72,12 @@ const PIN_TREE: &str = "pins";
 pub(super) const QUARANTINE_TREE: &str = "quarantine";
 pub(super) const SCHEMA_KEY: &str = "key_schema";
 /// The cache schema this ticketbuild writes (under `key_schema` in the meta tree): 1, bare keys;
-/// 2, artifacts filed by ticket (slots); 3, ticket records. A ticketbuild refuses a cache with a schema above its own,
+/// 2, artifacts filed by ticket (slots); 3, ticket records; 4, records with laid-out requests
+/// (an older ticketbuild would take them for damaged records). A ticketbuild refuses a cache with a schema above its own,
 /// so an older one never misses, and pays again for, what a newer one stored. Opening an older
 /// cache raises its schema (its entries stay readable: see `legacy_entries`). Raise it with
 /// `key::KEY_VERSION` too, and with any change to how artifacts are filed or encoded.
-pub const CACHE_SCHEMA: u32 = 3;
+pub const CACHE_SCHEMA: u32 = 4;
 const NEXT_MANIFEST_KEY: &str = "next_manifest";
 /// How artifacts are filed: absent or 1, bare keys; 2, slots (ticket index, then key); 3, ticket
 /// records (bare keys of a layout-1 cache may remain beside them).
@@ -193,6 +197,7 @@ impl SledStore {
             } else {
                 Trainer::default()
             }),
+            shapes: super::layout::Shapes::default(),
         };
         if layout != RECORD_LAYOUT {
             if layout == SLOT_LAYOUT
@@ -471,11 +476,6 @@ impl SledStore {
     pub(crate) fn db_for_tests(&self) -> ::sled::Db {
         self.db.clone()
     }
-
-    /// Test helper and `verify` fixture: stores raw bytes for ticket `ticket` under `key`.
-    pub fn put_raw(&self, ticket: u64, key: &ArtifactKey, bytes: &[u8]) -> Result<(), CacheError> {
-        self.merge_into_record(ticket, &[(*key, bytes.to_vec())])
-    }
 }
 
 impl Maintenance for SledStore {
@@ -494,8 +494,8 @@ impl Maintenance for SledStore {
         self.remove(slot)
     }
 
-    fn damaged_dictionaries(&self) -> Result<Vec<String>, CacheError> {
-        self.damaged_dictionaries_found()
+    fn damaged_shared_parts(&self) -> Result<Vec<String>, CacheError> {
+        self.damaged_shared_parts_found()
     }
 }
 

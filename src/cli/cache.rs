@@ -93,7 +93,7 @@ pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
     let cache = open_cache(&config)?;
     let report = gc::verify(cache.as_ref()).map_err(runtime_error)?;
     let print = || -> Result<(), CliError> {
-        for problem in &report.dictionaries {
+        for problem in &report.shared_parts {
             say!("{problem}");
         }
         for (key, reason) in &report.bad {
@@ -115,7 +115,7 @@ pub(super) fn verify(args: CacheArgs) -> Result<Outcome, CliError> {
     // The entries are checked and moved: a reader of the lines that has gone away changes
     // nothing, and the exit code still says whether there were bad ones.
     super::unless_closed(print())?;
-    Ok(if report.bad.is_empty() && report.dictionaries.is_empty() {
+    Ok(if report.bad.is_empty() && report.shared_parts.is_empty() {
         Outcome::Success
     } else {
         Outcome::Incomplete

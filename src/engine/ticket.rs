@@ -14,7 +14,7 @@
 pub(crate) use super::context::TicketContext;
 use super::spend::{Asked, GenerateError};
 use super::{BuildError, Engine, NodeStats};
-use crate::cache::{Artifact, ArtifactSummary, Lookup, MissReason, TicketArtifacts};
+use crate::cache::{Artifact, ArtifactSummary, Lookup, MissReason, RequestLayout, TicketArtifacts};
 use crate::graph::Node;
 use crate::key::ArtifactKey;
 use crate::output::{Failure, LineageEntry};
@@ -555,7 +555,12 @@ impl Engine {
         context: &TicketContext,
         sample_seed: u64,
     ) -> Result<Request, minijinja::Error> {
-        let (system, user) = self.graph.render(node, template)?;
+        let rendered = self.graph.render(node, template)?;
+        let (system, system_fills) = match rendered.system {
+            Some((text, fills)) => (Some(text), fills),
+            None => (None, Vec::new()),
+        };
+        let (user, user_fills) = rendered.user;
         let model = &node.model;
         let offline = model.provider.is_offline().then(|| {
             OfflineInputs::new(
@@ -578,6 +583,10 @@ impl Engine {
             offline,
             sample_seed,
             draw: 0,
+            layout: Some(RequestLayout {
+                system: system_fills,
+                user: user_fills,
+            }),
         })
     }
 

@@ -11,6 +11,7 @@
 //! condition).
 
 mod compile;
+mod fills;
 pub(crate) mod render;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use crate::config::{Config, ModelConfig, NodeConfig};
 use crate::diag::Diagnostics;
 use compile::{Loaded, Scope, check_offline, compile_node, cycle_error, topological_order};
+pub use fills::Fills;
 
 /// One node, ready to render.
 #[derive(Debug, Clone)]
@@ -58,13 +60,13 @@ fn template_name(node: &str, part: &str) -> String {
     format!("{node}/{part}")
 }
 
-/// `text` without its leading and trailing whitespace, in the same buffer (a rendered prompt is a
-/// few kilobytes; this is what `trim().to_string()` gives, without the copy).
-fn trimmed(mut text: String) -> String {
-    text.truncate(text.trim_end().len());
-    let start = text.len() - text.trim_start().len();
-    text.drain(..start);
-    text
+/// A node's prompt rendered for one ticket: each message trimmed of leading and trailing
+/// whitespace, with the byte ranges the values filled (what the cache stores apart from the
+/// template's text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub system: Option<(String, Fills)>,
+    pub user: (String, Fills),
 }
 
 impl Graph {
@@ -74,6 +76,7 @@ impl Graph {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_formatter(fills::noting_formatter);
 
         // Pass 1: read, compile and collect variables per node.
         let mut problems = Diagnostics::default();
@@ -151,23 +154,23 @@ impl Graph {
         Ok(template.render(context)? == "1")
     }
 
-    /// Renders (system, user) for `node`.
+    /// Renders the system message (if any) and the user message of `node`.
     pub fn render(
         &self,
         node: &Node,
         context: &minijinja::Value,
-    ) -> Result<(Option<String>, String), minijinja::Error> {
+    ) -> Result<Rendered, minijinja::Error> {
         let system = if node.has_system {
             let template = self
                 .env
                 .get_template(&template_name(&node.name, "system"))?;
-            Some(trimmed(template.render(context)?))
+            Some(fills::render_with_fills(&template, context)?)
         } else {
             None
         };
         let template = self.env.get_template(&template_name(&node.name, "user"))?;
-        let user = trimmed(template.render(context)?);
-        Ok((system, user))
+        let user = fills::render_with_fills(&template, context)?;
+        Ok(Rendered { system, user })
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

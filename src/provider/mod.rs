@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::cache::{KeyFields, RecordedRequest};
+use crate::cache::{KeyFields, RecordedRequest, RequestLayout};
 use crate::config::{ModelConfig, Params};
 use crate::cost::Usage;
 use crate::key::{ArtifactKey, KeyInput, canonical_json_map};
@@ -46,6 +46,9 @@ pub(crate) struct Request {
     /// Which answer to this request this is: 0 the first; later ones are asked for when checks
     /// reject the earlier (see [`Request::redraw`]).
     pub(crate) draw: u32,
+    /// Where values filled `system` and `user` (not key material: the cache stores the messages
+    /// by it, see `cache::layout`).
+    pub(crate) layout: Option<RequestLayout>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +144,7 @@ impl Request {
                 .as_ref()
                 .map(|o| (o.task.clone(), o.canonical().to_string())),
             sample_seed: self.sample_seed,
+            layout: self.layout.clone(),
         }
     }
 
@@ -484,6 +488,7 @@ mod tests {
             )),
             sample_seed: 99,
             draw: 0,
+            layout: None,
         };
         for request in [request.clone(), request.redraw(3)] {
             let mut artifact = crate::cache::Artifact {

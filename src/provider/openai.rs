@@ -280,6 +280,7 @@ mod tests {
             offline: None,
             sample_seed: 7,
             draw: 0,
+            layout: None,
         }
     }
 
