@@ -50,6 +50,34 @@ pub(crate) fn shape_id<'a>(parts: impl IntoIterator<Item = &'a str>) -> ShapeId 
     *hasher.finalize().as_bytes()
 }
 
+thread_local! {
+    /// Shapes this thread hashed lately, with their ids. A template renders to a few shapes that
+    /// come back ticket after ticket, and comparing parts costs a fraction of hashing them.
+    static RECENT: std::cell::RefCell<Vec<(Shape, ShapeId)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many shapes [`RECENT`] keeps (a dataset's templates take a few dozen).
+const RECENT_SHAPES: usize = 64;
+
+/// [`shape_id`] of `parts`, from the recent shapes when it is one of them.
+fn recent_shape_id(parts: &[&str]) -> ShapeId {
+    RECENT.with_borrow_mut(|recent| {
+        let same = |known: &Shape| {
+            known.len() == parts.len() && known.iter().zip(parts).all(|(k, p)| k == p)
+        };
+        if let Some((_, id)) = recent.iter().find(|(known, _)| same(known)) {
+            return *id;
+        }
+        let id = shape_id(parts.iter().copied());
+        if recent.len() == RECENT_SHAPES {
+            recent.remove(0);
+        }
+        recent.push((parts.iter().map(|p| (*p).to_string()).collect(), id));
+        id
+    })
+}
+
 /// A shape as stored: its parts, encoded.
 pub(crate) fn encode_shape(parts: &[&str]) -> Vec<u8> {
     // Invariant: strings always encode.
@@ -92,34 +120,34 @@ impl Shapes {
     }
 }
 
-/// One value of a laid-out message.
+/// One value of a laid-out message (`S`: `String` as read, `&str` as written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum Fill {
-    Text(String),
+enum Fill<S = String> {
+    Text(S),
     /// A text node's answer.
     Upstream(ArtifactKey),
     /// One field of a JSON node's answer.
-    UpstreamField(ArtifactKey, String),
+    UpstreamField(ArtifactKey, S),
 }
 
 /// A message laid out: its shape and values, or (no shape) the whole text as its one value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct LaidText {
+struct LaidText<S = String> {
     shape: Option<ShapeId>,
-    fills: Vec<Fill>,
+    fills: Vec<Fill<S>>,
 }
 
 /// [`RecordedRequest`] with its messages laid out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct LaidRequest {
-    provider: String,
-    base_url: Option<String>,
-    model: String,
-    params_json: String,
-    output_kind: String,
-    system: Option<LaidText>,
-    user: LaidText,
-    offline: Option<(String, String)>,
+struct LaidRequest<S = String> {
+    provider: S,
+    base_url: Option<S>,
+    model: S,
+    params_json: S,
+    output_kind: S,
+    system: Option<LaidText<S>>,
+    user: LaidText<S>,
+    offline: Option<(S, S)>,
     sample_seed: u64,
 }
 
@@ -169,7 +197,7 @@ impl<'a> Split<'a> {
         }
         parts.push(&text[at..]);
         Split {
-            shape: Some(shape_id(parts.iter().copied())),
+            shape: Some(recent_shape_id(&parts)),
             parts,
             values,
         }
@@ -235,7 +263,7 @@ impl<'a> Laying<'a> {
         answer: impl Fn(&ArtifactKey) -> Option<&'o NodeOutput>,
     ) -> Vec<u8> {
         let a = self.artifact;
-        let lay = |split: &Split<'_>| LaidText {
+        let lay = |split: &Split<'a>| LaidText {
             shape: split.shape,
             fills: split
                 .values
@@ -244,15 +272,18 @@ impl<'a> Laying<'a> {
                 .collect(),
         };
         let request = &a.request;
-        let laid = LaidRequest {
-            provider: request.provider.clone(),
-            base_url: request.base_url.clone(),
-            model: request.model.clone(),
-            params_json: request.params_json.clone(),
-            output_kind: request.output_kind.clone(),
+        let laid: LaidRequest<&str> = LaidRequest {
+            provider: &request.provider,
+            base_url: request.base_url.as_deref(),
+            model: &request.model,
+            params_json: &request.params_json,
+            output_kind: &request.output_kind,
             system: self.system.as_ref().map(lay),
             user: lay(&self.user),
-            offline: request.offline.clone(),
+            offline: request
+                .offline
+                .as_ref()
+                .map(|(task, inputs)| (task.as_str(), inputs.as_str())),
             sample_seed: request.sample_seed,
         };
         let summary = SummaryRef {
@@ -278,11 +309,11 @@ impl<'a> Laying<'a> {
 }
 
 /// `value` as a fill: a reference when it is an upstream answer of `artifact` found by `answer`.
-fn refer<'o>(
-    value: &str,
+fn refer<'a, 'o: 'a>(
+    value: &'a str,
     artifact: &Artifact,
     answer: &impl Fn(&ArtifactKey) -> Option<&'o NodeOutput>,
-) -> Fill {
+) -> Fill<&'a str> {
     if value.len() >= SHORTEST_REFERENCE {
         for (_, key) in &artifact.upstream {
             if *key == artifact.key {
@@ -292,14 +323,14 @@ fn refer<'o>(
                 Some(NodeOutput::Text(text)) if text == value => return Fill::Upstream(*key),
                 Some(NodeOutput::Json(fields)) => {
                     if let Some((field, _)) = fields.iter().find(|(_, v)| *v == value) {
-                        return Fill::UpstreamField(*key, field.clone());
+                        return Fill::UpstreamField(*key, field.as_str());
                     }
                 }
                 _ => {}
             }
         }
     }
-    Fill::Text(value.to_string())
+    Fill::Text(value)
 }
 
 /// Why a laid-out artifact cannot be joined back into its request.
