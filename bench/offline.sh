@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Offline macro benchmark: whole builds of the example dataset with the built-in offline model.
 # Prints one table: scenario, tickets, artifacts generated, wall s, CPU s (user+sys), peak RSS MB.
-# Usage: bench/offline.sh [ROWS]   (default 100000). Needs a release build (cargo build --release).
+# Usage: bench/offline.sh [ROWS]   (default 100000). Needs a release build (cargo build --release);
+# BIN=path/to/ticketbuild runs another binary (to compare two builds back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-100000}
-bin=$PWD/target/release/ticketbuild
+bin=${BIN:-$PWD/target/release/ticketbuild}
 [ -x "$bin" ] || cargo build --release --locked
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
