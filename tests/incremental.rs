@@ -290,6 +290,14 @@ fn issue_5_gc_frees_exactly_the_unreachable_entries_and_keeps_pins() {
     let stats = project.run(&["cache", "stats"]);
     assert!(stats.stdout.contains("entries:"), "{}", stats.stdout);
     assert!(stats.stdout.contains("first_response"), "{}", stats.stdout);
+    // What a user compares with the disk target: bytes on disk per entry, beside the size
+    // entries are read back at.
+    let on_disk = stats
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("bytes on disk:"))
+        .unwrap_or_else(|| panic!("{}", stats.stdout));
+    assert!(on_disk.ends_with(" per entry)"), "{on_disk}");
 }
 
 #[test]

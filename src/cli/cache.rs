@@ -15,9 +15,15 @@ pub(super) fn stats(args: CacheArgs) -> Result<Outcome, CliError> {
     let stats = gc::stats(cache.as_ref(), STATS_KEEP, &readable).map_err(runtime_error)?;
     say!("cache {}", config.cache_dir.display());
     say!("  entries:           {}", stats.entries);
-    say!("  bytes on disk:     {}", stats.bytes_on_disk);
     say!(
-        "  artifact bytes:    {} ({} per entry)",
+        "  bytes on disk:     {} ({} per entry)",
+        stats.bytes_on_disk,
+        stats.bytes_on_disk.checked_div(stats.entries).unwrap_or(0)
+    );
+    // Stored, an entry is compressed with its ticket's others and its request laid out; this is
+    // the size it is read back at, requests written out in full.
+    say!(
+        "  artifact bytes:    {} ({} per entry, written out in full as `explain` reads them)",
         stats.artifact_bytes,
         stats.artifact_bytes.checked_div(stats.entries).unwrap_or(0)
     );
@@ -78,7 +84,7 @@ pub(super) fn gc(args: GcArgs) -> Result<Outcome, CliError> {
         "deleted"
     };
     say!(
-        "{verb} {} unreachable artifacts ({} bytes) and {} old manifests; kept {} artifacts reachable from {} manifests",
+        "{verb} {} unreachable artifacts ({} bytes written out in full) and {} old manifests; kept {} artifacts reachable from {} manifests",
         report.deleted_artifacts,
         report.freed_bytes,
         report.deleted_manifests,
