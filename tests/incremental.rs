@@ -312,7 +312,7 @@ fn issue_5_verify_finds_and_quarantines_a_corrupted_entry() {
         store.put_raw(index, &key, b"\x00garbage").unwrap();
         ticketbuild::cache::ArtifactStore::flush(&store).unwrap();
     }
-    let run = project.run(&["cache", "verify"]);
+    let run = project.run_after_release(&["cache", "verify"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stdout.contains("verified"), "{}", run.stdout);
     assert!(run.stdout.contains(": 1 bad"), "{}", run.stdout);

@@ -242,7 +242,7 @@ fn issue_17_cache_verify_catches_a_tampered_template_or_value() {
         store.put(value_index, &artifact).unwrap();
         store.flush().unwrap();
     }
-    let verify = p.run(&["cache", "verify"]);
+    let verify = p.run_after_release(&["cache", "verify"]);
     assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
     for key in [template_key, value_key] {
         let line = verify
@@ -286,7 +286,7 @@ fn issue_17_cache_verify_catches_a_tampered_template_text_shared_by_many_request
         shapes.insert(id, tampered).unwrap();
         db.flush().unwrap();
     }
-    let verify = p.run(&["cache", "verify"]);
+    let verify = p.run_after_release(&["cache", "verify"]);
     assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
     assert!(
         verify.stdout.contains("(a template's text) is damaged"),

@@ -89,6 +89,24 @@ impl Project {
         Run::from(output)
     }
 
+    /// Like [`Project::run`], right after the test itself opened the cache and dropped it: sled's
+    /// writer threads can hold the folder's lock a moment past the drop, and the command would
+    /// then be told the cache is in use (a race within the test, not a finding). Tries again
+    /// for up to 10 s while it is.
+    pub fn run_after_release(&self, args: &[&str]) -> Run {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let run = self.run(args);
+            let in_use = run
+                .stderr
+                .contains("is in use by another ticketbuild process");
+            if !in_use || std::time::Instant::now() >= deadline {
+                return run;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Runs `build --json` and returns the parsed summary; panics unless the build succeeded.
     pub fn build_json(&self, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["build", "--json"];
