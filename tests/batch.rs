@@ -216,8 +216,10 @@ fn issue_15_errors_in_results_and_random_order_are_handled_for_every_api() {
 
 #[test]
 fn issue_15_an_expired_batch_is_collected_and_only_the_rest_resubmitted() {
+    // The batch runs for 2 s: long enough that the second build finds it running even on a
+    // loaded machine (with 400 ms, a slow start-up found it done and collected it).
     let mock = mock(BatchConfig {
-        complete_after_ms: 400,
+        complete_after_ms: 2000,
         expire_done_share: Some(0.6),
         ..BatchConfig::default()
     });
@@ -232,7 +234,7 @@ fn issue_15_an_expired_batch_is_collected_and_only_the_rest_resubmitted() {
         again.stderr
     );
     assert_eq!(mock.batches_created(), 1);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(run(&p, &["build"]).code, 75);
     let records = ledger(&p);
     assert_eq!(records.len(), 2, "{records:?}");
