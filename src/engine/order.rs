@@ -163,6 +163,22 @@ impl Reorder<'_> {
         self.next_to_write.saturating_add(self.ahead)
     }
 
+    /// Where tickets may start while rows are being written. When the next row is a ticket that
+    /// waits whole, the build loop itself is behind (it has rows to write, no ticket holds it up),
+    /// and tickets started far ahead would finish past the near window, to be walked a second
+    /// time in their turn: the loop would then fall further behind with every row, and a large
+    /// build would walk nearly half its tickets twice. So they start only up to half the near
+    /// window. After a slow ticket, the rows behind it that wait to be read back keep the slots
+    /// busy as before.
+    fn start_while_writing(&self) -> u64 {
+        match self.waiting.get(&self.next_to_write) {
+            Some(Waiting::Whole(_) | Waiting::Failed(_)) => {
+                self.next_to_write.saturating_add(self.near / 2)
+            }
+            _ => self.start_before(),
+        }
+    }
+
     /// A ticket finished: progress hears of it, and it waits for its turn.
     fn on_finished(&mut self, index: u64, result: TicketResult) {
         if self.fatal.is_some() {
@@ -245,7 +261,8 @@ impl Reorder<'_> {
                 // would run out and `now_or_never` would stop seeing finished tickets.
                 tokio::task::yield_now().await;
             }
-            while let Some(Some((index, result))) = runner.next(self.start_before()).now_or_never()
+            while let Some(Some((index, result))) =
+                runner.next(self.start_while_writing()).now_or_never()
             {
                 self.on_finished(index, result);
             }
@@ -428,6 +445,15 @@ unique = ["topic"]
     }
 
     async fn build(dir: &std::path::Path, out: &str, slow: &[u64]) -> BuildReport {
+        build_told(dir, out, slow, BuildOptions::default()).await
+    }
+
+    async fn build_told(
+        dir: &std::path::Path,
+        out: &str,
+        slow: &[u64],
+        options: BuildOptions,
+    ) -> BuildReport {
         let (config, graph) = project(dir, out);
         let sampler = config.sampler();
         let provider: Arc<dyn Provider> = Arc::new(SlowFor {
@@ -444,9 +470,37 @@ unique = ["topic"]
             Arc::new(graph),
             Arc::new(MemoryStore::new()),
             providers,
-            BuildOptions::default(),
+            options,
         );
         Arc::new(engine).build(None).await.unwrap()
+    }
+
+    /// Takes its time over every finished ticket, as a build loop does that has more to do per
+    /// row than the tickets have (duplicates to resolve, a slow disk).
+    struct SlowLoop;
+
+    impl super::super::BuildObserver for SlowLoop {
+        fn ticket_done(&self) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A build loop slower than its tickets: they finish ahead of their turn, but never so far
+    /// that one of them has to be walked a second time (before, tickets kept starting far ahead,
+    /// and most of a large offline build was read back).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_loop_slower_than_its_tickets_reads_none_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = BuildOptions {
+            observer: Arc::new(SlowLoop),
+            ..BuildOptions::default()
+        };
+        let slow = build_told(dir.path(), "slow-loop", &[], options).await;
+        assert_eq!(slow.read_back, 0, "tickets were walked twice");
+        let in_order = build(dir.path(), "in-order", &[]).await;
+        let read = |out: &str| std::fs::read(dir.path().join(out).join("dataset.jsonl")).unwrap();
+        assert!(read("slow-loop") == read("in-order"), "the rows differ");
+        assert_eq!(slow.failed, in_order.failed);
     }
 
     /// The same build twice on empty caches: once in order, once with an early ticket slow
