@@ -242,6 +242,10 @@ impl BuildObserver for Terminal {
         }
     }
 
+    fn reports_generated(&self) -> bool {
+        self.log_artifacts
+    }
+
     fn ticket_done(&self) {
         self.bar.inc(1);
     }

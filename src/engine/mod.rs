@@ -18,8 +18,9 @@
 //! - [`report`]: what a build reports, and the errors that stop it.
 //!
 //! It uses providers, the cache, the graph and the output writer; it knows nothing of the CLI.
-//! The invariants: a ticket counts as done only after every artifact it generated is durable (a
-//! paid answer, before anything uses it); an invalid or failed response is never stored; and
+//! The invariants: a ticket counts as done only after every paid artifact it generated is durable
+//! (before anything uses it; the offline model's free answers are durable by the time the
+//! manifest is stored, and before a ticket counts as done when the build reports them); an invalid or failed response is never stored; and
 //! memory does not grow with rows (at most `concurrency` tickets are in flight, rows leave for the
 //! writer as soon as they are next in order, and a ticket finished far ahead of its turn waits as
 //! a few bytes, not as its row).
@@ -63,6 +64,14 @@ pub(crate) trait BuildObserver: Send + Sync {
     fn started(&self, _tickets: u64) {}
     /// An artifact was generated for `ticket_id` and is durable.
     fn generated(&self, _node: &str, _ticket_id: u64, _key: &ArtifactKey) {}
+    /// Whether [`BuildObserver::generated`] tells anyone. Only then do tickets of reproducible
+    /// answers (the offline model's, free and the same when asked again) wait for their flush
+    /// before they count as done; otherwise they are made durable with the rest of the build,
+    /// before its manifest is stored, and a cold offline build does not wait on the disk for
+    /// every few tickets.
+    fn reports_generated(&self) -> bool {
+        false
+    }
     /// A ticket is done (finished, to be written or reported failed in its turn).
     fn ticket_done(&self) {}
     /// Tickets running now, and the oldest of them (its id) with how long it has run. Told as
@@ -266,6 +275,10 @@ impl Engine {
         let mut fatal = self
             .take_tickets(&mut tally, &writer, &mut recorder, dedup.as_mut())
             .await;
+        // The answers no ticket waited for (the offline model's) are durable once the build is.
+        if let Err(e) = self.commit.durable().await {
+            fatal.get_or_insert(e.into());
+        }
         self.tell_notices();
         observer.finished();
         let _ = stop_flusher.send(());
@@ -562,7 +575,7 @@ prompt = "p/reply.jinja"
         assert_eq!(third.nodes[0].stats.reused, 30);
         assert!(
             store.flushes.load(Ordering::Relaxed) >= 1,
-            "generated tickets waited for a flush"
+            "the build made its answers durable"
         );
     }
 

@@ -8,8 +8,9 @@
 //! finished far ahead of its turn is walked again from the cache, to the same outcome. The
 //! invariants: a node runs only when its upstream nodes are done (a failed upstream fails it, a
 //! skipped one is `none` in its template); a paid answer is durable before its text goes into a
-//! downstream prompt; and the ticket's answers that may wait (the reproducible offline model's)
-//! are durable before the ticket counts as done.
+//! downstream prompt; and the ticket's answers that may wait (the reproducible offline model's,
+//! those read through from the remote cache) are durable before the ticket counts as done, the
+//! offline model's only when the build reports them (see `generate_draw`).
 
 pub(crate) use super::context::TicketContext;
 use super::spend::{Asked, GenerateError};
@@ -139,7 +140,8 @@ struct Walk {
     pending_prompts: Vec<Option<String>>,
     /// Every node's lookup is answered from one read of the ticket's stored artifacts.
     stored: TicketArtifacts,
-    /// Reproducible answers put but not yet known durable; one wait covers them all.
+    /// Answers put that must be durable before the ticket counts as done (read through from the
+    /// remote cache, or reproducible ones the build reports); one wait covers them all.
     awaiting_commit: bool,
     /// Reproducible answers generated in this walk, put together when it ends.
     held: Vec<Artifact>,
@@ -536,10 +538,12 @@ impl Engine {
         // downstream prompt (a kill then would lose an answer already acted on), before a
         // rejected draw is followed by the next (a kill then would pay for it again) and before
         // the ticket counts as done. Group commits make this one shared flush for many answers,
-        // not one each. A reproducible answer (the offline model) only has to be durable before
-        // the ticket counts as done: lost, it would come back the same.
+        // not one each. A reproducible answer (the offline model) costs nothing and, lost, would
+        // come back the same: it waits, once per ticket, only when the build reports what it
+        // generated (`-vv`: a reported answer is durable, never to be asked for again); otherwise
+        // the flush before the manifest is stored makes it durable with the rest.
         if self.providers[i].reproducible() {
-            walk.awaiting_commit = true;
+            walk.awaiting_commit |= self.options.observer.reports_generated();
         } else {
             self.commit.durable().await?;
         }
