@@ -543,6 +543,63 @@ prompt = "p/reply.jinja"
         Arc::new(engine).build(None).await.unwrap()
     }
 
+    /// Counts the generated answers it is told of; reports them when `reports` is set.
+    struct Told {
+        reports: bool,
+        generated: AtomicU64,
+    }
+
+    impl BuildObserver for Told {
+        fn generated(&self, _node: &str, _ticket_id: u64, _key: &ArtifactKey) {
+            self.generated.fetch_add(1, Ordering::Relaxed);
+        }
+        fn reports_generated(&self) -> bool {
+            self.reports
+        }
+    }
+
+    /// The offline model's answers: when nobody is told what was generated, no ticket waits for
+    /// a flush and the build makes them durable with one flush at its end; when the build reports
+    /// them (`-vv`), tickets wait for theirs, so a reported answer is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offline_answers_wait_for_a_flush_only_when_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flushes = Vec::new();
+        for reports in [false, true] {
+            let (config, graph) = project(dir.path(), "Reply in {{ language }} about {{ topic }}.");
+            let offline: Arc<dyn Provider> = Arc::new(OfflineProvider::new(0));
+            assert!(offline.reproducible());
+            let providers = graph.nodes.iter().map(|_| Arc::clone(&offline)).collect();
+            let store = Arc::new(MemoryStore::new());
+            let told = Arc::new(Told {
+                reports,
+                generated: AtomicU64::new(0),
+            });
+            let options = BuildOptions {
+                observer: told.clone(),
+                ..BuildOptions::default()
+            };
+            let engine = Engine::with_providers(
+                Arc::new(config),
+                Arc::new(graph),
+                store.clone(),
+                providers,
+                options,
+            );
+            let report = Arc::new(engine).build(None).await.unwrap();
+            assert_eq!(report.written, 30);
+            assert_eq!(told.generated.load(Ordering::Relaxed), 60);
+            assert_eq!(store.puts.load(Ordering::Relaxed), 60);
+            flushes.push(store.flushes.load(Ordering::Relaxed));
+        }
+        assert_eq!(flushes[0], 1, "untold, only the build's last flush");
+        assert!(
+            flushes[1] >= 2,
+            "told, tickets waited: {} flushes",
+            flushes[1]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_calls_no_model_and_an_edit_calls_only_its_node() {
         let dir = tempfile::tempdir().unwrap();
