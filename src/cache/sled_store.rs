@@ -120,10 +120,7 @@ impl SledStore {
         check_free_space(path)?;
         let db = sled::Config::new()
             .path(path)
-            // Durability comes from explicit group commits; the background flush adds safety, and
-            // bounds what a build that waits for none (the offline model's) writes between two
-            // flushes: with one every 500 ms, sled kept and worked more (a 1,000,000-ticket build
-            // 254-261 MB and 216-221 s; every 100 ms, 222-230 MB and 164-175 s).
+            // Group commits give durability; this bounds what offline builds write between flushes.
             .flush_every_ms(Some(100))
             // sled caches up to 1 GiB by default; a build streams through its artifacts once,
             // so a small cache keeps memory flat without slowing it down.
