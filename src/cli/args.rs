@@ -232,7 +232,8 @@ pub(crate) struct BuildArgs {
     /// Print the build summary as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
-    /// More output on stderr: -v lists failed tickets, -vv also each generated artifact.
+    /// More output on stderr: -v lists failed tickets, -vv also each generated artifact (once it
+    /// is durable in the cache, so a build with -vv waits for the offline model's answers too).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
     /// Never show the progress bar.
