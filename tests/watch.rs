@@ -481,3 +481,21 @@ fn ctrl_c_stops_the_session_cleanly() {
     };
     assert_eq!(code, Some(0), "{}", watch.transcript());
 }
+
+/// mimalloc asks the kernel for transparent huge pages, which padded a build's resident memory by
+/// 30-40 MB of mostly unused 2 MiB pages; the binary turns them off for its process first thing
+/// (`src/main.rs`). A long-running ticketbuild shows it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_running_ticketbuild_has_transparent_huge_pages_off() {
+    let project = Project::example();
+    let watch = Watch::spawn(&project, &[]);
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", watch.child.id()))
+        .expect("read the process's status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line (Linux 5.0 and later show one)\n{status}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
