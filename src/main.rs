@@ -14,9 +14,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Turns transparent huge pages off for the process (Linux), before the build's threads start.
 /// mimalloc asks for huge pages on the memory it reserves (`madvise(MADV_HUGEPAGE)`), and the
 /// kernel then backs every 2 MiB range a thread touches with a whole huge page; a build's
-/// allocations are small and spread over its threads, so 25-50 MB of its resident memory were
+/// allocations are small and spread over its threads, so up to 51 MB of its resident memory were
 /// huge pages mostly unused (`AnonHugePages` in `/proc/PID/smaps_rollup`). Without them a build
-/// peaks 30-40 MB lower at every size and is no slower (README, "Huge pages"). A kernel that
+/// peaks 30-50 MB lower at every size and is no slower (README, "Huge pages"). A kernel that
 /// refuses changes nothing but memory, so its error is ignored.
 fn without_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -483,7 +483,7 @@ fn ctrl_c_stops_the_session_cleanly() {
 }
 
 /// mimalloc asks the kernel for transparent huge pages, which padded a build's resident memory by
-/// 30-40 MB of mostly unused 2 MiB pages; the binary turns them off for its process first thing
+/// 30-50 MB of mostly unused 2 MiB pages; the binary turns them off for its process first thing
 /// (`src/main.rs`). A long-running ticketbuild shows it.
 #[cfg(target_os = "linux")]
 #[test]
